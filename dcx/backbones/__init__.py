@@ -1,0 +1,1 @@
+"""Built-in backbones, registered under the `dcx.backbones` entry-point group. One per file."""

@@ -1,0 +1,35 @@
+"""Errors a user can act on. Each message is one line that says what to do."""
+
+from __future__ import annotations
+
+
+class DcxError(Exception):
+    """Base class: a user-facing failure; the CLI prints the message and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class PluginNotFoundError(DcxError):
+    """No plugin of that kind and name is installed."""
+
+
+class PluginLoadError(DcxError):
+    """A plugin's entry point exists but could not be imported or is incompatible."""
+
+
+class OptionError(DcxError):
+    """A plugin or run option is unknown or has an invalid value."""
+
+
+class InputError(DcxError):
+    """Bad input data: missing file, wrong shape, NaN/inf, k larger than N, unlabelled dataset."""
+
+
+class ContractError(DcxError):
+    """A plugin broke its contract (e.g. returned labels of the wrong shape)."""
+
+    exit_code = 3
+
+
+class RunDirError(DcxError):
+    """The run directory cannot be created, resumed or read."""

@@ -1,0 +1,1 @@
+"""Built-in datasets, registered under the `dcx.datasets` entry-point group."""
