@@ -171,12 +171,16 @@ class BackboneNet(nn.Module):
     ``forward_blocks`` returns the outputs of the named blocks, for per-layer evaluation.
     """
 
-    def __init__(self, blocks: Sequence[tuple[str, nn.Module]], neck: nn.Module, feature_dim: int) -> None:
+    def __init__(
+        self, blocks: Sequence[tuple[str, nn.Module]], neck: nn.Module, feature_dim: int, relu_head: bool = False
+    ) -> None:
         super().__init__()
         self.block_names = tuple(name for name, _ in blocks)
         self.blocks = nn.ModuleDict(dict(blocks))
         self.neck = neck
         self.feature_dim = int(feature_dim)
+        #: The features are a pre-activation (fc7 before ReLU): the classifier head applies ReLU.
+        self.relu_head = relu_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks.values():

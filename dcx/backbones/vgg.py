@@ -1,0 +1,54 @@
+"""VGG-16 with BatchNorm (torchvision's layer configuration), features = fc7 before its ReLU."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import vgg as tv_vgg
+
+from dcx.core.contracts import Backbone, BackboneNet
+from dcx.core.options import Option
+
+
+class VGG16(Backbone):
+    """torchvision's VGG-16-BN conv stages as blocks conv1..conv5, then fc6/fc7.
+
+    Inputs below 64 px pool to 1x1 before fc6 (7x7 at full size), so a 32-px image does not feed
+    a 25,088-wide fc6 with replicated values; ``width`` scales channels and fc size.
+    """
+
+    name = "vgg16"
+    sobel_default = True
+    options = (
+        Option("fc_dim", int, None, "size of fc6/fc7 (default 4096 x width)", nullable=True, min=16),
+        Option("dropout", float, 0.5, "dropout before fc6 and fc7", min=0.0, max=0.9),
+    )
+
+    def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
+        cfg = tv_vgg.cfgs["D"]
+        blocks, stage, c_in = [], [], in_channels
+        for v in cfg:
+            if v == "M":
+                stage.append(nn.MaxPool2d(2, 2))
+                blocks.append((f"conv{len(blocks) + 1}", nn.Sequential(*stage)))
+                stage = []
+                continue
+            c = max(8, int(round(v * width)))
+            stage += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+        side = 1 if image_size < 64 else 7
+        fc = self.params["fc_dim"] or max(64, int(round(4096 * width)))
+        drop = self.params["dropout"]
+        neck = nn.Sequential(
+            nn.AdaptiveAvgPool2d(side), nn.Flatten(),
+            nn.Linear(c_in * side * side, fc), nn.ReLU(inplace=True), nn.Dropout(drop),
+            nn.Linear(fc, fc),  # fc7 before ReLU: the classifier head applies it
+        )
+        net = BackboneNet(blocks, neck, fc, relu_head=True)
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+        return net

@@ -1,0 +1,31 @@
+"""DeepCluster's clusterer: k-means on the preprocessed features (Caron et al. 2018, §3.2-3.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dcx.core.contracts import Clusterer, FitContext, Partition
+from dcx.core.kmeans import kmeans
+from dcx.core.options import Option
+
+
+class KMeans(Clusterer):
+    """k-means with faiss (GPU index on CUDA) or torch; empty clusters split as in paper §3.3."""
+
+    name = "kmeans"
+    options = (
+        Option("k", int, 100, "number of clusters (paper: 10,000 for ImageNet's 1,000 classes)", min=1),
+        Option("niter", int, 20, "Lloyd iterations (reference: 20)", min=1),
+        Option("backend", str, "auto", "faiss when importable, else torch", choices=("auto", "faiss", "torch")),
+        Option("seed", int, None, "fixed seed for every epoch; default: derived from the run seed per epoch", nullable=True),
+    )
+
+    def fit(self, features: np.ndarray, context: FitContext) -> Partition:
+        seed = self.params["seed"] if self.params["seed"] is not None else context.seed
+        res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device)
+        return Partition(
+            labels=res.labels,
+            n_clusters=self.params["k"],
+            centroids=res.centroids,
+            stats={"objective": res.objective, "iterations": len(res.history), "empty_splits": res.empty_splits, "backend": res.backend},
+        )
