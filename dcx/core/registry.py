@@ -100,7 +100,7 @@ class Registry:
         infos = self._discover(kind)
         if name not in self._eps[kind]:
             available = self.names(kind)
-            close = difflib.get_close_matches(name, available, n=1, cutoff=0.4)
+            close = difflib.get_close_matches(name, available, n=1, cutoff=0.0)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise PluginNotFoundError(
                 f"unknown {kind} '{name}'{hint} available: {', '.join(available) or 'none'}"

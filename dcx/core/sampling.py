@@ -16,10 +16,11 @@ def uniform_label_indices(labels: np.ndarray, n_total: int, rng: np.random.Gener
     """Indices of ``n_total`` images drawn uniformly over pseudo-labels (reference UnifLabelSampler).
 
     Each non-empty cluster gets a quota of int(n_total / m) + 1 draws, without replacement when it
-    has enough images, with replacement otherwise; the draws are shuffled and truncated. Unlike
-    the reference, indices are drawn per cluster from the *original* dataset order, so every
-    cluster is drawn equally often (the reference indexed a cluster-sorted copy; see
-    docs/algorithms notes "Reference sampler pitfall").
+    has enough images, with replacement otherwise. Unlike the reference, indices are drawn per
+    cluster from the *original* dataset order (the reference indexed a cluster-sorted copy, so
+    draws tracked cluster size; see docs/algorithms "Reference sampler pitfall"), and the surplus
+    over ``n_total`` is removed one draw from each of some clusters rather than by truncating a
+    shuffle, so per-cluster counts differ by at most one.
     """
     labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
@@ -27,13 +28,16 @@ def uniform_label_indices(labels: np.ndarray, n_total: int, rng: np.random.Gener
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     nonempty = np.flatnonzero(counts)
     quota = int(n_total / len(nonempty)) + 1
+    surplus = len(nonempty) * quota - n_total  # 1..m by the choice of quota
+    short = set(rng.choice(len(nonempty), size=surplus, replace=False).tolist())
     picks = []
-    for c in nonempty:
+    for j, c in enumerate(nonempty):
         members = order[starts[c] : starts[c] + counts[c]]
-        picks.append(rng.choice(members, size=quota, replace=len(members) < quota))
+        size = quota - (j in short)
+        picks.append(rng.choice(members, size=size, replace=len(members) < size))
     out = np.concatenate(picks)
     rng.shuffle(out)
-    return out[:n_total]
+    return out
 
 
 class UniformLabelSampler(torch.utils.data.Sampler[int]):

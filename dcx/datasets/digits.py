@@ -9,6 +9,7 @@ from PIL import Image
 
 from dcx.core.contracts import Dataset, ImageSet, RunDefaults
 from dcx.core.errors import InputError
+from dcx.core.options import Option
 
 
 class _ArrayImages:
@@ -36,6 +37,7 @@ class Digits(Dataset):
     # Small images need a small net and several passes per clustering round (see
     # docs/algorithms notes "Training steps per clustering round matter most"); k ~ 10x classes.
     defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3)
+    options = (Option("limit", int, None, "keep only the first N images (quick trials, tests)", nullable=True, min=2),)
 
     def splits(self) -> tuple[str, ...]:
         return ("all",)
@@ -48,4 +50,8 @@ class Digits(Dataset):
         bunch = load_digits()
         # Pixel values are 0..16: scale to 0..255 for uint8 images.
         pixels = np.clip(bunch.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        return ImageSet(_ArrayImages(pixels), bunch.target.astype(np.int64), [str(c) for c in range(10)], channels=1)
+        labels = bunch.target.astype(np.int64)
+        limit = self.params["limit"]
+        if limit is not None:
+            pixels, labels = pixels[:limit], labels[:limit]
+        return ImageSet(_ArrayImages(pixels), labels, [str(c) for c in range(10)], channels=1)

@@ -61,10 +61,9 @@ def adjacency(graph: KnnGraph, sigma: float) -> sparse.csr_matrix:
 def power_iteration(w: sparse.csr_matrix, alpha: float, n_iter: int) -> tuple[np.ndarray, int]:
     """v <- alpha W^T v + (1 - alpha)/N, L1-normalised, from v0 = 1/N. Returns (v, iterations run)."""
     n = w.shape[0]
-    wt = w.T.tocsr()
     v = np.full(n, 1.0 / n)
     for it in range(1, n_iter + 1):
-        nxt = alpha * (wt @ v) + (1.0 - alpha) / n
+        nxt = alpha * (w @ v) + (1.0 - alpha) / n  # W is symmetric: W^T v = W v
         nxt /= nxt.sum()
         if np.array_equal(nxt, v):  # a fixed point in floating point: later iterations are no-ops
             return nxt, it

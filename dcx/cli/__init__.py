@@ -1,0 +1,21 @@
+"""The `dcx` command line (typer): parses, builds a config, calls core. No logic of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from dcx.cli.cluster import cluster
+from dcx.cli.listing import list_plugins
+from dcx.cli.run import run
+
+app = typer.Typer(
+    name="dcx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Self-supervised visual features by pseudo-labels: DeepCluster, PIC, SeLa, SwAV in one engine.",
+)
+app.command("run")(run)
+app.command("list")(list_plugins)
+app.command("cluster")(cluster)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,302 @@
+"""SwAV (Caron et al., NeurIPS 2020): online codes by Sinkhorn-Knopp and swapped prediction.
+
+Per batch: the large crops' prototype scores give equipartitioned codes
+(``dcx.core.sinkhorn.swav_codes``); every other view predicts each code through a softmax with
+temperature. Hyper-parameters default to the reference ``main_swav.py`` ImageNet recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext
+from dcx.core.errors import InputError
+from dcx.core.options import Option
+from dcx.core.sinkhorn import swav_codes
+
+log = logging.getLogger(__name__)
+
+#: An epoch's mean loss above this fraction of ln K counts as "stuck at ln K" (collapse guard).
+_NEAR_LN_K = 0.95
+
+
+class SwAVHead(nn.Module):
+    """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> prototypes (no bias)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int) -> None:
+        super().__init__()
+        if hidden_dim > 0:
+            self.projection: nn.Module = nn.Sequential(
+                nn.Linear(feature_dim, hidden_dim),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden_dim, proj_dim),
+            )
+        else:
+            self.projection = nn.Linear(feature_dim, proj_dim)
+        self.prototypes = nn.Linear(proj_dim, k, bias=False)
+        self.normalize_prototypes()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit embeddings (B, proj_dim), prototype scores (B, K))."""
+        z = F.normalize(self.projection(x), dim=1)
+        return z, self.prototypes(z)
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        w = self.prototypes.weight
+        w.copy_(F.normalize(w, dim=1))
+
+
+def _unwrap(head: nn.Module) -> SwAVHead:
+    """The SwAVHead inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    inner = getattr(head, "module", head)
+    if not isinstance(inner, SwAVHead):
+        raise InputError(f"swav got a {type(inner).__name__} head; pass the module that build_head returned")
+    return inner
+
+
+def _distributed_hooks(step: StepContext):
+    """(sum, max) all-reduce callables for swav_codes in a multi-process run, else (None, None)."""
+    if step.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None, None
+    dist = torch.distributed
+
+    def reduce(op):
+        def run(t: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(t, op=op)
+            return t
+
+        return run
+
+    return reduce(dist.ReduceOp.SUM), reduce(dist.ReduceOp.MAX)
+
+
+class SwAV(OnlineClusterer):
+    """SwAV: prototypes, Sinkhorn codes of the large crops, swapped prediction over multi-crop views."""
+
+    name = "swav"
+    options = (
+        Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data)", min=2),
+        Option("epsilon", float, 0.05, "Sinkhorn entropy eps (SwAV: 0.05; 0.03 helps when the loss stays at ln k)", min=1e-4),
+        Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
+        Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
+        Option("proj_dim", int, 128, "projection / prototype dimension (SwAV: 128)", min=1),
+        Option(
+            "hidden_dim", int, None,
+            "projection MLP hidden width; 0 = a single Linear; auto = feature dim clipped to [proj_dim, 2048] "
+            "(SwAV: 2048 for ResNet-50's 2048-d features)",
+            min=0, nullable=True,
+        ),
+        Option("n_large", int, 2, "large crops; codes come from these (SwAV: 2)", min=1),
+        Option("n_small", int, 2, "small crops, predictors only (SwAV: 6 at 96 px)", min=0),
+        Option("large_min_scale", float, 0.14, "RandomResizedCrop min area of large crops (SwAV: 0.14)", min=0.0, max=1.0),
+        Option("small_min_scale", float, 0.05, "min area of small crops (SwAV: 0.05)", min=0.0, max=1.0),
+        Option("small_max_scale", float, 0.14, "max area of small crops (SwAV: 0.14)", min=0.0, max=1.0),
+        Option("small_size_ratio", float, 96 / 224, "small crop side / image side (SwAV: 96/224)", min=0.01, max=1.0),
+        Option(
+            "freeze_prototypes_steps", int, None,
+            "optimiser steps the prototypes stay fixed; auto = the first epoch (SwAV: 313 = one ImageNet epoch)",
+            min=0, nullable=True,
+        ),
+        Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
+        Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
+    )
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        p = self.params
+        if p["small_min_scale"] > p["small_max_scale"]:
+            raise InputError(
+                f"swav: small_min_scale={p['small_min_scale']} exceeds small_max_scale={p['small_max_scale']}"
+            )
+        self._queue: torch.Tensor | None = None  # (n_large, length, proj_dim), newest first
+        self._queue_filled = 0
+        self._queue_used = False
+        self._hinted_queue = False
+        self._reset_stats()
+
+    # ------------------------------------------------------------------ engine hooks
+
+    def crops(self) -> CropSpec:
+        p = self.params
+        return CropSpec(
+            n_large=p["n_large"],
+            n_small=p["n_small"],
+            large_scale=(p["large_min_scale"], 1.0),
+            small_scale=(p["small_min_scale"], p["small_max_scale"]),
+            small_size_ratio=p["small_size_ratio"],
+        )
+
+    def build_head(self, feature_dim: int, num_samples: int) -> nn.Module:
+        """The projection MLP + unit-norm prototypes; its parameters join the backbone's optimiser."""
+        p = self.params
+        hidden = p["hidden_dim"]
+        if hidden is None:
+            hidden = min(max(feature_dim, p["proj_dim"]), 2048)
+        if p["k"] > num_samples:
+            log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
+        return SwAVHead(feature_dim, hidden, p["proj_dim"], p["k"])
+
+    def before_step(self, head: nn.Module, step: StepContext) -> None:
+        """L2-normalise the prototypes (SwAV does this before every forward pass)."""
+        _unwrap(head).normalize_prototypes()
+
+    def after_backward(self, head: nn.Module, step: StepContext) -> None:
+        """Drop the prototypes' gradient while frozen, so the optimiser skips them (SwAV)."""
+        if self._global_step(step) < self._freeze_steps(step):
+            _unwrap(head).prototypes.weight.grad = None
+
+    def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
+        """Swapped prediction: for each large crop s, cross-entropy of its codes q_s against
+        softmax(scores_t / T) of every other view t, averaged over t, then over s (main_swav.py)."""
+        p = self.params
+        n_views, n_large = len(views), p["n_large"]
+        if n_views < max(2, n_large):
+            raise InputError(f"swav needs at least {max(2, n_large)} views (large crops first), got {n_views}")
+        bs = views[0].shape[0]
+        if any(v.shape[0] != bs for v in views):
+            raise InputError(f"swav: views have batch sizes {[v.shape[0] for v in views]}; all must be equal")
+        # One pass over all crops, as SwAV: the projection's BatchNorm sees every view together.
+        z, scores = head(torch.cat(list(views)))
+        logp = F.log_softmax(scores.float() / p["temperature"], dim=1).view(n_views, bs, -1)
+        logp_total = logp.sum(dim=0)
+
+        codes = self._codes(_unwrap(head), z.detach(), scores.detach(), bs, step)
+        loss = scores.new_zeros((), dtype=torch.float32)
+        for s, q in enumerate(codes):
+            # sum over t != s of -<q_s, log p_t>, averaged over the batch and the n_views - 1 views
+            loss = loss - (q * (logp_total - logp[s])).sum(dim=1).mean() / (n_views - 1)
+        loss = loss / n_large
+
+        with torch.no_grad():
+            q_all = torch.cat(codes)
+            entropy = -torch.special.xlogy(q_all, q_all).sum(dim=1)
+            if self._usage.device != q_all.device:  # accumulate where the codes live: no copies per step
+                self._usage, self._entropy_sum, self._loss_sum = (
+                    t.to(q_all.device) for t in (self._usage, self._entropy_sum, self._loss_sum)
+                )
+            self._usage += torch.bincount(q_all.argmax(dim=1), minlength=q_all.shape[1])
+            self._entropy_sum += entropy.sum()
+            self._loss_sum += loss.detach()
+            self._rows += len(q_all)
+            self._batches += 1
+            self._last_epoch = step.epoch
+            loss_value, entropy_value = torch.stack([loss.detach(), entropy.mean()]).tolist()
+        return loss, {"loss": loss_value, "code_entropy": entropy_value}
+
+    @torch.no_grad()
+    def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Hard labels (B,): the nearest unit prototype of each projected feature (head in eval mode)."""
+        h = _unwrap(head)
+        dev = h.prototypes.weight.device
+        was_training = h.training
+        h.eval()
+        try:
+            z = F.normalize(h.projection(features.to(dev)), dim=1)
+            w = F.normalize(h.prototypes.weight, dim=1)
+            return (z @ w.t()).argmax(dim=1).to(features.device)
+        finally:
+            h.train(was_training)
+
+    def epoch_stats(self) -> dict:
+        """Prototypes used (argmax of codes), mean code entropy and mean loss since the last call."""
+        if self._batches == 0:
+            return {}
+        k = self.params["k"]
+        used = int((self._usage > 0).sum())
+        rows = self._rows
+        loss = float(self._loss_sum) / self._batches
+        stats = {
+            "prototypes_used": used,
+            "prototype_usage": used / k,
+            "code_entropy": float(self._entropy_sum) / rows,
+            "loss": loss,
+            "ln_k": math.log(k),
+            "queue_used": self._queue_used,
+        }
+        # Collapse guard (SwAV on small data): codes on few prototypes, or no information in them.
+        reachable = min(k, rows)
+        if used < reachable / 2:
+            log.warning(
+                "swav: only %d of %d prototypes received codes this epoch (collapse?): lower --k or "
+                "swav.epsilon, or enable swav.queue_length", used, k,
+            )
+        if self._last_epoch >= 1 and loss >= _NEAR_LN_K * math.log(k):
+            log.warning(
+                "swav: mean loss %.3f is near ln k = %.3f (collapse?): lower swav.epsilon (e.g. 0.03), "
+                "use the queue when the batch is smaller than k, or train longer", loss, math.log(k),
+            )
+        self._reset_stats()
+        return stats
+
+    # ------------------------------------------------------------------ internals
+
+    def _codes(self, head: SwAVHead, z: torch.Tensor, scores: torch.Tensor, bs: int, step: StepContext) -> list[torch.Tensor]:
+        """Sinkhorn codes (B, K) of each large crop, with the queue's embeddings prepended once it is full."""
+        p = self.params
+        reduce_sum, reduce_max = _distributed_hooks(step)
+        if not self._hinted_queue and p["queue_length"] == 0 and bs * step.world_size < p["k"]:
+            log.info("swav: batch %d < k=%d; SwAV adds a feature queue in this case (swav.queue_length)",
+                     bs * step.world_size, p["k"])
+            self._hinted_queue = True
+        queue = self._queue_for(step, z)
+        codes = []
+        with torch.no_grad():
+            for s in range(p["n_large"]):
+                out = scores[s * bs : (s + 1) * bs].float()
+                if queue is not None and self._queue_filled >= queue.shape[1]:
+                    if not self._queue_used:
+                        log.info("swav: feature queue of %d full; codes now use it", queue.shape[1])
+                        self._queue_used = True
+                    out = torch.cat([queue[s] @ head.prototypes.weight.t().float(), out])
+                q = swav_codes(out, eps=p["epsilon"], n_iter=p["sinkhorn_iters"],
+                               all_reduce=reduce_sum, all_reduce_max=reduce_max)
+                codes.append(q[-bs:])
+            if queue is not None:
+                self._push(queue, z, bs)
+        return codes
+
+    def _queue_for(self, step: StepContext, z: torch.Tensor) -> torch.Tensor | None:
+        """The queue, created when its start epoch is reached (each rank holds length / world_size rows)."""
+        p = self.params
+        if p["queue_length"] == 0 or step.epoch < p["queue_start_epoch"]:
+            return None
+        length = max(1, p["queue_length"] // max(1, step.world_size))
+        if self._queue is None or self._queue.shape[1] != length or self._queue.device != z.device:
+            self._queue = torch.zeros(p["n_large"], length, z.shape[1], device=z.device)
+            self._queue_filled = 0
+        return self._queue
+
+    def _push(self, queue: torch.Tensor, z: torch.Tensor, bs: int) -> None:
+        """Shift the queue and put this batch's large-crop embeddings in front (SwAV's order)."""
+        length = queue.shape[1]
+        m = min(bs, length)
+        for s in range(self.params["n_large"]):
+            if m < length:
+                queue[s, m:] = queue[s, :-m].clone()
+            queue[s, :m] = z[s * bs : s * bs + m].float()
+        self._queue_filled = min(length, self._queue_filled + m)
+
+    def _freeze_steps(self, step: StepContext) -> int:
+        steps = self.params["freeze_prototypes_steps"]
+        return step.steps_per_epoch if steps is None else steps
+
+    @staticmethod
+    def _global_step(step: StepContext) -> int:
+        # StepContext.step counts from 0 within the epoch.
+        return step.epoch * step.steps_per_epoch + step.step
+
+    def _reset_stats(self) -> None:
+        self._usage = torch.zeros(self.params["k"], dtype=torch.long)
+        self._entropy_sum = torch.zeros(())
+        self._loss_sum = torch.zeros(())
+        self._rows = 0
+        self._batches = 0
+        self._last_epoch = 0

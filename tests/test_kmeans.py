@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from dcx.core.contracts import FitContext
+from dcx.core.errors import InputError
+from dcx.core.kmeans import kmeans
+from dcx.core.metrics import nmi
+from dcx.plugins.kmeans import KMeans
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_recovers_planted_clusters(blobs, backend):
+    x, y = blobs
+    # Random initialisation can merge two blobs; like n_init, keep the best of 3 by objective.
+    res = min((kmeans(x, 6, niter=20, seed=s, backend=backend) for s in range(3)), key=lambda r: r.objective)
+    assert nmi(y, res.labels) > 0.95
+    assert res.centroids.shape == (6, 16) and res.labels.dtype == np.int64
+
+
+def test_torch_backend_splits_empty_clusters():
+    # 10 distinct points repeated: a random init draws duplicate centroids, some clusters go
+    # empty, and each must be re-seeded by splitting a non-empty one (paper §3.3).
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.normal(size=(10, 4)).astype(np.float32), 30, axis=0)
+    res = kmeans(x, 10, niter=10, seed=0, backend="torch")
+    assert res.empty_splits > 0
+    assert len(np.unique(res.labels)) == 10  # every distinct point ends in its own cluster
+
+
+def test_seed_makes_it_deterministic_and_plugin_reports_stats(blobs):
+    x, _ = blobs
+    plugin = KMeans(k=12, niter=5)
+    a = plugin.fit(x, FitContext(seed=1)).validate(len(x), "kmeans")
+    b = plugin.fit(x, FitContext(seed=1)).validate(len(x), "kmeans")
+    assert np.array_equal(a.labels, b.labels)
+    assert {"objective", "iterations", "empty_splits", "backend"} <= set(a.stats)
+    assert a.n_clusters == 12
+
+
+@pytest.mark.parametrize(
+    "x, k, match",
+    [
+        (np.zeros(10, np.float32), 2, "2-D"),
+        (np.zeros((5, 3), np.float32), 6, "larger than the number of samples"),
+        (np.array([[0.0, np.nan], [1.0, 1.0]], np.float32), 1, "NaN or inf"),
+    ],
+)
+def test_bad_input(x, k, match):
+    with pytest.raises(InputError, match=match):
+        kmeans(x, k)
