@@ -98,6 +98,10 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
     clusterer = registry.create("clusterer", config.clusterer, c_opts)
     cfg.k = clusterer.params.get("k", cfg.k)
+    # Store every used plugin's validated options (typed, defaults filled) so config.toml
+    # reproduces the run even if a default changes later. None ("auto") is left out.
+    for key, plugin in ((cfg.dataset, dataset), (cfg.backbone, backbone), (cfg.clusterer, clusterer)):
+        cfg.options[key] = {k: v for k, v in plugin.params.items() if v is not None}
     images = dataset.load(cfg.data_root, _train_split(dataset), cfg.download) if load_images else None
     if images is not None:
         if len(images) < 2:

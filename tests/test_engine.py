@@ -1,0 +1,79 @@
+import importlib.metadata as md
+
+import numpy as np
+import pytest
+import torch
+
+from dcx.core.engine import Engine, setup
+from dcx.core.errors import ContractError, InputError
+from dcx.core.registry import Registry
+from dcx.core.rundir import RunDir
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def test_an_epoch_changes_weights_and_labels(tiny_config):
+    tiny_config.epochs = 2
+    s = setup(tiny_config)
+    before = _params(s.model)
+    engine = Engine(s)
+    summary = engine.run()
+    assert not torch.equal(before, _params(s.model))
+    rows = [summary["first"], summary["final"]]
+    assert rows[0]["nonempty"] <= 20 and rows[0]["clusters"] == 20
+    assert 0 < summary["final"]["nmi_prev"] < 1  # labels moved between epochs but are related
+    for key in ("nmi_labels", "probe_nmi", "size_min", "size_median", "size_max", "loss",
+                "time_extract", "time_preprocess", "time_cluster", "time_train"):
+        assert key in summary["first"], key
+    assert np.isfinite(summary["final_loss"])
+
+
+def test_same_seed_gives_identical_assignments_and_losses(tiny_config, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        run_dir = RunDir(tmp_path / name)
+        run_dir.create(b"")
+        Engine(setup(tiny_config)).run(run_dir)
+        outs.append((np.load(run_dir.path / "assignments.npy"), [r.get("loss") for r in run_dir.metrics()]))
+    assert np.array_equal(outs[0][0], outs[1][0])
+    assert outs[0][1] == outs[1][1]
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
+    tiny_config.epochs = 3
+    full = RunDir(tmp_path / "full")
+    full.create(b"")
+    Engine(setup(tiny_config)).run(full)
+
+    part = RunDir(tmp_path / "part")
+    part.create(b"")
+    tiny_config.epochs = 2  # "interrupted" after two epochs: checkpoint says epoch 2
+    Engine(setup(tiny_config)).run(part)
+    tiny_config.epochs = 3
+    engine = Engine(setup(tiny_config))
+    engine.restore(part.load_checkpoint())
+    part.truncate_metrics(engine.start_epoch)
+    engine.run(part)
+    assert np.array_equal(np.load(full.path / "assignments.npy"), np.load(part.path / "assignments.npy"))
+    assert [r["loss"] for r in full.metrics() if "loss" in r] == [r["loss"] for r in part.metrics() if "loss" in r]
+
+
+def test_plugin_returning_wrong_shape_is_a_contract_error(tiny_config):
+    eps = [md.EntryPoint("wrongshape", "fake_plugins:WrongShape", "dcx.clusterers")]
+    real = Registry()
+
+    def entry_points(group):
+        return eps if group == "dcx.clusterers" else real._entry_points(group)
+
+    tiny_config.clusterer = "wrongshape"
+    s = setup(tiny_config, Registry(entry_points))
+    with pytest.raises(ContractError, match="wrongshape.*shape"):
+        Engine(s).run()
+
+
+def test_k_larger_than_dataset_is_rejected_before_any_work(tiny_config):
+    tiny_config.k = 301
+    with pytest.raises(InputError, match="k=301 is larger than the dataset"):
+        setup(tiny_config)
