@@ -21,7 +21,7 @@ from torch import nn
 from dcx.core import data as D
 from dcx.core.config import RunConfig
 from dcx.core.contracts import Backbone, Clusterer, Dataset, FitContext, ImageSet, OnlineClusterer, StepContext
-from dcx.core.errors import DcxError, InputError
+from dcx.core.errors import ContractError, DcxError, InputError
 from dcx.core.features import PCAWhitening, check_finite, extract, l2_normalize
 from dcx.core.kmeans import kmeans
 from dcx.core.metrics import cluster_sizes, nmi
@@ -228,18 +228,22 @@ class Engine:
         timings["time_cluster"] = time.perf_counter() - t
         return part.labels, part.n_clusters, dict(part.stats), timings
 
-    def _train_offline(self, labels: np.ndarray, epoch: int) -> tuple[float, int]:
-        targets, kept = relabel(labels)
+    def _train_offline(self, labels: np.ndarray, n_clusters: int, epoch: int) -> float:
         model, device = self.s.model, self.s.device
         if self.s.clusterer.keeps_head:
             head = self.head
-            if head[-1].out_features != int(labels.max()) + 1 and head[-1].out_features != len(kept):
-                raise DcxError("a clusterer with keeps_head changed its number of clusters: fix the plugin")
+            if head[-1].out_features != n_clusters:
+                raise ContractError(
+                    f"clusterer '{self.cfg.clusterer}' keeps its head but returned {n_clusters} clusters "
+                    f"instead of {head[-1].out_features}: fix the plugin"
+                )
             targets = torch.as_tensor(labels)  # the kept head's outputs are the clusterer's own ids
         else:
-            # A new top layer every epoch (paper §3.3): cluster ids carry no meaning across epochs.
+            # A new top layer every epoch (paper §3.3), sized from what the clusterer returned:
+            # cluster ids carry no meaning across epochs and PIC's count changes.
+            relabelled, kept = relabel(labels)
             head = classifier_head(model.feature_dim, len(kept), model.net.relu_head).to(device)
-            targets = torch.as_tensor(targets)
+            targets = torch.as_tensor(relabelled)
         head_opt = torch.optim.SGD(head.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         n_total = self.n * self.cfg.passes
         sampler = UniformLabelSampler(targets.numpy(), n_total, D.derive_seed(self.cfg.seed, epoch, 1))
@@ -261,7 +265,7 @@ class Engine:
                 total += loss.item()
                 steps += 1
                 advance(1)
-        return total / max(steps, 1), len(kept)
+        return total / max(steps, 1)
 
     def _train_online(self, epoch: int) -> tuple[float, dict]:
         model, device, head, clusterer = self.s.model, self.s.device, self.head, self.s.clusterer
@@ -340,7 +344,7 @@ class Engine:
         row = {"epoch": epoch, "phase": "train", **self.diagnostics(labels, n_clusters, feats, epoch)}
         self.labels = labels
         t = time.perf_counter()
-        loss, _ = self._train_offline(labels, epoch)
+        loss = self._train_offline(labels, n_clusters, epoch)
         row.update(loss=loss, time_extract=t_extract, **timings, time_train=time.perf_counter() - t)
         row["time_epoch"] = time.perf_counter() - t0
         row["clusterer"] = stats
