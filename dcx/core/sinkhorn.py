@@ -43,8 +43,8 @@ class SelaResult:
     error: float
     converged: bool
     moved: int  # labels that balanced rounding changed from the plain argmax (0 for "argmax")
-    r: np.ndarray  # (K,) cluster scaling
-    c: np.ndarray  # (N,) sample scaling (of the row-shifted P, see sela_solve)
+    r: np.ndarray  # (K,) cluster scaling, up to a common factor
+    c: np.ndarray  # (N,) sample scaling of the row-shifted P (see sela_solve), up to r's inverse factor
 
 
 def sela_solve(
@@ -69,13 +69,19 @@ def sela_solve(
     n, k = x.shape
     # log P = lam * log_softmax; log_softmax is idempotent, so log-probabilities work as well.
     logp = torch.log_softmax(x.to(torch.float64), dim=1).mul_(lam)
-    # Exponentiate minus each row's max so no sample's row underflows to 0 (a whole row of
-    # softmax^lam is ~exp(-lam * ln K) at worst). Scaling sample n by a_n = exp(-m_n) is exact
-    # when c starts at a_n^-1 / N instead of 1/N: the iterates are then c_ref / a_n, so r, the
-    # error test and the labels are the reference's (float64 keeps exp(m_n) > 0 for lam*ln K < 700).
+    # Exponentiate minus each row's max m_n: the reference's softmax^lam underflows to 0 for a
+    # whole row once lam * ln K > ~700 (e.g. lam=100, K=3000, flat rows) and then divides by 0.
+    # Scaling row n by a_n = exp(-m_n) is exact when c starts at exp(m_n) / N instead of 1/N:
+    # the iterates are then c_ref * exp(m_n). A common factor on c is exact too (r takes its
+    # inverse; the error test and the argmax ignore it), so c starts at exp(m_n - max m) / N,
+    # which cannot underflow everywhere. r, the iterations and the labels are the reference's.
+    # The floor e^-690 (~1e-300, still a normal float64) only lifts entries the reference holds
+    # as 0: a cluster no sample gives any mass (a dead class of a trained head) would make the
+    # reference's r infinite and every label NaN; here it gets a huge finite r and its N/K share.
     m = logp.amax(dim=1, keepdim=True)
-    p = logp.sub_(m).exp_()  # (N, K), in place
-    c = torch.exp(m.squeeze(1)).div_(n)
+    p = logp.sub_(m).clamp_(min=-690.0).exp_()  # (N, K), in place
+    m = m.squeeze(1)
+    c = torch.exp(m - m.max()).div_(n)
     inv_k, inv_n = 1.0 / k, 1.0 / n
     err, it = float("inf"), 0
     r = torch.full((k,), inv_k, dtype=torch.float64, device=p.device)
@@ -218,8 +224,10 @@ def swav_codes(
     q = torch.add(shift.mul(-1.0 / eps), scores, alpha=1.0 / eps).exp_()
     v = None
     for _ in range(n_iter):
-        mass = q.sum(dim=0) if v is None else v @ q  # (K,) prototype masses
-        u = torch.reciprocal(reduce_sum(mass))
+        mass = reduce_sum(q.sum(dim=0) if v is None else v @ q)  # (K,) prototype masses
+        # u = 1 / mass equalises them; the scalar mean(mass) only keeps u near 1 (otherwise u
+        # and v drift by a factor B/K per iteration and overflow after ~60 of them).
+        u = torch.reciprocal(mass).mul_(mass.mean())
         v = torch.reciprocal(q @ u)  # (B,) makes every sample's code sum to 1
     if not bool(torch.isfinite(v).all()):
         raise InputError(

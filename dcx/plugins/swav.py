@@ -22,7 +22,8 @@ from dcx.core.sinkhorn import swav_codes
 
 log = logging.getLogger(__name__)
 
-#: An epoch's mean loss above this fraction of ln K counts as "stuck at ln K" (collapse guard).
+#: An epoch's mean loss above this fraction of ln K counts as "stuck at ln K" (collapse guard):
+#: collapsed embeddings give uniform codes, and the cross-entropy to uniform codes is >= ln K.
 _NEAR_LN_K = 0.95
 
 
@@ -230,7 +231,7 @@ class SwAV(OnlineClusterer):
             )
         if self._last_epoch >= 1 and loss >= _NEAR_LN_K * math.log(k):
             log.warning(
-                "swav: mean loss %.3f is near ln k = %.3f (collapse?): lower swav.epsilon (e.g. 0.03), "
+                "swav: mean loss %.3f has not dropped below ln k = %.3f (collapse?): lower swav.epsilon (e.g. 0.03), "
                 "use the queue when the batch is smaller than k, or train longer", loss, math.log(k),
             )
         self._reset_stats()
@@ -290,8 +291,8 @@ class SwAV(OnlineClusterer):
 
     @staticmethod
     def _global_step(step: StepContext) -> int:
-        # StepContext.step counts from 0 within the epoch.
-        return step.epoch * step.steps_per_epoch + step.step
+        # The engine counts StepContext.step across epochs (epoch * steps_per_epoch + i).
+        return step.step
 
     def _reset_stats(self) -> None:
         self._usage = torch.zeros(self.params["k"], dtype=torch.long)

@@ -1,0 +1,165 @@
+"""One SwAV Sinkhorn call at B=4096, K=3000 (float32): dcx.core.sinkhorn.swav_codes vs the reference.
+
+The reference is SwAV's ``distributed_sinkhorn`` (main_swav.py) on one process, written plainly.
+Both run in this process on the same cosine scores, interleaved, and the medians are compared:
+absolute times on a shared 2-core machine are noisy, their ratio much less so.
+
+    python benchmarks/bench_sinkhorn.py [--batch 4096] [--k 3000] [--repeats 15]
+
+Writes benchmarks/results/sinkhorn.json and the "## Sinkhorn" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from dcx.core.sinkhorn import swav_codes
+
+log = logging.getLogger("bench_sinkhorn")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@torch.no_grad()
+def reference_sinkhorn(out: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
+    """SwAV's distributed_sinkhorn with world_size 1 (the all-reduces are identities)."""
+    q = torch.exp(out / eps).t()
+    b, k = q.shape[1], q.shape[0]
+    q /= torch.sum(q)
+    for _ in range(n_iter):
+        q /= torch.sum(q, dim=1, keepdim=True)
+        q /= k
+        q /= torch.sum(q, dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+def cosine_scores(b: int, k: int, dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """Scores as SwAV sees them: unit embeddings against unit prototypes."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
+    w = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=1)
+    return (z @ w.t()).contiguous()
+
+
+def timed(fn, *args) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the '## Sinkhorn' section of ``path``, leaving the others intact."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## Sinkhorn"), None)
+    if start is None:
+        body = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        before = "\n".join(lines[:start]).rstrip("\n")
+        after = "\n".join(lines[end:])
+        body = (before + "\n\n" if before else "") + section + ("\n" + after if after else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=3000)
+    parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sinkhorn.json")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    scores = cosine_scores(args.batch, args.k)
+    ours, ref = [], []
+    load_before = os.getloadavg()[0]
+    for i in range(args.repeats + 2):  # 2 warm-up rounds, then interleaved timings
+        t_ref, q_ref = timed(reference_sinkhorn, scores, args.eps, args.iters)
+        t_ours, q_ours = timed(swav_codes, scores, args.eps, args.iters)
+        if i >= 2:
+            ref.append(t_ref)
+            ours.append(t_ours)
+    load_after = os.getloadavg()[0]
+
+    ref64 = reference_sinkhorn(scores.double(), args.eps, args.iters)
+    result = {
+        "benchmark": "swav_codes vs SwAV distributed_sinkhorn (one process)",
+        "batch": args.batch,
+        "k": args.k,
+        "eps": args.eps,
+        "sinkhorn_iters": args.iters,
+        "dtype": "float32",
+        "repeats": args.repeats,
+        "dcx_ms_median": 1e3 * statistics.median(ours),
+        "reference_ms_median": 1e3 * statistics.median(ref),
+        "dcx_ms_min": 1e3 * min(ours),
+        "reference_ms_min": 1e3 * min(ref),
+        "speedup": statistics.median(ref) / statistics.median(ours),
+        "max_abs_diff_vs_reference": float((q_ours - q_ref).abs().max()),
+        "max_abs_diff_vs_float64_reference": {
+            "dcx": float((q_ours.double() - ref64).abs().max()),
+            "reference": float((q_ref.double() - ref64).abs().max()),
+        },
+        "max_code_row_sum_error": float((q_ours.sum(dim=1) - 1).abs().max()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "load_average_1min": [load_before, load_after],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    log.info(json.dumps(result, indent=2))
+
+    r = result
+    section = f"""## Sinkhorn
+
+One SwAV Sinkhorn-Knopp call, B={r['batch']}, K={r['k']}, eps={r['eps']}, {r['sinkhorn_iters']} iterations,
+float32 cosine scores; median of {r['repeats']} interleaved runs in one process
+(`python benchmarks/bench_sinkhorn.py`, raw numbers in `benchmarks/results/sinkhorn.json`).
+
+| implementation | median | min |
+|---|---|---|
+| reference (SwAV `distributed_sinkhorn`, one process) | {r['reference_ms_median']:.1f} ms | {r['reference_ms_min']:.1f} ms |
+| `dcx.core.sinkhorn.swav_codes` | {r['dcx_ms_median']:.1f} ms | {r['dcx_ms_min']:.1f} ms |
+
+Speed-up {r['speedup']:.2f}x; codes equal to the reference's within {r['max_abs_diff_vs_reference']:.1e}
+(against a float64 reference: dcx {r['max_abs_diff_vs_float64_reference']['dcx']:.1e}, reference
+{r['max_abs_diff_vs_float64_reference']['reference']:.1e}). Why faster: the matrix is exponentiated once and
+never rescaled in place; each iteration is two matrix-vector products with the scaling vectors
+(~11 passes over the B x K matrix instead of ~23). Measured {r['date']}, torch {r['torch']},
+{r['threads']} threads, {r['cpu']}, 1-min load average {r['load_average_1min'][0]:.1f} -> {r['load_average_1min'][1]:.1f}
+(docs/performance.md quotes ~76 ms for the reference on an idle machine of this kind).
+"""
+    write_section(args.doc, section)
+    log.info("wrote %s and the Sinkhorn section of %s", args.json, args.doc)
+
+
+if __name__ == "__main__":
+    main()
