@@ -84,6 +84,25 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(body.rstrip("\n") + "\n")
 
 
+def measure(scores: torch.Tensor, eps: float, iters: int, repeats: int) -> dict:
+    """Interleaved timings of both implementations at the current thread count (ms)."""
+    ours, ref = [], []
+    for i in range(repeats + 2):  # 2 warm-up rounds
+        t_ref, _ = timed(reference_sinkhorn, scores, eps, iters)
+        t_ours, _ = timed(swav_codes, scores, eps, iters)
+        if i >= 2:
+            ref.append(t_ref)
+            ours.append(t_ours)
+    return {
+        "threads": torch.get_num_threads(),
+        "dcx_ms_median": 1e3 * statistics.median(ours),
+        "reference_ms_median": 1e3 * statistics.median(ref),
+        "dcx_ms_min": 1e3 * min(ours),
+        "reference_ms_min": 1e3 * min(ref),
+        "speedup": statistics.median(ref) / statistics.median(ours),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4096)
@@ -91,22 +110,25 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, nargs="*", help="thread counts to time (default: torch's, then 1)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sinkhorn.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     scores = cosine_scores(args.batch, args.k)
-    ours, ref = [], []
+    default_threads = torch.get_num_threads()
+    thread_counts = args.threads or sorted({default_threads, 1}, reverse=True)
     load_before = os.getloadavg()[0]
-    for i in range(args.repeats + 2):  # 2 warm-up rounds, then interleaved timings
-        t_ref, q_ref = timed(reference_sinkhorn, scores, args.eps, args.iters)
-        t_ours, q_ours = timed(swav_codes, scores, args.eps, args.iters)
-        if i >= 2:
-            ref.append(t_ref)
-            ours.append(t_ours)
+    runs = []
+    for n in thread_counts:
+        torch.set_num_threads(n)
+        runs.append(measure(scores, args.eps, args.iters, args.repeats))
+    torch.set_num_threads(default_threads)
     load_after = os.getloadavg()[0]
 
+    q_ours = swav_codes(scores, args.eps, args.iters)
+    q_ref = reference_sinkhorn(scores, args.eps, args.iters)
     ref64 = reference_sinkhorn(scores.double(), args.eps, args.iters)
     result = {
         "benchmark": "swav_codes vs SwAV distributed_sinkhorn (one process)",
@@ -116,11 +138,8 @@ def main() -> None:
         "sinkhorn_iters": args.iters,
         "dtype": "float32",
         "repeats": args.repeats,
-        "dcx_ms_median": 1e3 * statistics.median(ours),
-        "reference_ms_median": 1e3 * statistics.median(ref),
-        "dcx_ms_min": 1e3 * min(ours),
-        "reference_ms_min": 1e3 * min(ref),
-        "speedup": statistics.median(ref) / statistics.median(ours),
+        **runs[0],
+        "runs": runs,
         "max_abs_diff_vs_reference": float((q_ours - q_ref).abs().max()),
         "max_abs_diff_vs_float64_reference": {
             "dcx": float((q_ours.double() - ref64).abs().max()),
@@ -128,8 +147,8 @@ def main() -> None:
         },
         "max_code_row_sum_error": float((q_ours.sum(dim=1) - 1).abs().max()),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
         "load_average_1min": [load_before, load_after],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -138,24 +157,28 @@ def main() -> None:
     log.info(json.dumps(result, indent=2))
 
     r = result
+    rows = "\n".join(
+        f"| {x['threads']} | {x['reference_ms_median']:.1f} ms (min {x['reference_ms_min']:.1f}) "
+        f"| {x['dcx_ms_median']:.1f} ms (min {x['dcx_ms_min']:.1f}) | {x['speedup']:.2f}x |"
+        for x in runs
+    )
     section = f"""## Sinkhorn
 
 One SwAV Sinkhorn-Knopp call, B={r['batch']}, K={r['k']}, eps={r['eps']}, {r['sinkhorn_iters']} iterations,
 float32 cosine scores; median of {r['repeats']} interleaved runs in one process
 (`python benchmarks/bench_sinkhorn.py`, raw numbers in `benchmarks/results/sinkhorn.json`).
 
-| implementation | median | min |
-|---|---|---|
-| reference (SwAV `distributed_sinkhorn`, one process) | {r['reference_ms_median']:.1f} ms | {r['reference_ms_min']:.1f} ms |
-| `dcx.core.sinkhorn.swav_codes` | {r['dcx_ms_median']:.1f} ms | {r['dcx_ms_min']:.1f} ms |
+| threads | reference (SwAV `distributed_sinkhorn`, one process) | `dcx.core.sinkhorn.swav_codes` | speed-up |
+|---|---|---|---|
+{rows}
 
-Speed-up {r['speedup']:.2f}x; codes equal to the reference's within {r['max_abs_diff_vs_reference']:.1e}
-(against a float64 reference: dcx {r['max_abs_diff_vs_float64_reference']['dcx']:.1e}, reference
-{r['max_abs_diff_vs_float64_reference']['reference']:.1e}). Why faster: the matrix is exponentiated once and
-never rescaled in place; each iteration is two matrix-vector products with the scaling vectors
-(~11 passes over the B x K matrix instead of ~23). Measured {r['date']}, torch {r['torch']},
-{r['threads']} threads, {r['cpu']}, 1-min load average {r['load_average_1min'][0]:.1f} -> {r['load_average_1min'][1]:.1f}
-(docs/performance.md quotes ~76 ms for the reference on an idle machine of this kind).
+Codes equal to the reference's within {r['max_abs_diff_vs_reference']:.1e} (against a float64 reference: dcx
+{r['max_abs_diff_vs_float64_reference']['dcx']:.1e}, reference {r['max_abs_diff_vs_float64_reference']['reference']:.1e}).
+Why faster: the matrix is exponentiated once and never rescaled in place; each iteration is two
+matrix-vector products with the scaling vectors (~11 passes over the B x K matrix instead of ~23).
+Measured {r['date']}, torch {r['torch']}, {r['cpu']} ({r['cpu_count']} cores), 1-min load average
+{r['load_average_1min'][0]:.1f} -> {r['load_average_1min'][1]:.1f}: absolute times on a loaded machine are
+several times docs/performance.md's ~76 ms (idle, 2 threads); compare the ratio.
 """
     write_section(args.doc, section)
     log.info("wrote %s and the Sinkhorn section of %s", args.json, args.doc)
