@@ -49,6 +49,8 @@ class VGG16(Backbone):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
+                # N(0, 0.01) at full size; narrower nets keep the same per-layer gain (see alexnet._init).
+                reference = 512 * 7 * 7 if m is neck[2] else 4096
+                nn.init.normal_(m.weight, 0, 0.01 * (reference / m.in_features) ** 0.5)
                 nn.init.zeros_(m.bias)
         return net

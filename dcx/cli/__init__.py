@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dcx.cli.cluster import cluster
+from dcx.cli.compare import compare
 from dcx.cli.listing import list_plugins
 from dcx.cli.run import run
 
@@ -15,6 +16,7 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("list")(list_plugins)
 app.command("cluster")(cluster)
+app.command("compare")(compare)
 
 
 def main() -> None:

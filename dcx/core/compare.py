@@ -1,0 +1,228 @@
+"""Train and evaluate several clusterers under the same seed, budget and data; tabulate and plot.
+
+Each (clusterer, seed) is an ordinary run directory under the comparison directory, so a run can
+be inspected, evaluated or resumed on its own. Runs are independent: one failing is recorded in
+the table and the others go on; ``resume`` skips the finished ones and continues the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from dcx.core.config import RunConfig
+from dcx.core.engine import Engine, setup
+from dcx.core.errors import DcxError, RunDirError
+from dcx.core.progress import NullProgress, Progress
+from dcx.core.registry import Registry
+from dcx.core.rundir import CHECKPOINT, SUMMARY, RunDir, atomic_write, save_json
+
+log = logging.getLogger(__name__)
+
+TABLE_JSON = "comparison.json"
+TABLE_MD = "comparison.md"
+FIGURE = "comparison.png"
+PHASES = ("extract", "preprocess", "cluster", "train")
+
+
+@dataclass
+class Comparison:
+    """What to compare: clusterers x seeds on one base configuration."""
+
+    clusterers: list[str]
+    seeds: list[int]
+    base: RunConfig
+    protocols: list[str] = field(default_factory=lambda: ["knn", "cluster"])
+    layers: str | Sequence[str] | None = "all"
+
+    def run_name(self, clusterer: str, seed: int) -> str:
+        return f"{clusterer}-seed{seed}"
+
+
+def _finished(path: Path, protocols: Sequence[str]) -> bool:
+    if not (path / SUMMARY).is_file():
+        return False
+    if not protocols:
+        return True
+    eval_path = path / "eval.json"
+    if not eval_path.is_file():
+        return False
+    done = set(json.loads(eval_path.read_text()).get("protocols", []))
+    return set(protocols) <= done
+
+
+def run_one(cmp: Comparison, clusterer: str, seed: int, out: Path, resume: bool,
+            progress: Progress, registry: Registry) -> str:
+    """Train (or resume) and evaluate one run; returns 'trained', 'resumed' or 'skipped'."""
+    path = out / cmp.run_name(clusterer, seed)
+    if resume and _finished(path, cmp.protocols):
+        return "skipped"
+    status = "trained"
+    if not (path / SUMMARY).is_file():
+        cfg = cmp.base.merged({"clusterer": clusterer, "seed": seed, "out": str(path)})
+        s = setup(cfg, registry)
+        run_dir = RunDir(path)
+        has_checkpoint = (path / CHECKPOINT).is_file()
+        if has_checkpoint and not resume:
+            raise RunDirError(f"{path} holds an unfinished run: pass --resume to continue it")
+        run_dir.create(s.config.save(path), resume=has_checkpoint)
+        engine = Engine(s, progress)
+        if has_checkpoint:
+            engine.restore(run_dir.load_checkpoint())
+            run_dir.truncate_metrics(engine.start_epoch)
+            status = "resumed"
+        engine.run(run_dir)
+    if cmp.protocols:
+        from dcx.core.evaluate import evaluate_run
+
+        evaluate_run(path, cmp.protocols, cmp.layers, progress=progress, registry=registry)
+    return status
+
+
+def collect(path: Path) -> dict[str, Any]:
+    """One table row from a finished run directory (summary, metrics, eval headline)."""
+    run = RunDir(path)
+    summary = run.read_json(SUMMARY)
+    rows = run.metrics()
+    train = [r for r in rows if r.get("phase") == "train"]
+    final = summary.get("final", {})
+    out: dict[str, Any] = {
+        "clusters": final.get("nonempty"),
+        "nmi_labels": final.get("nmi_labels"),
+        "nmi_prev": train[-1].get("nmi_prev") if train else None,
+        "probe_nmi_initial": summary.get("probe_nmi_initial"),
+        "probe_nmi_final": summary.get("probe_nmi_final"),
+        "final_loss": summary.get("final_loss"),
+        "seconds": summary.get("seconds"),
+    }
+    for phase in PHASES:
+        values = [r[f"time_{phase}"] for r in train if f"time_{phase}" in r]
+        out[f"time_{phase}"] = statistics.mean(values) if values else None
+    ev = summary.get("eval")
+    if ev:
+        out["eval_layer"] = ev.get("layer")
+        for net in ("learned", "random"):
+            for key, value in ev.get(net, {}).items():
+                out[f"{net}_{key}"] = value
+    return out
+
+
+def compare(cmp: Comparison, out: Path, resume: bool = False, progress: Progress | None = None,
+            registry: Registry | None = None) -> list[dict[str, Any]]:
+    """Run every (clusterer, seed), then write comparison.json/.md/.png; returns the rows."""
+    progress = progress or NullProgress()
+    registry = registry or Registry()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table: list[dict[str, Any]] = []
+    for clusterer in cmp.clusterers:
+        for seed in cmp.seeds:
+            row: dict[str, Any] = {"clusterer": clusterer, "seed": seed, "run_dir": cmp.run_name(clusterer, seed)}
+            t = time.perf_counter()
+            try:
+                row["status"] = run_one(cmp, clusterer, seed, out, resume, progress, registry)
+                row.update(collect(out / row["run_dir"]))
+            except DcxError as exc:
+                row.update(status="failed", error=str(exc))
+                log.error("%s (seed %d) failed: %s", clusterer, seed, exc)
+            except Exception as exc:  # one broken run must not lose the others
+                row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                log.exception("%s (seed %d) crashed", clusterer, seed)
+            row["wall_seconds"] = time.perf_counter() - t
+            table.append(row)
+            write_table(out, cmp, table)  # after every run: an interrupted comparison keeps its rows
+    write_figure(out, table)
+    return table
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+COLUMNS = [
+    ("clusterer", "clusterer"), ("seed", "seed"), ("clusters", "#clusters"),
+    ("nmi_labels", "NMI labels"), ("nmi_prev", "NMI prev epoch"),
+    ("probe_nmi_initial", "k-means NMI random"), ("probe_nmi_final", "k-means NMI final"),
+    ("learned_k20", "kNN-20 top-1"), ("random_k20", "kNN-20 random"),
+    ("learned_linear_top1", "linear top-1"), ("random_linear_top1", "linear random"),
+    ("time_extract", "extract s/ep"), ("time_cluster", "cluster s/ep"), ("time_train", "train s/ep"),
+    ("status", "status"),
+]
+
+
+def markdown(cmp: Comparison, table: list[dict[str, Any]]) -> str:
+    b = cmp.base
+    lines = [
+        f"# Comparison: {', '.join(cmp.clusterers)} on {b.dataset} with {b.backbone}",
+        "",
+        f"Same data, backbone, budget ({b.epochs} epochs) and seeds ({', '.join(map(str, cmp.seeds))}) for every "
+        f"clusterer. NMI labels: the last epoch's pseudo-labels against the true labels; k-means NMI: "
+        f"k-means(#classes) on L2-normalised features at random init and after training; kNN/linear: "
+        f"`dcx eval` on the evaluation layer{' (' + str(table[0].get('eval_layer')) + ')' if table and table[0].get('eval_layer') else ''}.",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in table:
+        lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+    failed = [r for r in table if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "Failed runs:"] + [f"- {r['clusterer']} seed {r['seed']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path, cmp: Comparison, table: list[dict[str, Any]]) -> None:
+    save_json(out / TABLE_JSON, {"clusterers": cmp.clusterers, "seeds": cmp.seeds, "base": cmp.base.to_dict(),
+                                 "protocols": cmp.protocols, "runs": table})
+    atomic_write(out / TABLE_MD, markdown(cmp, table).encode())
+
+
+def write_figure(out: Path, table: list[dict[str, Any]]) -> Path:
+    """One figure, every run's curves: NMI to labels, NMI to the previous epoch, probe NMI, loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    panels = [("nmi_labels", "NMI pseudo-labels vs labels"), ("nmi_prev", "NMI to previous epoch"),
+              ("probe_nmi", "k-means(#classes) NMI of features"), ("loss", "training loss")]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = sorted({r["clusterer"] for r in table})
+    for row in table:
+        path = out / row["run_dir"]
+        if row.get("status") == "failed" or not (path / "metrics.jsonl").exists():
+            continue
+        rows = RunDir(path).metrics()
+        colour = colours[names.index(row["clusterer"]) % len(colours)]
+        for ax, (key, _) in zip(axes.flat, panels):
+            pts = [(r["epoch"], r[key]) for r in rows if key in r]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, color=colour, alpha=0.9,
+                        label=f"{row['clusterer']} (seed {row['seed']})")
+    for ax, (_, title) in zip(axes.flat, panels):
+        ax.set_title(title)
+        ax.set_xlabel("epoch (last point: final features)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(out / FIGURE, buf.getvalue())
+    return out / FIGURE
