@@ -6,7 +6,8 @@ absolute times on a shared 2-core machine are noisy, their ratio much less so.
 
     python benchmarks/bench_sinkhorn.py [--batch 4096] [--k 3000] [--repeats 15]
 
-Writes benchmarks/results/sinkhorn.json and the "## Sinkhorn" section of docs/benchmarks.md.
+Writes benchmarks/results/sinkhorn.json and the "## Sinkhorn" section of docs/benchmarks.md
+(benchmarks/_report.py, shared with the other benchmarks).
 """
 
 from __future__ import annotations
@@ -15,18 +16,15 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
+from _report import environment, write_results, write_section
 from dcx.core.sinkhorn import swav_codes
 
 log = logging.getLogger("bench_sinkhorn")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()
@@ -58,32 +56,6 @@ def timed(fn, *args) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the '## Sinkhorn' section of ``path``, leaving the others intact."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Sinkhorn"), None)
-    if start is None:
-        body = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        body = (before + "\n\n" if before else "") + section + ("\n" + after if after else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body.rstrip("\n") + "\n")
-
-
 def measure(scores: torch.Tensor, eps: float, iters: int, repeats: int) -> dict:
     """Interleaved timings of both implementations at the current thread count (ms)."""
     ours, ref = [], []
@@ -111,8 +83,6 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="*", help="thread counts to time (default: torch's, then 1)")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sinkhorn.json")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -146,14 +116,10 @@ def main() -> None:
             "reference": float((q_ref.double() - ref64).abs().max()),
         },
         "max_code_row_sum_error": float((q_ours.sum(dim=1) - 1).abs().max()),
-        "torch": torch.__version__,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
         "load_average_1min": [load_before, load_after],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **environment(),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("sinkhorn", result)
     log.info(json.dumps(result, indent=2))
 
     r = result
@@ -162,8 +128,7 @@ def main() -> None:
         f"| {x['dcx_ms_median']:.1f} ms (min {x['dcx_ms_min']:.1f}) | {x['speedup']:.2f}x |"
         for x in runs
     )
-    section = f"""## Sinkhorn
-
+    section = f"""
 One SwAV Sinkhorn-Knopp call, B={r['batch']}, K={r['k']}, eps={r['eps']}, {r['sinkhorn_iters']} iterations,
 float32 cosine scores; median of {r['repeats']} interleaved runs in one process
 (`python benchmarks/bench_sinkhorn.py`, raw numbers in `benchmarks/results/sinkhorn.json`).
@@ -176,12 +141,12 @@ Codes equal to the reference's within {r['max_abs_diff_vs_reference']:.1e} (agai
 {r['max_abs_diff_vs_float64_reference']['dcx']:.1e}, reference {r['max_abs_diff_vs_float64_reference']['reference']:.1e}).
 Why faster: the matrix is exponentiated once and never rescaled in place; each iteration is two
 matrix-vector products with the scaling vectors (~11 passes over the B x K matrix instead of ~23).
-Measured {r['date']}, torch {r['torch']}, {r['cpu']} ({r['cpu_count']} cores), 1-min load average
-{r['load_average_1min'][0]:.1f} -> {r['load_average_1min'][1]:.1f}: absolute times on a loaded machine are
-several times docs/performance.md's ~76 ms (idle, 2 threads); compare the ratio.
+{r['when'][:1].upper() + r['when'][1:]}, {r['machine']} ({r['load_average_1min'][0]:.1f} before).
+On a loaded machine absolute times are several times docs/performance.md's ~76 ms (idle,
+2 threads): compare the ratio.
 """
-    write_section(args.doc, section)
-    log.info("wrote %s and the Sinkhorn section of %s", args.json, args.doc)
+    write_section("Sinkhorn", section)
+    log.info("wrote benchmarks/results/sinkhorn.json and the Sinkhorn section of docs/benchmarks.md")
 
 
 if __name__ == "__main__":
