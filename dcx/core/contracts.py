@@ -117,7 +117,10 @@ class CropSpec:
 
 @dataclass
 class StepContext:
-    """Where the training loop is, for online clusterers' per-batch schedule."""
+    """Where the training loop is, for online clusterers' per-batch schedule.
+
+    ``step`` counts optimiser steps since the start of the run (not of the epoch).
+    """
 
     epoch: int
     step: int

@@ -33,8 +33,9 @@ def train_transform(image_size: int, channels: int, flip: bool, min_scale: float
 class MultiCrop:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
 
-    def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool) -> None:
-        small = max(8, int(round(image_size * spec.small_size_ratio)))
+    def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8) -> None:
+        # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
+        small = max(min_size, int(round(image_size * spec.small_size_ratio)))
         large_t = train_transform(image_size, channels, flip, spec.large_scale[0])
         large_t.transforms[0] = T.RandomResizedCrop(image_size, scale=spec.large_scale, antialias=True)
         small_t = train_transform(small, channels, flip, spec.small_scale[0])

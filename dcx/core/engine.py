@@ -148,7 +148,7 @@ class Engine:
         self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels))
         flip = s.dataset.flip_invariant
         if self.online:
-            train_t = D.MultiCrop(s.clusterer.crops(), self.cfg.image_size, channels, flip)
+            train_t = D.MultiCrop(s.clusterer.crops(), self.cfg.image_size, channels, flip, s.backbone.min_image_size)
         else:
             min_scale = MIN_CROP_SCALE[self.cfg.image_size > 64]
             train_t = D.train_transform(self.cfg.image_size, channels, flip, min_scale)
