@@ -33,7 +33,8 @@ def summary_table(summary: dict) -> Table:
     table.add_column("final", justify="right")
     first, final = summary.get("first", {}), summary.get("final", {})
     for key, label in (
-        ("probe_nmi", "k-means(#classes) NMI of the features"),
+        ("probe_nmi", "k-means(#classes) NMI, L2 features"),
+        ("probe_nmi_whitened", "k-means(#classes) NMI, PCA-whitened features"),
         ("nmi_labels", "NMI pseudo-labels vs labels"),
         ("nmi_prev", "NMI to previous epoch"),
         ("nonempty", "non-empty clusters"),

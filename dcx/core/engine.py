@@ -121,14 +121,11 @@ def _train_split(dataset: Dataset) -> str:
     return "train" if "train" in splits else splits[0]
 
 
-def probe_nmi(features: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 3) -> float:
-    """NMI of k-means(#classes) on L2-normalised features: how well the features cluster.
+def probe_nmi(x: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 3) -> float:
+    """NMI to ``labels`` of k-means(#classes) on ``x``: how well these features cluster by class.
 
-    L2 only, no whitening: whitening conv features before the evaluation k-means can reverse a
-    learned-vs-random comparison (docs/algorithms "Evaluation preprocessing changes conclusions").
     The best of ``restarts`` k-means runs by objective, so the probe is not a coin toss.
     """
-    x = l2_normalize(features)
     k = int(len(np.unique(labels)))
     best = min((kmeans(x, k, 20, seed + r) for r in range(restarts)), key=lambda r: r.objective)
     return nmi(labels, best.labels)
@@ -199,7 +196,16 @@ class Engine:
         check_finite(feats, "backbone features")
         return feats
 
-    def diagnostics(self, labels: np.ndarray, n_clusters: int, features: np.ndarray, epoch: int) -> dict:
+    def diagnostics(
+        self, labels: np.ndarray, n_clusters: int, features: np.ndarray, epoch: int, whitened: np.ndarray | None = None
+    ) -> dict:
+        """Cluster sizes, NMI to the previous labels and to the true labels, and the k-means probe.
+
+        The probe is reported on two views of the same features, because they can disagree
+        (docs/algorithms "Evaluation preprocessing changes conclusions"): ``probe_nmi`` on
+        L2-normalised features, ``probe_nmi_whitened`` on the PCA-whitened + L2 features that
+        offline clusterers see.
+        """
         row: dict[str, Any] = dict(cluster_sizes(labels, n_clusters))
         if self.labels is not None and len(self.labels) == len(labels):
             row["nmi_prev"] = nmi(labels, self.labels)
@@ -207,16 +213,21 @@ class Engine:
             row["nmi_labels"] = nmi(self.truth, labels)
             if self.cfg.probe:
                 t = time.perf_counter()
-                row["probe_nmi"] = probe_nmi(features, self.truth, D.derive_seed(self.cfg.seed, epoch, 7))
+                seed = D.derive_seed(self.cfg.seed, epoch, 7)
+                if whitened is None:
+                    whitened = PCAWhitening(dim=self.cfg.pca_dim).fit_transform(features)
+                row["probe_nmi"] = probe_nmi(l2_normalize(features), self.truth, seed)
+                row["probe_nmi_whitened"] = probe_nmi(whitened, self.truth, seed)
                 row["time_probe"] = time.perf_counter() - t
         return row
 
-    def _cluster(self, feats: np.ndarray, epoch: int, seed: int) -> tuple[np.ndarray, int, dict, dict]:
+    def _cluster(self, feats: np.ndarray, epoch: int, seed: int) -> tuple[np.ndarray, int, dict, dict, np.ndarray | None]:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         x = feats
+        whitened = None
         if self.s.clusterer.wants_preprocessing:
-            x = PCAWhitening(dim=self.cfg.pca_dim).fit_transform(feats)
+            x = whitened = PCAWhitening(dim=self.cfg.pca_dim).fit_transform(feats)
         timings["time_preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         ctx = FitContext(
@@ -226,7 +237,7 @@ class Engine:
         )
         part = self.s.clusterer.fit(x, ctx).validate(self.n, self.cfg.clusterer)
         timings["time_cluster"] = time.perf_counter() - t
-        return part.labels, part.n_clusters, dict(part.stats), timings
+        return part.labels, part.n_clusters, dict(part.stats), timings, whitened
 
     def _train_offline(self, labels: np.ndarray, n_clusters: int, epoch: int) -> float:
         model, device = self.s.model, self.s.device
@@ -340,8 +351,8 @@ class Engine:
         t0 = time.perf_counter()
         feats = self.extract_features(f"extract epoch {epoch}")
         t_extract = time.perf_counter() - t0
-        labels, n_clusters, stats, timings = self._cluster(feats, epoch, D.derive_seed(self.cfg.seed, epoch))
-        row = {"epoch": epoch, "phase": "train", **self.diagnostics(labels, n_clusters, feats, epoch)}
+        labels, n_clusters, stats, timings, whitened = self._cluster(feats, epoch, D.derive_seed(self.cfg.seed, epoch))
+        row = {"epoch": epoch, "phase": "train", **self.diagnostics(labels, n_clusters, feats, epoch, whitened)}
         self.labels = labels
         t = time.perf_counter()
         loss = self._train_offline(labels, n_clusters, epoch)
@@ -372,12 +383,13 @@ class Engine:
         t = time.perf_counter()
         feats = self.extract_features("extract final")
         row: dict[str, Any] = {"epoch": epoch, "phase": "final", "time_extract": time.perf_counter() - t}
+        whitened = None
         if self.online:
             labels, n_clusters = self._assign_online(feats), int(self.cfg.k)
         else:
-            labels, n_clusters, stats, timings = self._cluster(feats, epoch, D.derive_seed(self.cfg.seed, epoch))
+            labels, n_clusters, stats, timings, whitened = self._cluster(feats, epoch, D.derive_seed(self.cfg.seed, epoch))
             row.update(timings, clusterer=stats)
-        row.update(self.diagnostics(labels, n_clusters, feats, epoch))
+        row.update(self.diagnostics(labels, n_clusters, feats, epoch, whitened))
         self.labels = labels
         return row
 
@@ -391,9 +403,10 @@ class Engine:
         if train_rows:
             out["first"] = train_rows[0]
             out["final_loss"] = train_rows[-1]["loss"]
-        probes = [r["probe_nmi"] for r in rows if "probe_nmi" in r]
-        if probes:
-            out["probe_nmi_initial"], out["probe_nmi_final"] = probes[0], probes[-1]
+        for key in ("probe_nmi", "probe_nmi_whitened"):
+            probes = [r[key] for r in rows if key in r]
+            if probes:
+                out[f"{key}_initial"], out[f"{key}_final"] = probes[0], probes[-1]
         return out
 
 
