@@ -6,7 +6,9 @@ import typer
 
 from dcx.cli.cluster import cluster
 from dcx.cli.compare import compare
+from dcx.cli.evaluate import evaluate
 from dcx.cli.listing import list_plugins
+from dcx.cli.report import report
 from dcx.cli.run import run
 
 app = typer.Typer(
@@ -16,6 +18,8 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("list")(list_plugins)
 app.command("cluster")(cluster)
+app.command("eval")(evaluate)
+app.command("report")(report)
 app.command("compare")(compare)
 
 

@@ -121,7 +121,7 @@ def _train_split(dataset: Dataset) -> str:
     return "train" if "train" in splits else splits[0]
 
 
-def probe_nmi(x: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 3) -> float:
+def probe_nmi(x: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 10) -> float:
     """NMI to ``labels`` of k-means(#classes) on ``x``: how well these features cluster by class.
 
     The best of ``restarts`` k-means runs by objective, so the probe is not a coin toss.
