@@ -1,0 +1,210 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from dcx.cli import app
+from dcx.core import evaluate as E
+from dcx.core.engine import Engine, setup
+from dcx.core.errors import InputError
+from dcx.core.features import PCAWhitening
+from dcx.core.metrics import clustering_scores, hungarian_accuracy
+from dcx.core.rundir import RunDir
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny problems: one thread is as fast, and far faster on a loaded machine (no OpenMP waits)."""
+    import torch
+
+    try:
+        import faiss
+    except ImportError:  # the torch k-means backend follows torch's setting
+        faiss = None
+    before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before[0])
+    if faiss is not None:
+        faiss.omp_set_num_threads(before[1])
+
+
+# ----------------------------------------------------------------------------- metrics and protocols
+
+
+def test_clustering_scores_known_cases():
+    truth = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    renamed = np.array([5, 5, 5, 3, 3, 3, 9, 9, 9])  # same partition, other ids
+    assert clustering_scores(truth, renamed) == pytest.approx({"nmi": 1.0, "ari": 1.0, "accuracy": 1.0})
+    # One point of class 0 moved to cluster 1: best matching gets 8 of 9 right.
+    assert hungarian_accuracy(truth, np.array([0, 0, 1, 1, 1, 1, 2, 2, 2])) == pytest.approx(8 / 9)
+    # One cluster for everything: NMI and ARI 0, accuracy = largest class share.
+    assert clustering_scores(truth, np.zeros(9, int)) == pytest.approx({"nmi": 0.0, "ari": 0.0, "accuracy": 1 / 3})
+
+
+def test_knn_votes_are_weighted_by_similarity():
+    # Test point at angle 0; one class-0 neighbour at angle 0, two class-1 neighbours at 60 degrees.
+    # Majority of 3 says class 1, but exp(1/0.1) > 2 exp(0.5/0.1): weighted kNN says class 0.
+    a = np.deg2rad([0.0, 60.0, 60.0])
+    train = np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32) * np.array([[3.0], [1.0], [2.0]], np.float32)
+    scores = E.knn_classify(train, np.array([0, 1, 1]), np.array([[2.0, 0.0]], np.float32), np.array([0]), ks=(1, 3, 200))
+    assert scores == {"top1_k1": 1.0, "top1_k3": 1.0, "top1_k200": 1.0}  # k=200 > N uses all 3
+    hot = E.knn_classify(train, np.array([0, 1, 1]), np.array([[2.0, 0.0]], np.float32), np.array([0]), ks=(3,), temperature=10.0)
+    assert hot == {"top1_k3": 0.0}  # near-uniform weights: the majority wins
+
+
+def test_linear_probe_separates_linearly_separable_features():
+    # Labels from the sign pattern of two random projections in 32-d, with a margin: linearly
+    # separable but not clustered (each class is a wedge through the origin), so kNN does poorly.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    w = rng.normal(size=(32, 2))
+    proj = x @ w / np.linalg.norm(w, axis=0)
+    keep = np.abs(proj).min(1) > 0.1
+    x, proj = x[keep], proj[keep]
+    y = (proj[:, 0] > 0) * 2 + (proj[:, 1] > 0)
+    tr, te = E.stratified_split(y)
+    res = E.linear_probe(x[tr], y[tr], x[te], y[te])
+    assert res["top1"] >= 0.98 and res["train_top1"] >= 0.99
+    assert E.knn_classify(x[tr], y[tr], x[te], y[te])["top1_k20"] < 0.8
+    # Shuffled labels carry no signal: chance level on the test split.
+    shuffled = rng.permutation(y)
+    assert E.linear_probe(x[tr], shuffled[tr], x[te], shuffled[te])["top1"] < 0.4
+
+
+def test_cluster_protocol_finds_separated_classes_and_reports_both_preprocessings():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 150)
+    centres = np.zeros((2, 16))
+    centres[0, 0] = centres[1, 1] = 10.0
+    x = (centres[y] + rng.normal(size=(300, 16))).astype(np.float32)
+    res = E.cluster_protocol(x, y, runs=3)
+    assert set(res) == {"l2", "pca256-whiten-l2"}
+    assert res["l2"]["nmi"] == pytest.approx(1.0) and res["l2"]["accuracy"] == pytest.approx(1.0)
+    assert res["l2"]["nmi_std"] == pytest.approx(0.0)
+    # Whitening all 16 dims gives the 15 noise dims the weight of the one that separates the
+    # classes: the reason the l2 variant is reported beside the paper's preprocessing.
+    assert res["pca256-whiten-l2"]["nmi"] < 0.5
+
+
+def test_gram_pca_whitening_equals_the_covariance_one():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(200, 30)) @ rng.normal(size=(30, 400)) + 0.1 * rng.normal(size=(200, 400))).astype(np.float32)
+    a, b = E.pca_whiten_l2(x, 20), PCAWhitening(20).fit_transform(x)  # N < d: Gram route
+    signs = np.sign((a * b).sum(0))
+    assert np.abs(a - b * signs).max() < 1e-3
+
+
+def test_stratified_split_is_fixed_and_keeps_class_shares():
+    y = np.repeat(np.arange(4), [50, 30, 10, 3])
+    tr, te = E.stratified_split(y)
+    tr2, te2 = E.stratified_split(y)
+    assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == len(y)
+    assert [int((y[te] == c).sum()) for c in range(4)] == [15, 9, 3, 1]
+
+
+def test_pooling_bounds_dims():
+    assert E.pooled_side(24, 15, 15) is None  # 5,400 dims: kept
+    side = E.pooled_side(96, 55, 55)  # full-size AlexNet conv1
+    assert 96 * side * side <= E.MAX_DIMS and 96 * (side + 1) ** 2 > E.MAX_DIMS
+    assert E.pooled_side(20000, 2, 2) == 1
+
+
+def test_unknown_protocol_and_layer_are_one_line_errors(tiny_config):
+    with pytest.raises(InputError, match="unknown protocol"):
+        E.check_protocols("linear,svm")
+    with pytest.raises(InputError, match="conv1, conv2, conv3, conv4, conv5, features"):
+        E.layer_names(setup(tiny_config, load_images=False).model, ["conv9"])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-epoch run on 200 digits, with the random-init weights it started from."""
+    from dcx.core.config import RunConfig
+
+    cfg = RunConfig(clusterer="kmeans", backbone="alexnet", dataset="digits", k=10, epochs=1, passes=1,
+                    batch_size=32, image_size=32, width=0.125, seed=3, probe=False,
+                    options={"digits": {"limit": 200}, "alexnet": {"fc_dim": 64}})
+    path = tmp_path_factory.mktemp("run")
+    s = setup(cfg)
+    init = {k: v.clone() for k, v in s.model.state_dict().items()}
+    run = RunDir(path)
+    run.create(s.config.save(path))
+    Engine(s).run(run)
+    return path, init
+
+
+def test_random_baseline_is_the_runs_initialisation(tiny_run):
+    path, init = tiny_run
+    loaded = E.load_run(path)
+    assert all(torch.equal(init[k], v) for k, v in loaded.random.state_dict().items())
+    assert not all(torch.equal(init[k], v) for k, v in loaded.learned.state_dict().items())
+    assert loaded.data.split.startswith("digits has no test split: seeded stratified split")
+
+
+def test_eval_cli_prints_table_and_stores_eval_json_and_summary(tiny_run):
+    path, _ = tiny_run
+    result = runner.invoke(app, ["eval", str(path), "--protocol", "all", "--layers", "conv3,features", "--no-report"])
+    assert result.exit_code == 0, result.output
+    for words in ("linear probe top-1", "learned", "random", "weighted kNN", "pca256-whiten-l2", "stratified split"):
+        assert words in result.output
+    ev = json.loads((path / E.EVAL_JSON).read_text())
+    assert ev["layers"] == ["conv3", "features"] and ev["protocols"] == ["linear", "knn", "cluster"]
+    for net in ("learned", "random"):
+        for layer in ev["layers"]:
+            assert 0.0 <= ev[net]["linear"][layer]["top1"] <= 1.0
+            assert set(ev[net]["knn"][layer]) == {"top1_k20", "top1_k200"}
+            assert set(ev[net]["cluster"][layer]) == {"l2", "pca256-whiten-l2"}
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["eval"]["layer"] in ev["layers"] and "linear_top1" in summary["eval"]["random"]
+    # A later partial evaluation keeps the other protocols and layers.
+    result = runner.invoke(app, ["eval", str(path), "-p", "knn", "-l", "conv5", "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads((path / E.EVAL_JSON).read_text())
+    assert set(ev["learned"]["knn"]) == {"conv3", "conv5", "features"} and "conv3" in ev["learned"]["linear"]
+
+
+def test_eval_random_network_alone():
+    result = runner.invoke(app, ["eval", "--random", "--backbone", "alexnet", "--opt", "digits.limit=120",
+                                 "--opt", "alexnet.fc_dim=64", "--width", "0.125", "-p", "knn", "-l", "conv5", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert "learned" not in out and set(out["random"]["knn"]) == {"conv5"}
+
+
+def test_unlabelled_run_dataset_asks_for_a_labelled_one(tmp_path):
+    images = tmp_path / "flat"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(images / f"{i}.png")
+    run = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(images), "--opt",
+                              "imagefolder.grayscale=true", "--k", "3", "--epochs", "1", "--image-size", "32",
+                              "--width", "0.125", "--opt", "alexnet.fc_dim=64", "--out", str(tmp_path / "run"),
+                              "--quiet", "--no-report", "--no-probe"])
+    assert run.exit_code == 0, run.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert len(text.splitlines()) == 1, text
+    assert "has no labels" in text and "--dataset" in text and "digits" in text
+    # ... and evaluating it on a labelled dataset works (the grayscale network takes digits as is).
+    ok = runner.invoke(app, ["eval", str(tmp_path / "run"), "--dataset", "digits", "--opt", "digits.limit=100",
+                             "-p", "knn", "-l", "features", "--quiet", "--no-report"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_eval_of_a_missing_run_is_one_line(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2 and "config.toml" in result.output
