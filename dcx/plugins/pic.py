@@ -141,11 +141,14 @@ class PIC(Clusterer):
     name = "pic"
     uses_k = False
     options = (
-        Option("sigma", float, None, "kernel width; unset: max(0.2, sqrt(median nnn-th neighbour d^2 / 4))", min=1e-6, nullable=True),
+        Option(
+            "sigma", float, None, "kernel width; unset: max(0.2, half the median distance to the nnn-th neighbour)",
+            min=1e-6, nullable=True,
+        ),
         Option("nnn", int, 5, "neighbours per node in the kNN graph (reference 5)", min=1),
         Option("alpha", float, 0.001, "power-iteration damping (reference 0.001)", min=0.0, max=1.0),
         Option("n_iter", int, 200, "power iterations (reference 200)", min=1),
-        Option("distribute_singletons", bool, True, "clusters of size 1 join their nearest non-singleton neighbour's cluster"),
+        Option("distribute_singletons", bool, True, "clusters of size 1 join their nearest non-singleton neighbour"),
         Option("graph", str, "auto", "kNN graph backend: exact up to 20k rows, approximate (IVF) above", choices=BACKENDS),
         Option("graph_recall", float, 0.99, "recall an approximate graph is tuned to reach", min=0.0, max=1.0),
     )

@@ -1,0 +1,201 @@
+"""kNN graph service: exact = brute force, approximate backends reach their recall, bad input fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dcx.core import knn
+from dcx.core.errors import InputError, OptionError
+from dcx.core.knn import KnnGraph, knn_graph
+
+
+def brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Obviously-correct k-NN, self excluded: all pairwise squared distances in float64."""
+    x = x.astype(np.float64)
+    sq = (x * x).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    np.fill_diagonal(d2, np.inf)
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(d2, order, axis=1)
+
+
+def mixture(n: int, d: int, c: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm centres + isotropic noise of norm ~``noise``, rows L2-normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((c, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = rng.integers(0, c, n)
+    x = centres[y] + rng.standard_normal((n, d)) * (noise / np.sqrt(d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y
+
+
+def recall_vs_truth(graph: KnnGraph, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(graph.indices, truth)]))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return np.random.default_rng(1).standard_normal((600, 12)).astype(np.float32)
+
+
+def test_exact_equals_brute_force(small):
+    g = knn_graph(small, 7, backend="exact")
+    idx, d2 = brute_force(small, 7)
+    assert g.indices.shape == (600, 7) and g.indices.dtype == np.int64 and g.distances.dtype == np.float32
+    assert g.backend == "exact" and g.recall == 1.0
+    np.testing.assert_array_equal(g.indices, idx)
+    np.testing.assert_allclose(g.distances, d2, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_fallback_equals_brute_force(small, monkeypatch):
+    monkeypatch.setattr(knn, "have_faiss", lambda: False)
+    g = knn_graph(small, 5, backend="auto")
+    assert g.backend == "exact" and g.params["library"] == "torch"
+    idx, d2 = brute_force(small, 5)
+    np.testing.assert_array_equal(g.indices, idx)
+    np.testing.assert_allclose(g.distances, d2, rtol=1e-4, atol=1e-4)
+    # Blocks smaller than the data exercise the running top-k merge.
+    i2, d2b = knn._exact_torch(small, small, 6, q_chunk=64, b_chunk=100)
+    np.testing.assert_array_equal(knn._drop_self(i2, d2b, 5)[0], idx)
+
+
+def test_without_faiss_approximate_faiss_backends_say_what_to_install(small, monkeypatch):
+    monkeypatch.setattr(knn, "have_faiss", lambda: False)
+    with pytest.raises(OptionError, match="faiss"):
+        knn_graph(small, 5, backend="ivf")
+
+
+def test_self_excluded_even_with_duplicate_rows():
+    x = np.random.default_rng(2).standard_normal((200, 8)).astype(np.float32)
+    x[100:] = x[:100]  # every row has an exact twin
+    g = knn_graph(x, 3, backend="exact")
+    rows = np.arange(200)
+    assert not (g.indices == rows[:, None]).any()
+    twin = (rows + 100) % 200
+    assert (g.indices == twin[:, None]).any(axis=1).all()
+    assert np.all(g.distances[:, 0] <= 1e-5)
+
+
+def test_cosine_is_l2_on_normalised_rows(small):
+    unit = small / np.linalg.norm(small, axis=1, keepdims=True)
+    a = knn_graph(small * 7.0, 4, backend="exact", metric="cosine")
+    b = knn_graph(unit, 4, backend="exact")
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("backend", ["ivf", "hnsw"])
+def test_approximate_recall_is_high_and_reported_honestly(backend):
+    x, _ = mixture(2000, 32, 20, 0.6)
+    truth, _ = brute_force(x, 5)
+    g = knn_graph(x, 5, backend=backend, seed=0, recall_sample=400)
+    true_recall = recall_vs_truth(g, truth)
+    assert g.backend == backend
+    assert true_recall > 0.95
+    assert g.recall is not None and abs(g.recall - true_recall) < 0.03
+    assert not (g.indices == np.arange(2000)[:, None]).any()
+    # Distances are the true squared distances of the returned neighbours.
+    d_true = ((x[:, None, :] - x[g.indices]) ** 2).sum(-1)
+    np.testing.assert_allclose(g.distances, d_true, rtol=1e-4, atol=1e-4)
+
+
+def test_ivf_tuning_raises_effort_until_target_recall():
+    x, _ = mixture(4000, 64, 10, 1.5, seed=3)  # diffuse clusters: one probe is not enough
+    loose = knn_graph(x, 5, backend="ivf", recall_sample=400, target_recall=0.5)
+    tight = knn_graph(x, 5, backend="ivf", recall_sample=400, target_recall=0.99)
+    assert tight.params["nprobe"] > loose.params["nprobe"]
+    assert tight.recall > loose.recall and tight.recall >= 0.97
+
+
+def test_auto_is_exact_for_small_n_and_approximate_above(monkeypatch):
+    x, _ = mixture(1000, 16, 10, 0.5)
+    assert knn_graph(x, 5).backend == "exact"
+    monkeypatch.setattr(knn, "AUTO_EXACT_MAX_N", 500)
+    g = knn_graph(x, 5, recall_sample=200)
+    assert g.backend == "ivf" and g.recall > 0.95
+
+
+def test_no_recall_sample_means_no_recall():
+    x, _ = mixture(1000, 16, 10, 0.5)
+    assert knn_graph(x, 5, backend="ivf", recall_sample=0).recall is None
+
+
+@pytest.mark.parametrize(
+    "x, k, match",
+    [
+        (np.zeros(10, dtype=np.float32), 3, "2-D"),
+        (np.zeros((10, 0), dtype=np.float32), 3, "d >= 1"),
+        (np.zeros((5, 3), dtype=np.float32), 5, "lower k"),
+        (np.zeros((5, 3), dtype=np.float32), 0, "k >= 1"),
+        (np.array([["a", "b"], ["c", "d"]]), 1, "numeric"),
+        (np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]]), 1, "NaN or inf"),
+        (np.array([[0.0, 1.0], [np.inf, 0.0], [1.0, 1.0]]), 1, "row"),
+    ],
+)
+def test_bad_input_is_an_input_error(x, k, match):
+    with pytest.raises(InputError, match=match):
+        knn_graph(x, k)
+
+
+def test_unknown_backend_or_metric_is_an_option_error(small):
+    with pytest.raises(OptionError, match="one of"):
+        knn_graph(small, 3, backend="annoy")
+    with pytest.raises(OptionError, match="one of"):
+        knn_graph(small, 3, metric="manhattan")
+
+
+def test_pynndescent_is_imported_only_by_its_backend():
+    # pynndescent compiles with numba on first use (30-75 s): importing dcx.core.knn or building
+    # a graph with another backend must not pull it in. A fresh process, so other tests don't count.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dcx.core.knn as k; x = np.random.rand(3000, 8).astype('float32');"
+        "k.knn_graph(x, 5, 'exact'); k.knn_graph(x, 5, 'ivf', recall_sample=100);"
+        "sys.exit('pynndescent' in sys.modules or 'numba' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.slow
+def test_pynndescent_recall():
+    pytest.importorskip("pynndescent")
+    x, _ = mixture(3000, 32, 30, 0.6)
+    truth, _ = brute_force(x, 5)
+    g = knn_graph(x, 5, backend="pynndescent", recall_sample=400)
+    assert g.backend == "pynndescent"
+    assert recall_vs_truth(g, truth) > 0.95 and g.recall > 0.95
+    d_true = ((x[:, None, :] - x[g.indices]) ** 2).sum(-1)
+    np.testing.assert_allclose(g.distances, d_true, rtol=1e-3, atol=1e-4)
+
+
+def test_inverted_lists_probing_every_list_is_exact(small):
+    # The IVF block search, independent of how lists were formed: all lists probed = brute force.
+    assign = np.random.default_rng(0).integers(0, 7, len(small))
+    lists = knn._InvertedLists(small, assign, 7)
+    rows = np.arange(0, 600, 3)
+    idx, dist = lists.search(rows, np.tile(np.arange(7), (len(rows), 1)), 6)
+    truth, _ = brute_force(small, 5)
+    np.testing.assert_array_equal(knn._drop_self(idx, dist, 5, rows=rows)[0], truth[rows])
+    # One probe: only members of the row's own list are candidates.
+    idx1, _ = lists.search(rows, assign[rows, None], 3)
+    assert (assign[idx1] == assign[rows, None]).all()
+
+
+def test_rows_with_too_few_candidates_are_searched_exactly(monkeypatch):
+    # Probed lists holding fewer than k+1 rows leave -1 slots; those rows are redone exactly.
+    x, _ = mixture(2000, 16, 10, 0.3)
+    original = knn._ivf
+
+    def short_ivf(*args, **kwargs):
+        idx, dist = original(*args, **kwargs)
+        idx[:4, 3:], dist[:4, 3:] = -1, np.inf
+        return idx, dist
+
+    monkeypatch.setattr(knn, "_ivf", short_ivf)
+    g = knn_graph(x, 5, backend="ivf", recall_sample=0)
+    assert g.params["exact_rows"] == 4 and (g.indices >= 0).all()
+    truth, _ = brute_force(x, 5)
+    np.testing.assert_array_equal(g.indices[:4], truth[:4])
