@@ -566,6 +566,7 @@ def evaluate_run(
     result = {
         "run_dir": str(run_dir), "backbone": cfg.backbone, "dataset": data.dataset, "split": data.split,
         "epoch": run.epoch, "seed": cfg.seed, "classes": data.num_classes,
+        "train_images": len(data.train_idx), "test_images": len(data.test_idx),
         "protocols": protocols, "settings": settings(protocols, cfg.pca_dim),
         "learned": evaluate_network(run.learned, data, name="learned", **common),
         "random": evaluate_network(run.random, data, name="random", **common),
@@ -595,7 +596,8 @@ def evaluate_random(
     data = load_eval_data(s.dataset, s.config.dataset, s.config.data_root, s.config.download, s.images.channels, s.images)
     result = {
         "backbone": s.config.backbone, "dataset": data.dataset, "split": data.split, "seed": s.config.seed,
-        "classes": data.num_classes, "protocols": protocols, "settings": settings(protocols, s.config.pca_dim),
+        "classes": data.num_classes, "train_images": len(data.train_idx), "test_images": len(data.test_idx),
+        "protocols": protocols, "settings": settings(protocols, s.config.pca_dim),
         "random": evaluate_network(s.model, data, protocols, layers, s.config.image_size, s.device,
                                    max(s.config.batch_size, 128), s.config.workers, progress, "random"),
     }

@@ -223,7 +223,9 @@ def _eval_markdown(evaluation: dict[str, Any]) -> list[str]:
         learned = evaluation["learned"]["linear"][layer]["top1"]
         random = evaluation["random"]["linear"][layer]["top1"]
         verdict = "beats" if learned > random else "does not beat"
-        out += [f"Best layer by linear probe: **{layer}**, learned {fmt(learned)} vs random {fmt(random)}: "
+        n_test = evaluation.get("test_images")
+        images = f" ({round((learned - random) * n_test):+d} of {n_test} test images)" if n_test else ""
+        out += [f"Best layer by linear probe: **{layer}**, learned {fmt(learned)} vs random {fmt(random)}{images}: "
                 f"the learned network {verdict} its random init there.", ""]
     for t in eval_tables(evaluation):
         out += [f"### {t.title}", "", *_md_table(t.columns, t.rows), ""]
