@@ -26,7 +26,7 @@ def _split(text: str, what: str) -> list[str]:
 @handle_errors
 def compare(
     clusterers: str = typer.Option(..., "--clusterers", help="comma-separated clusterers, e.g. kmeans,pic"),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone for every run [default: alexnet]"),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone for every run (default: alexnet)"),
     dataset: str = typer.Option(None, "--dataset", "-d"),
     data_root: str = typer.Option(None, "--data-root"),
     epochs: int = typer.Option(None, "--epochs", "-e"),
@@ -44,7 +44,7 @@ def compare(
     config: Path = typer.Option(None, "--config", help="base TOML config for every run"),
     protocol: str = typer.Option("knn,cluster", "--protocol", help="dcx eval protocols per run: linear,knn,cluster | all | none"),
     layers: str = typer.Option("all", "--layers", help="layers for the eval protocols"),
-    out: Path = typer.Option(None, "--out", "-o", help="comparison directory [default: runs/compare-<time>]"),
+    out: Path = typer.Option(None, "--out", "-o", help="comparison directory (default: runs/compare-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="skip finished runs in --out, continue unfinished ones"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),

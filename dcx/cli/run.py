@@ -48,23 +48,24 @@ def summary_table(summary: dict) -> Table:
 
 @handle_errors
 def run(
-    clusterer: str = typer.Option(None, "--clusterer", "-c", help="clusterer plugin (dcx list) [default: kmeans]"),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone plugin [default: alexnet]"),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="dataset plugin [default: digits]"),
+    clusterer: str = typer.Option(None, "--clusterer", "-c", help="clusterer plugin (dcx list) (default: kmeans)"),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone plugin (default: alexnet)"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="dataset plugin (default: digits)"),
     data_root: str = typer.Option(None, "--data-root", help="folder of the dataset"),
     download: bool = typer.Option(None, "--download/--no-download", help="allow torchvision datasets to download"),
-    k: int = typer.Option(None, "--k", help="number of clusters [default: the dataset's, 100 for digits]"),
+    k: int = typer.Option(None, "--k", help="number of clusters (default: the dataset's, 100 for digits)"),
     epochs: int = typer.Option(None, "--epochs", "-e", help="clustering rounds"),
     passes: int = typer.Option(None, "--passes", help="training passes over the data per clustering round"),
     batch_size: int = typer.Option(None, "--batch-size"),
-    lr: float = typer.Option(None, "--lr", help="SGD learning rate [default: 0.05, the reference]"),
+    lr: float = typer.Option(None, "--lr", help="SGD learning rate (default: 0.05, the reference)"),
+    lr_schedule: str = typer.Option(None, "--lr-schedule", help="cosine (default; decays to 0) or constant (reference)"),
     image_size: int = typer.Option(None, "--image-size", help="input side in pixels"),
     width: float = typer.Option(None, "--width", help="channel multiplier of the backbone (1.0 = paper)"),
-    sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="fixed Sobel input layer [default: backbone's]"),
+    sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="fixed Sobel input layer (default: backbone's)"),
     seed: int = typer.Option(None, "--seed"),
     device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
     workers: int = typer.Option(None, "--workers", help="data-loading processes"),
-    out: Path = typer.Option(None, "--out", "-o", help="run directory [default: runs/<time>-<clusterer>-<backbone>]"),
+    out: Path = typer.Option(None, "--out", "-o", help="run directory (default: runs/<time>-<clusterer>-<backbone>)"),
     config: Path = typer.Option(None, "--config", help="TOML file, e.g. a previous run's config.toml"),
     opt: list[str] = typer.Option([], "--opt", help="plugin option PLUGIN.KEY=VALUE (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
@@ -78,7 +79,8 @@ def run(
     setup_logging(quiet)
     cfg = build_config(
         config, clusterer=clusterer, backbone=backbone, dataset=dataset, data_root=data_root, download=download,
-        k=k, epochs=epochs, passes=passes, batch_size=batch_size, lr=lr, image_size=image_size, width=width,
+        k=k, epochs=epochs, passes=passes, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+        image_size=image_size, width=width,
         sobel=sobel, seed=seed, device=device, workers=workers, probe=probe, save_every_epoch=save_every_epoch,
         opt=opt,
     )

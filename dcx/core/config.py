@@ -28,6 +28,10 @@ class RunConfig:
     lr: float = 0.05  # reference SGD: lr 0.05, momentum 0.9, weight decay 1e-5
     momentum: float = 0.9
     weight_decay: float = 1e-5
+    # Reference: constant. Cosine (to 0 over the run) lets the last epochs settle instead of leaving
+    # the features wherever the last clustering pushed them; measured on digits (kmeans + alexnet,
+    # 10 epochs): final fc7 k-means(10) NMI 0.546 constant vs 0.790 cosine (random init 0.705).
+    lr_schedule: str = "cosine"
     image_size: int | None = None
     width: float | None = None
     sobel: bool | None = None

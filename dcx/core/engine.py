@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MIN_CROP_SCALE = {True: 0.08, False: 0.5}  # keyed by "image larger than 64 px"
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,6 +92,8 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     if not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise InputError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
     c_opts = dict(opts.get(config.clusterer, {}))
     declares_k = any(o.name == "k" for o in clusterer_cls.options)
@@ -189,6 +194,15 @@ class Engine:
 
     # ------------------------------------------------------------------ phases
 
+    def _set_lr(self, optimizers: tuple[torch.optim.Optimizer, ...], progress: float) -> None:
+        """Learning rate at ``progress`` epochs into the run: constant (reference) or cosine to 0."""
+        lr = self.cfg.lr
+        if self.cfg.lr_schedule == "cosine":
+            lr *= 0.5 * (1 + math.cos(math.pi * progress / max(self.cfg.epochs, 1)))
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
     def extract_features(self, desc: str = "extract") -> np.ndarray:
         batches = D.loader(self.eval_set, max(self.cfg.batch_size, 128), self.cfg.workers)
         with self.progress.task(desc, self.n) as advance:
@@ -265,7 +279,8 @@ class Engine:
         head.train()
         total, steps = 0.0, 0
         with self.progress.task(f"train epoch {epoch}", len(batches)) as advance:
-            for x, idx in batches:
+            for i, (x, idx) in enumerate(batches):
+                self._set_lr((self.optimizer, head_opt), epoch + i / len(batches))
                 y = targets[idx].to(device)
                 loss = criterion(head(model(x.to(device))), y)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -293,6 +308,7 @@ class Engine:
         with self.progress.task(f"train epoch {epoch}", len(batches)) as advance:
             for i, (views, _) in enumerate(batches):
                 step = StepContext(epoch=epoch, step=epoch * len(batches) + i, steps_per_epoch=len(batches))
+                self._set_lr((self.optimizer,), epoch + i / len(batches))
                 clusterer.before_step(head, step)
                 feats = _forward_views(model, [v.to(device) for v in views])
                 loss, stats = clusterer.loss(head, feats, step)
