@@ -17,23 +17,6 @@ from dcx.core.rundir import RunDir
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: one thread is as fast, and far faster on a loaded machine (no OpenMP waits)."""
-    import torch
-
-    try:
-        import faiss
-    except ImportError:  # the torch k-means backend follows torch's setting
-        faiss = None
-    before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss is not None else None
-    torch.set_num_threads(1)
-    if faiss is not None:
-        faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    if faiss is not None:
-        faiss.omp_set_num_threads(before[1])
 
 
 # ----------------------------------------------------------------------------- metrics and protocols

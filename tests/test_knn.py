@@ -8,6 +8,7 @@ import pytest
 from dcx.core import knn
 from dcx.core.errors import InputError, OptionError
 from dcx.core.knn import KnnGraph, knn_graph
+from synthetic import mixture
 
 
 def brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,15 +21,6 @@ def brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(d2, order, axis=1)
 
 
-def mixture(n: int, d: int, c: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm centres + isotropic noise of norm ~``noise``, rows L2-normalised."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((c, d))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    y = rng.integers(0, c, n)
-    x = centres[y] + rng.standard_normal((n, d)) * (noise / np.sqrt(d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), y
 
 
 def recall_vs_truth(graph: KnnGraph, truth: np.ndarray) -> float:

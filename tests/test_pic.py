@@ -11,17 +11,9 @@ from dcx.core.metrics import nmi
 from dcx.core.registry import Registry
 from dcx.plugins.pic import PIC, default_sigma, distribute_singletons, follow_to_seeds, pointers
 from scipy import sparse
+from synthetic import mixture
 
 
-def mixture(n: int, d: int, c: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm centres + isotropic noise of norm ~``noise``, rows L2-normalised."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((c, d))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    y = rng.integers(0, c, n)
-    x = centres[y] + rng.standard_normal((n, d)) * (noise / np.sqrt(d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), y
 
 
 def reference_pic(x, sigma=0.2, nnn=5, alpha=0.001, n_iter=200):
