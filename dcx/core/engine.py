@@ -280,7 +280,9 @@ class Engine:
         total, steps = 0.0, 0
         with self.progress.task(f"train epoch {epoch}", len(batches)) as advance:
             for i, (x, idx) in enumerate(batches):
-                self._set_lr((self.optimizer, head_opt), epoch + i / len(batches))
+                # The schedule is the backbone's; the fresh head keeps the reference's constant rate,
+                # or it could not fit the new pseudo-labels once the backbone's rate is near 0.
+                self._set_lr((self.optimizer,), epoch + i / len(batches))
                 y = targets[idx].to(device)
                 loss = criterion(head(model(x.to(device))), y)
                 self.optimizer.zero_grad(set_to_none=True)
