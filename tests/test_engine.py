@@ -49,9 +49,19 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
 
     part = RunDir(tmp_path / "part")
     part.create(b"")
-    tiny_config.epochs = 2  # "interrupted" after two epochs: checkpoint says epoch 2
-    Engine(setup(tiny_config)).run(part)
-    tiny_config.epochs = 3
+    engine = Engine(setup(tiny_config))
+    real_epoch = engine._offline_epoch
+
+    def interrupted(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the third epoch
+        return real_epoch(epoch)
+
+    engine._offline_epoch = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(part)
+    assert not (part.path / "assignments.npy").exists() and not list(part.path.glob(".*.tmp"))
+    assert part.load_checkpoint()["epoch"] == 2
     engine = Engine(setup(tiny_config))
     engine.restore(part.load_checkpoint())
     part.truncate_metrics(engine.start_epoch)

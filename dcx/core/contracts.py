@@ -6,6 +6,7 @@ Third-party packages implement these classes and register them under the entry-p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -22,7 +23,7 @@ from dcx.core.options import Option, resolve
 API_VERSION = "1.0"
 
 
-class Plugin:
+class Plugin(ABC):
     """Common base: a name, declared options and their validated values in ``self.params``."""
 
     name: ClassVar[str] = ""
@@ -100,8 +101,9 @@ class Clusterer(Plugin):
     #: Whether the ``k`` run option is meaningful (PIC ignores it and chooses its own count).
     uses_k: ClassVar[bool] = True
 
-    def fit(self, features: np.ndarray, context: FitContext) -> Partition:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, features: np.ndarray, context: FitContext) -> Partition:
+        """Cluster the rows of ``features``; randomness only from ``context.seed``."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,13 @@ class OnlineClusterer(Plugin):
     def crops(self) -> CropSpec:
         return CropSpec()
 
-    def build_head(self, feature_dim: int, num_samples: int) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def build_head(self, feature_dim: int, num_samples: int) -> nn.Module:
+        """The trainable head (e.g. projection + prototypes); joins the backbone's optimiser."""
 
-    def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
+        """Scalar loss of one batch from the backbone features of every view, and statistics."""
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         """Hook before the forward pass (e.g. L2-normalise prototypes)."""
@@ -155,9 +159,9 @@ class OnlineClusterer(Plugin):
     def after_backward(self, head: nn.Module, step: StepContext) -> None:
         """Hook between backward and the optimiser step (e.g. freeze prototypes)."""
 
-    @torch.no_grad()
-    def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Hard labels (B,) of backbone features, for diagnostics; called under no_grad."""
 
     def epoch_stats(self) -> dict:
         """Statistics gathered since the last call (cluster usage, code entropy, ...)."""
@@ -210,9 +214,9 @@ class Backbone(Plugin):
     #: Smallest input side the network accepts.
     min_image_size: ClassVar[int] = 32
 
-    def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:  # pragma: no cover
+    @abstractmethod
+    def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
         """``width`` scales channel counts (1.0 = the paper's network)."""
-        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -255,9 +259,9 @@ class Dataset(Plugin):
     flip_invariant: ClassVar[bool] = True
     defaults: ClassVar[RunDefaults] = RunDefaults()
 
-    def load(self, root: Path | None, split: str = "train", download: bool = False) -> ImageSet:  # pragma: no cover
-        """``split`` is 'train', 'test' or 'all'; return an ImageSet."""
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, root: Path | None, split: str = "train", download: bool = False) -> ImageSet:
+        """``split`` is one of ``splits()``; return an ImageSet."""
 
     def splits(self) -> tuple[str, ...]:
         """Splits this dataset has; ('all',) when it has no train/test split of its own."""
