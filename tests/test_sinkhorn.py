@@ -347,3 +347,17 @@ def test_swav_rejects_bad_views_and_options():
         SwAV(epsilon=0)
     with pytest.raises(InputError):
         SwAV(small_min_scale=0.5, small_max_scale=0.2)
+
+
+def test_swav_small_data_defaults(caplog):
+    # Digits defaults (see the option comments): no full-size "small" crops, eps 0.02, and a
+    # projection narrower than the prototype count so no embedding can score them all alike.
+    assert SwAV().crops().n_small == 0 and SwAV().params["epsilon"] == 0.02
+    assert SwAV(k=100).proj_dim == 33 and SwAV(k=3000).proj_dim == 128 and SwAV(k=10).proj_dim == 8
+    assert SwAV(k=100, proj_dim=64).proj_dim == 64
+    assert SwAV(k=100).build_head(16, num_samples=1000).prototypes.weight.shape == (100, 33)
+    swav = SwAV(k=40, hidden_dim=0)
+    head = swav.build_head(6, num_samples=1000)
+    with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
+        swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], StepContext(0, 0, 1))
+    assert any("batch 16 < k=40" in r.message for r in caplog.records)
