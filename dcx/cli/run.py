@@ -55,7 +55,7 @@ def run(
     download: bool = typer.Option(None, "--download/--no-download", help="allow torchvision datasets to download"),
     k: int = typer.Option(None, "--k", help="number of clusters (default: the dataset's, 100 for digits)"),
     epochs: int = typer.Option(None, "--epochs", "-e", help="clustering rounds"),
-    passes: int = typer.Option(None, "--passes", help="training passes over the data per clustering round"),
+    passes: int = typer.Option(None, "--passes", help="backbone passes over the data per clustering round (online clusterers: divided by their views per image)"),
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr", help="SGD learning rate (default: 0.05, the reference)"),
     lr_schedule: str = typer.Option(None, "--lr-schedule", help="cosine (default; decays to 0) or constant (reference)"),

@@ -297,7 +297,11 @@ class Engine:
 
     def _train_online(self, epoch: int) -> tuple[float, dict]:
         model, device, head, clusterer = self.s.model, self.s.device, self.head, self.s.clusterer
-        n_total = self.n * self.cfg.passes
+        # --passes counts backbone passes over the data: an online clusterer sees every image in
+        # several views per step, so it gets passes // views image passes (at least one). Same
+        # backbone budget as an offline run, which keeps `dcx compare` fair.
+        crops = clusterer.crops()
+        n_total = self.n * max(1, self.cfg.passes // (crops.n_large + crops.n_small))
         sampler = torch.utils.data.RandomSampler(
             self.train_set, num_samples=n_total, generator=torch.Generator().manual_seed(D.derive_seed(self.cfg.seed, epoch, 1))
         )
