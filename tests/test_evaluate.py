@@ -123,7 +123,7 @@ def tiny_run(tmp_path_factory):
     s = setup(cfg)
     init = {k: v.clone() for k, v in s.model.state_dict().items()}
     run = RunDir(path)
-    run.create(s.config.save(path))
+    run.create(s.config.to_toml())
     Engine(s).run(run)
     return path, init
 

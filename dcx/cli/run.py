@@ -90,7 +90,7 @@ def run(
     path = out or (Path(cfg.out) if cfg.out and resume else default_run_dir(Path("runs"), s.config.clusterer, s.config.backbone))
     s.config.out = str(path)
     run_dir = RunDir(path)
-    run_dir.create(s.config.save(path), resume=resume)
+    run_dir.create(s.config.to_toml(), resume=resume)
     engine = Engine(s)
     if resume:
         state = run_dir.load_checkpoint()

@@ -34,7 +34,7 @@ class RichProgress:
     """The engine's Progress protocol as rich progress bars on stderr (none with --quiet)."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and err_console.is_terminal or enabled == "force"
+        self.enabled = enabled and err_console.is_terminal
         self._bar: Progress | None = None
 
     def __enter__(self) -> "RichProgress":

@@ -71,7 +71,7 @@ def run_one(cmp: Comparison, clusterer: str, seed: int, out: Path, resume: bool,
         has_checkpoint = (path / CHECKPOINT).is_file()
         if has_checkpoint and not resume:
             raise RunDirError(f"{path} holds an unfinished run: pass --resume to continue it")
-        run_dir.create(s.config.save(path), resume=has_checkpoint)
+        run_dir.create(s.config.to_toml(), resume=has_checkpoint)
         engine = Engine(s, progress)
         if has_checkpoint:
             engine.restore(run_dir.load_checkpoint())

@@ -49,7 +49,7 @@ class RunConfig:
         data["options"] = {p: dict(o) for p, o in self.options.items() if o}
         return data
 
-    def save(self, path: Path) -> bytes:
+    def to_toml(self) -> bytes:
         return tomli_w.dumps(self.to_dict()).encode()
 
     @classmethod

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
 
 class Progress(Protocol):
-    def task(self, description: str, total: int) -> "contextmanager[Callable[[int], None]]":
+    def task(self, description: str, total: int) -> ContextManager[Callable[[int], None]]:
         """Context manager yielding ``advance(n)`` for a phase of ``total`` units."""
         ...
 
