@@ -100,6 +100,7 @@ def collect(path: Path) -> dict[str, Any]:
         "probe_nmi_final": summary.get("probe_nmi_final"),
         "final_loss": summary.get("final_loss"),
         "seconds": summary.get("seconds"),
+        "epochs": summary.get("epochs"),
     }
     for phase in PHASES:
         values = [r[f"time_{phase}"] for r in train if f"time_{phase}" in r]
@@ -162,10 +163,11 @@ COLUMNS = [
 
 def markdown(cmp: Comparison, table: list[dict[str, Any]]) -> str:
     b = cmp.base
+    epochs = b.epochs if b.epochs is not None else next((r["epochs"] for r in table if r.get("epochs")), "default")
     lines = [
         f"# Comparison: {', '.join(cmp.clusterers)} on {b.dataset} with {b.backbone}",
         "",
-        f"Same data, backbone, budget ({b.epochs} epochs) and seeds ({', '.join(map(str, cmp.seeds))}) for every "
+        f"Same data, backbone, budget ({epochs} epochs) and seeds ({', '.join(map(str, cmp.seeds))}) for every "
         f"clusterer. NMI labels: the last epoch's pseudo-labels against the true labels; k-means NMI: "
         f"k-means(#classes) on L2-normalised features at random init and after training; kNN/linear: "
         f"`dcx eval` on the evaluation layer{' (' + str(table[0].get('eval_layer')) + ')' if table and table[0].get('eval_layer') else ''}.",
