@@ -12,14 +12,6 @@ from dcx.core.config import RunConfig
 from dcx.core.engine import Engine, setup
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Shared 2-core machine: OpenMP threads only add contention for these tiny batches.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _params(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()

@@ -17,14 +17,6 @@ from dcx.plugins.sinkhorn import SinkhornLabels
 from dcx.plugins.swav import SwAV
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: OpenMP threads only add contention on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def reference_swav_sinkhorn(out: torch.Tensor, eps: float = 0.05, n_iter: int = 3) -> torch.Tensor:
     """SwAV's distributed_sinkhorn on one process, written as in main_swav.py."""
