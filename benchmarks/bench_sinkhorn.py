@@ -22,24 +22,9 @@ import time
 import torch
 
 from _report import environment, write_results, write_section
-from dcx.core.sinkhorn import swav_codes
+from dcx.core.sinkhorn import swav_codes, swav_codes_reference
 
 log = logging.getLogger("bench_sinkhorn")
-
-
-@torch.no_grad()
-def reference_sinkhorn(out: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
-    """SwAV's distributed_sinkhorn with world_size 1 (the all-reduces are identities)."""
-    q = torch.exp(out / eps).t()
-    b, k = q.shape[1], q.shape[0]
-    q /= torch.sum(q)
-    for _ in range(n_iter):
-        q /= torch.sum(q, dim=1, keepdim=True)
-        q /= k
-        q /= torch.sum(q, dim=0, keepdim=True)
-        q /= b
-    q *= b
-    return q.t()
 
 
 def cosine_scores(b: int, k: int, dim: int = 128, seed: int = 0) -> torch.Tensor:
@@ -60,7 +45,7 @@ def measure(scores: torch.Tensor, eps: float, iters: int, repeats: int) -> dict:
     """Interleaved timings of both implementations at the current thread count (ms)."""
     ours, ref = [], []
     for i in range(repeats + 2):  # 2 warm-up rounds
-        t_ref, _ = timed(reference_sinkhorn, scores, eps, iters)
+        t_ref, _ = timed(swav_codes_reference, scores, eps, iters)
         t_ours, _ = timed(swav_codes, scores, eps, iters)
         if i >= 2:
             ref.append(t_ref)
@@ -98,8 +83,8 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     q_ours = swav_codes(scores, args.eps, args.iters)
-    q_ref = reference_sinkhorn(scores, args.eps, args.iters)
-    ref64 = reference_sinkhorn(scores.double(), args.eps, args.iters)
+    q_ref = swav_codes_reference(scores, args.eps, args.iters)
+    ref64 = swav_codes_reference(scores.double(), args.eps, args.iters)
     result = {
         "benchmark": "swav_codes vs SwAV distributed_sinkhorn (one process)",
         "batch": args.batch,

@@ -12,24 +12,10 @@ from torch import nn
 
 from dcx.core.contracts import FitContext, Partition, StepContext
 from dcx.core.errors import InputError, OptionError
-from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes
+from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
 from dcx.plugins.sinkhorn import SinkhornLabels
 from dcx.plugins.swav import SwAV
 
-
-
-def reference_swav_sinkhorn(out: torch.Tensor, eps: float = 0.05, n_iter: int = 3) -> torch.Tensor:
-    """SwAV's distributed_sinkhorn on one process, written as in main_swav.py."""
-    q = torch.exp(out / eps).t()
-    b, k = q.shape[1], q.shape[0]
-    q /= torch.sum(q)
-    for _ in range(n_iter):
-        q /= torch.sum(q, dim=1, keepdim=True)
-        q /= k
-        q /= torch.sum(q, dim=0, keepdim=True)
-        q /= b
-    q *= b
-    return q.t()
 
 
 def reference_sela(probs: np.ndarray, lam: float = 25.0) -> tuple[np.ndarray, int]:
@@ -68,7 +54,7 @@ def test_swav_codes_doubly_stochastic_and_equal_to_reference():
     assert torch.allclose(q.sum(dim=1), torch.ones(b), atol=1e-5)
     # 3 iterations leave the prototype masses near B/K (within ~16% here), exact only at convergence
     assert torch.allclose(q.sum(dim=0), torch.full((k,), b / k), rtol=0.25)
-    ref = reference_swav_sinkhorn(scores.clone())
+    ref = swav_codes_reference(scores.clone())
     assert torch.allclose(q, ref, atol=1e-6, rtol=1e-4)
 
 
@@ -83,12 +69,12 @@ def test_swav_codes_stable_where_reference_overflows():
     scores = unit_scores(64, 16, seed=2)
     # per-prototype offsets (e.g. unnormalised prototypes): exp(s / eps) overflows float32
     shifted = scores + torch.linspace(0, 10, 16)
-    assert not torch.isfinite(reference_swav_sinkhorn(shifted.clone())).all()
+    assert not torch.isfinite(swav_codes_reference(shifted.clone())).all()
     q = swav_codes(shifted)
     assert torch.isfinite(q).all()
     assert torch.allclose(q.sum(dim=1), torch.ones(64), atol=1e-5)
     # the reference's own answer, computed where it does not overflow (float64)
-    ref = reference_swav_sinkhorn(shifted.double()).float()
+    ref = swav_codes_reference(shifted.double()).float()
     assert torch.allclose(q, ref, atol=1e-6, rtol=1e-4)
     # a common offset cancels exactly
     assert torch.allclose(swav_codes(scores + 10), swav_codes(scores), atol=1e-6)

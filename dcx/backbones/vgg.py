@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from dcx.core.contracts import Backbone, BackboneNet
+from dcx.core.network import default_dropout
 from dcx.core.options import Option
 
 
@@ -38,8 +39,7 @@ class VGG16(Backbone):
             c_in = c
         side = 1 if image_size < 64 else 7
         fc = self.params["fc_dim"] or max(64, int(round(4096 * width)))
-        # The paper's 0.5 at full width; none for narrow nets (measured: see alexnet.default_dropout).
-        drop = (0.5 if width >= 1.0 else 0.0) if self.params["dropout"] is None else self.params["dropout"]
+        drop = default_dropout(width) if self.params["dropout"] is None else self.params["dropout"]
         neck = nn.Sequential(
             nn.AdaptiveAvgPool2d(side), nn.Flatten(),
             nn.Linear(c_in * side * side, fc), nn.ReLU(inplace=True), nn.Dropout(drop),

@@ -52,6 +52,15 @@ class FeatureNet(nn.Module):
         return self.net.forward_blocks(self.input(x), names)
 
 
+def default_dropout(width: float) -> float:
+    """The paper's 0.5 for full-width fc layers; none for narrow ones, where it drowns the signal.
+
+    Measured on digits (AlexNet width 0.25, fc 1024, one clustering round of 3 passes): k-means(10)
+    NMI of fc7 0.691 with dropout 0.5 vs 0.770 without; loss 4.47 vs 4.00 (random init: 0.705).
+    """
+    return 0.5 if width >= 1.0 else 0.0
+
+
 def build_network(backbone: Backbone, in_channels: int, image_size: int, width: float, sobel: bool) -> FeatureNet:
     """Instantiate the backbone for these inputs, with the Sobel layer when asked."""
     net = backbone.build(2 if sobel else in_channels, image_size, width)

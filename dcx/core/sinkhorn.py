@@ -235,3 +235,22 @@ def swav_codes(
             "L2-normalise embeddings and prototypes, or raise epsilon"
         )
     return q.mul_(u).mul_(v.unsqueeze(1))
+
+
+@torch.no_grad()
+def swav_codes_reference(scores: torch.Tensor, eps: float = 0.05, n_iter: int = 3) -> torch.Tensor:
+    """SwAV's ``distributed_sinkhorn`` on one process, written as in main_swav.py.
+
+    Not used in training: the plain formulation that tests check ``swav_codes`` against and that
+    benchmarks/bench_sinkhorn.py times it against.
+    """
+    q = torch.exp(scores / eps).t()
+    b, k = q.shape[1], q.shape[0]
+    q /= torch.sum(q)
+    for _ in range(n_iter):
+        q /= torch.sum(q, dim=1, keepdim=True)
+        q /= k
+        q /= torch.sum(q, dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
