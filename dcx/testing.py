@@ -21,7 +21,7 @@ from torch import nn
 
 from dcx.core.contracts import (
     API_VERSION, Backbone, BackboneNet, Clusterer, Dataset, FitContext, ImageSet, OnlineClusterer,
-    Partition, StepContext,
+    Partition, StepContext, TrainSpec,
 )
 from dcx.core.errors import OptionError
 from dcx.core.metrics import nmi
@@ -74,11 +74,9 @@ def check_clusterer(cls: type, n: int = 300, d: int = 16, k: int = 5, seed: int 
     if issubclass(cls, OnlineClusterer):
         _check_online(plugin, x, k)
         return
-    head = None
-    if cls.keeps_head:
-        torch.manual_seed(seed)
-        head = nn.Sequential(nn.Linear(d, plugin.params.get("k", k)))
-    ctx = FitContext(epoch=0, seed=seed, raw_features=x if cls.keeps_head else None, head=head)
+    torch.manual_seed(seed)
+    plugin.prepare(TrainSpec(feature_dim=d, num_samples=n))
+    ctx = FitContext(epoch=0, seed=seed)
     part = plugin.fit(x, ctx)
     if not isinstance(part, Partition):
         raise _fail(plugin, f"fit must return a Partition, got {type(part).__name__}")
@@ -86,7 +84,7 @@ def check_clusterer(cls: type, n: int = 300, d: int = 16, k: int = 5, seed: int 
     again = plugin.fit(x, ctx).validate(n, plugin.name)
     if not np.array_equal(part.labels, again.labels):
         raise _fail(plugin, "fit is not deterministic for the same FitContext.seed")
-    if not cls.keeps_head and nmi(y, part.labels) < min_nmi:
+    if cls.wants_preprocessing and nmi(y, part.labels) < min_nmi:
         raise _fail(plugin, f"did not recover {k} planted clusters (NMI {nmi(y, part.labels):.2f} < {min_nmi})")
     if any(not isinstance(key, str) for key in part.stats):
         raise _fail(plugin, "stats keys must be strings")
@@ -94,13 +92,13 @@ def check_clusterer(cls: type, n: int = 300, d: int = 16, k: int = 5, seed: int 
 
 def _check_online(plugin: OnlineClusterer, x: np.ndarray, k: int) -> None:
     torch.manual_seed(0)
-    head = plugin.build_head(x.shape[1], len(x))
+    head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
     if not isinstance(head, nn.Module):
         raise _fail(plugin, "build_head must return an nn.Module")
     spec = plugin.crops()
     feats = torch.from_numpy(x[:64])
     views = [(feats + 0.01 * torch.randn_like(feats)).requires_grad_(True) for _ in range(spec.n_large + spec.n_small)]
-    step = StepContext(epoch=0, step=0, steps_per_epoch=1)
+    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.arange(64))
     plugin.before_step(head, step)
     loss, stats = plugin.loss(head, views, step)
     if not (isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss)):

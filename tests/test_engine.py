@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcx.core.engine import Engine, setup
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
 from dcx.core.errors import ContractError, InputError
 from dcx.core.registry import Registry
 from dcx.core.rundir import RunDir
@@ -50,14 +51,14 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
     part = RunDir(tmp_path / "part")
     part.create(b"")
     engine = Engine(setup(tiny_config))
-    real_epoch = engine._offline_epoch
+    real_epoch = engine.run_epoch
 
     def interrupted(epoch):
         if epoch == 2:
             raise KeyboardInterrupt  # Ctrl-C during the third epoch
         return real_epoch(epoch)
 
-    engine._offline_epoch = interrupted
+    engine.run_epoch = interrupted
     with pytest.raises(KeyboardInterrupt):
         engine.run(part)
     assert not (part.path / "assignments.npy").exists() and not list(part.path.glob(".*.tmp"))

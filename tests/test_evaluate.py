@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from dcx.cli import app
 from dcx.core import evaluate as E
-from dcx.core.engine import Engine, setup
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
 from dcx.core.errors import InputError
 from dcx.core.features import PCAWhitening
 from dcx.core.metrics import clustering_scores, hungarian_accuracy

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine, setup
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
 
 
 

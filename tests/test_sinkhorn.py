@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dcx.core.contracts import FitContext, Partition, StepContext
+from dcx.core.contracts import FitContext, Partition, StepContext, TrainSpec
 from dcx.core.errors import InputError, OptionError
 from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
 from dcx.plugins.sinkhorn import SinkhornLabels
@@ -187,9 +187,9 @@ def test_sinkhorn_plugin_fits_with_head():
     n, d, k = 1200, 24, 12
     feats = rng.standard_normal((n, d)).astype(np.float32) * 3
     clusterer = SinkhornLabels(k=k, batch_size=500)
-    assert clusterer.keeps_head and not clusterer.wants_preprocessing
-    context = FitContext(epoch=0, head=make_head(d, k), raw_features=feats)
-    part = clusterer.fit(feats, context).validate(n, "sinkhorn")
+    assert not clusterer.wants_preprocessing
+    clusterer.head = make_head(d, k)
+    part = clusterer.fit(feats, FitContext(epoch=0)).validate(n, "sinkhorn")
     assert isinstance(part, Partition) and part.n_clusters == k
     assert np.bincount(part.labels, minlength=k).tolist() == [n // k] * k
     assert part.stats["sinkhorn_iterations"] >= 1 and part.stats["sinkhorn_converged"]
@@ -200,18 +200,39 @@ def test_sinkhorn_plugin_fits_with_head():
     head = make_head(d, k)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(centers))
-    labels = clusterer.fit(x, FitContext(head=head, raw_features=x)).labels
+    clusterer.head = head
+    labels = clusterer.fit(x, FitContext()).labels
     assert (labels == y).mean() > 0.95
+    # the engine trains that same head on the labels as they are
+    training = clusterer.build_head(Partition(labels, k), TrainSpec(d, n))
+    assert training.module is head and np.array_equal(training.targets, labels)
+
+
+def test_sinkhorn_prepare_makes_one_head_kept_in_its_state():
+    clusterer = SinkhornLabels(k=5)
+    torch.manual_seed(0)
+    clusterer.prepare(TrainSpec(feature_dim=8, num_samples=50, preactivation=True))
+    assert isinstance(clusterer.head[0], nn.ReLU) and clusterer.head[1].out_features == 5
+    state = clusterer.state_dict()
+    other = SinkhornLabels(k=5)
+    torch.manual_seed(1)
+    other.prepare(TrainSpec(feature_dim=8, num_samples=50, preactivation=True))
+    other.load_state_dict(state)
+    assert torch.equal(other.head[1].weight, clusterer.head[1].weight)
 
 
 def test_sinkhorn_plugin_errors():
     feats = np.zeros((10, 4), dtype=np.float32)
     with pytest.raises(InputError, match="head"):
         SinkhornLabels(k=3).fit(feats, FitContext())
+    big = SinkhornLabels(k=30)
+    big.head = make_head(4, 30)
     with pytest.raises(InputError, match="larger"):
-        SinkhornLabels(k=30).fit(feats, FitContext(head=make_head(4, 30)))
+        big.fit(feats, FitContext())
+    wrong = SinkhornLabels(k=3)
+    wrong.head = make_head(4, 5)
     with pytest.raises(InputError, match="outputs"):
-        SinkhornLabels(k=3).fit(feats, FitContext(head=make_head(4, 5)))
+        wrong.fit(feats, FitContext())
     with pytest.raises(OptionError):
         SinkhornLabels(rounding="round")
 
@@ -231,7 +252,7 @@ def test_swav_swapped_loss_decreases_on_toy_problem():
     swav = SwAV(k=8, proj_dim=16, hidden_dim=32, n_small=1, freeze_prototypes_steps=5)
     assert swav.crops().n_large == 2 and swav.crops().n_small == 1
     backbone = nn.Linear(16, 32)
-    head = swav.build_head(32, num_samples=1000)
+    head = swav.build_head(TrainSpec(32, 1000))
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
     losses = []
     for it in range(60):
@@ -261,7 +282,7 @@ def test_swav_swapped_loss_decreases_on_toy_problem():
 
 def test_swav_prototypes_frozen_then_trained_and_unit_norm():
     swav = SwAV(k=10, proj_dim=8, hidden_dim=0, n_small=0)  # auto freeze = first epoch
-    head = swav.build_head(6, num_samples=100)
+    head = swav.build_head(TrainSpec(6, 100))
     opt = torch.optim.SGD(head.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
     with torch.no_grad():
         head.prototypes.weight.mul_(3.0)  # off the unit sphere: before_step must fix it
@@ -289,7 +310,7 @@ def test_swav_prototypes_frozen_then_trained_and_unit_norm():
 
 def test_swav_queue_fills_then_feeds_codes(caplog):
     swav = SwAV(k=16, proj_dim=8, hidden_dim=0, n_small=0, queue_length=48, queue_start_epoch=1)
-    head = swav.build_head(6, num_samples=1000)
+    head = swav.build_head(TrainSpec(6, 1000))
     step0 = StepContext(epoch=0, step=0, steps_per_epoch=10)
     swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], step0)
     assert swav._queue is None  # not before queue_start_epoch
@@ -303,7 +324,7 @@ def test_swav_queue_fills_then_feeds_codes(caplog):
 
 def test_swav_collapse_guard_warns(caplog):
     swav = SwAV(k=32, proj_dim=8, hidden_dim=0, n_small=0)
-    head = swav.build_head(6, num_samples=1000)
+    head = swav.build_head(TrainSpec(6, 1000))
     same = torch.ones(64, 6)  # every image identical: uniform codes, loss at or above ln k
     with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
         swav.loss(head, [same, same], StepContext(epoch=1, step=1, steps_per_epoch=1))
@@ -315,7 +336,7 @@ def test_swav_collapse_guard_warns(caplog):
 
 def test_swav_rejects_bad_views_and_options():
     swav = SwAV(k=4, proj_dim=4, hidden_dim=0, n_small=0)
-    head = swav.build_head(3, num_samples=100)
+    head = swav.build_head(TrainSpec(3, 100))
     step = StepContext(0, 0, 1)
     with pytest.raises(InputError):
         swav.loss(head, [torch.randn(8, 3)], step)
@@ -333,9 +354,9 @@ def test_swav_small_data_defaults(caplog):
     assert SwAV().crops().n_small == 0 and SwAV().params["epsilon"] == 0.02
     assert SwAV(k=100).proj_dim == 33 and SwAV(k=3000).proj_dim == 128 and SwAV(k=10).proj_dim == 8
     assert SwAV(k=100, proj_dim=64).proj_dim == 64
-    assert SwAV(k=100).build_head(16, num_samples=1000).prototypes.weight.shape == (100, 33)
+    assert SwAV(k=100).build_head(TrainSpec(16, 1000)).prototypes.weight.shape == (100, 33)
     swav = SwAV(k=40, hidden_dim=0)
-    head = swav.build_head(6, num_samples=1000)
+    head = swav.build_head(TrainSpec(6, 1000))
     with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
         swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], StepContext(0, 0, 1))
     assert any("batch 16 < k=40" in r.message for r in caplog.records)

@@ -50,8 +50,8 @@ def cluster(
     registry = Registry()
     options = parse_assignments(opt).get(clusterer, {})
     cls = registry.load("clusterer", clusterer)
-    if issubclass(cls, OnlineClusterer) or getattr(cls, "keeps_head", False):
-        raise InputError(f"clusterer '{clusterer}' labels from a trained head, not from a feature file: use kmeans or pic")
+    if issubclass(cls, OnlineClusterer):
+        raise InputError(f"clusterer '{clusterer}' labels batches while it trains, not a feature file: use kmeans or pic")
     if k is not None:
         if not any(o.name == "k" for o in cls.options):
             raise InputError(f"clusterer '{clusterer}' chooses its own number of clusters: drop --k")

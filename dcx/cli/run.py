@@ -11,7 +11,8 @@ from rich.table import Table
 
 from dcx.cli.ui import RichProgress, fail, handle_errors, print_json, setup_logging
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine, setup
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
 from dcx.core.errors import InputError
 from dcx.core.options import parse_assignments
 from dcx.core.rundir import RunDir, default_run_dir

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine, setup
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
 from dcx.core.errors import DcxError, RunDirError
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry

@@ -1,51 +1,79 @@
-"""The resolved settings of one run, and their TOML form (``config.toml`` reproduces a run)."""
+"""The settings of one run: one typed, validated schema (pydantic) shared by ``dcx run``, ``--config``
+files, ``dcx compare`` and the engine; its TOML form (``config.toml``) reproduces a run.
+
+Every field carries its command-line flag and help text, so the CLI declares the run options
+once, from here (``dcx.cli.run_options``), and a bad value anywhere is the same one-line error.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dcx.core.errors import InputError, OptionError
+from dcx.core.errors import InputError
+
+LR_SCHEDULES = ("cosine", "constant")
 
 
-@dataclass
-class RunConfig:
+def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None, cli: str = "train",
+            **constraints: Any) -> Any:
+    """A field with its CLI metadata. ``cli``: 'train' (offered by run and compare), 'run' (run
+    only), or 'none' (not a flag)."""
+    return Field(default, description=help, json_schema_extra={"flag": flag, "short": short, "cli": cli},
+                 **constraints)
+
+
+class RunConfig(BaseModel):
     """Everything a run depends on. ``None`` means "the dataset's or plugin's default"."""
 
-    clusterer: str = "kmeans"
-    backbone: str = "alexnet"
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    k: int | None = None
-    epochs: int | None = None
-    passes: int | None = None  # training passes over the data per clustering round
-    batch_size: int | None = None
-    lr: float = 0.05  # reference SGD: lr 0.05, momentum 0.9, weight decay 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    # Reference: constant. Cosine (to 0 over the run) lets the last epochs settle instead of leaving
-    # the features wherever the last clustering pushed them; measured on digits (kmeans + alexnet,
-    # 10 epochs): final fc7 k-means(10) NMI 0.546 constant vs 0.790 cosine (random init 0.705).
-    lr_schedule: str = "cosine"
-    image_size: int | None = None
-    width: float | None = None
-    sobel: bool | None = None
-    pca_dim: int = 256
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    probe: bool = True  # k-means(#classes) NMI of the features each epoch, when labels exist
-    save_every_epoch: bool = False
-    out: str | None = None
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    clusterer: str = setting("kmeans", "clusterer plugin (dcx list)", short="-c", cli="run", min_length=1)
+    backbone: str = setting("alexnet", "backbone plugin (dcx list)", short="-b", min_length=1)
+    dataset: str = setting("digits", "dataset plugin (dcx list)", short="-d", min_length=1)
+    data_root: str | None = setting(None, "folder of the dataset")
+    download: bool = setting(False, "allow torchvision datasets to download")
+    k: int | None = setting(None, "number of clusters (default: the dataset's; paper: ~10x the classes)", ge=1)
+    epochs: int | None = setting(None, "clustering rounds (default: the dataset's)", short="-e", ge=1)
+    passes: int | None = setting(
+        None, "backbone passes over the data per clustering round (online clusterers: divided by their views "
+        "per image)", ge=1)
+    batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
+    lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
+    lr_schedule: Literal["cosine", "constant"] = setting(
+        "cosine", "backbone learning-rate schedule: cosine (decays to 0 over the run) or constant (reference)")
+    warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs (SwAV: 10)", ge=0)
+    momentum: float = setting(0.9, "SGD momentum (reference: 0.9)", ge=0, lt=1)
+    weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)
+    image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", ge=8)
+    width: float | None = setting(None, "channel multiplier of the backbone (1.0 = paper)", gt=0, le=16)
+    sobel: bool | None = setting(None, "fixed Sobel input layer (default: the backbone's)")
+    flip: bool | None = setting(None, "random horizontal flips in training (default: the dataset's; off for "
+                                      "digits and characters)")
+    pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
+    seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto", cli="run")
+    workers: int = setting(0, "data-loading processes", ge=0, cli="run")
+    probe: bool = setting(True, "k-means(#classes) NMI of the features each epoch, when labels exist")
+    save_every_epoch: bool = setting(False, "keep each epoch's assignments", cli="run")
+    out: str | None = setting(None, "run directory", cli="none")
+    options: dict[str, dict[str, Any]] = setting({}, "plugin options", cli="none")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be cpu, cuda, cuda:N or auto")
+
+    # ------------------------------------------------------------------ TOML and dicts
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None and k != "options"}
+        data = {k: v for k, v in self.model_dump().items() if v is not None and k != "options"}
         data["options"] = {p: dict(o) for p, o in self.options.items() if o}
         return data
 
@@ -53,12 +81,12 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict()).encode()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionError(f"config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+        """Validate ``data``; every problem is an InputError of one line naming ``source``."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(describe_error(exc, source)) from None
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
@@ -69,11 +97,11 @@ class RunConfig:
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"config file {path} is not valid TOML ({exc}); fix or regenerate it") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, f"config file {path}")
 
-    def merged(self, overrides: dict[str, Any]) -> "RunConfig":
+    def merged(self, overrides: dict[str, Any], source: str = "flags") -> "RunConfig":
         """A copy with the non-None ``overrides`` applied; plugin options merge per plugin."""
-        data = asdict(self)
+        data = self.model_dump()
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -82,4 +110,60 @@ class RunConfig:
                     data["options"].setdefault(plugin, {}).update(opts)
             else:
                 data[key] = value
-        return RunConfig.from_dict(data)
+        return RunConfig.from_dict(data, source)
+
+    @classmethod
+    def cli_fields(cls, scope: str) -> list[str]:
+        """Names of the fields offered as flags by a command of ``scope`` ('run' or 'train')."""
+        wanted = {"run": ("run", "train"), "train": ("train",)}[scope]
+        return [n for n, f in cls.model_fields.items() if (f.json_schema_extra or {}).get("cli") in wanted]
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a field: ``batch_size`` -> ``--batch-size``."""
+    field = RunConfig.model_fields.get(name)
+    extra = (field.json_schema_extra or {}) if field is not None else {}
+    return extra.get("flag") or "--" + name.replace("_", "-")
+
+
+_DESCRIBE = {
+    "greater_than_equal": lambda c: f"must be >= {c['ge']}",
+    "greater_than": lambda c: f"must be > {c['gt']}",
+    "less_than_equal": lambda c: f"must be <= {c['le']}",
+    "less_than": lambda c: f"must be < {c['lt']}",
+    "int_parsing": lambda c: "must be an integer",
+    "int_type": lambda c: "must be an integer",
+    "int_from_float": lambda c: "must be a whole number",
+    "float_parsing": lambda c: "must be a number",
+    "float_type": lambda c: "must be a number",
+    "finite_number": lambda c: "must be a finite number",
+    "bool_parsing": lambda c: "must be true or false",
+    "bool_type": lambda c: "must be true or false",
+    "string_type": lambda c: "must be a string",
+    "string_too_short": lambda c: "must not be empty",
+    "literal_error": lambda c: f"must be one of {c['expected'].replace(chr(39), '')}",
+    "dict_type": lambda c: "must be a table of plugin options",
+}
+
+
+def describe_error(exc: ValidationError, source: str) -> str:
+    """One line for the first problem of a ValidationError, in the words of ``source``."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    name = loc[0] if loc else "?"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(n for n in RunConfig.model_fields)
+        return f"{source}: unknown setting '{name}'; known: {known}"
+    what = flag_of(name) if source == "flags" else ".".join(loc)
+    ctx = err.get("ctx") or {}
+    describe = _DESCRIBE.get(err["type"])
+    if describe is not None:
+        text = describe(ctx)
+    elif err["type"] == "value_error":
+        text = str(ctx.get("error", err["msg"]))
+    else:
+        text = err["msg"][0].lower() + err["msg"][1:]
+    shown = "" if isinstance(value, dict) else f", got {value!r}"
+    prefix = "" if source == "flags" else f"{source}: "
+    return f"{prefix}{what} {text}{shown}"

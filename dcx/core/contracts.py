@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +19,10 @@ from dcx.core.errors import ContractError
 from dcx.core.options import Option, resolve
 
 #: Version of this contract. A plugin declares the version it was written for in ``dcx_api``;
-#: a different major version is reported as incompatible and not loaded.
-API_VERSION = "1.0"
+#: a different major version is reported as incompatible and not loaded. 2.0: one training seam
+#: (``Clusterer.build_head`` replaced ``keeps_head``), ``TrainSpec``, ``StepContext.indices``,
+#: ``EpochContext``/``start_epoch``, plugin ``state_dict`` in checkpoints.
+API_VERSION = "2.0"
 
 
 class Plugin(ABC):
@@ -70,40 +72,102 @@ class Partition:
         return Partition(labels.astype(np.int64, copy=False), int(self.n_clusters), self.centroids, dict(self.stats))
 
 
+@dataclass(frozen=True)
+class TrainSpec:
+    """What the engine tells a clusterer about the run before training starts.
+
+    ``preactivation``: the features are a pre-activation (AlexNet/VGG fc7 before its ReLU), so a
+    head on them applies ReLU first, exactly as the reference network does.
+    """
+
+    feature_dim: int
+    num_samples: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    preactivation: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+
+def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> nn.Module:
+    """DeepCluster's top layer: Linear with weights N(0, 0.01) and zero bias (reference init),
+    after a ReLU when the features are a pre-activation. Draws from torch's global RNG."""
+    linear = nn.Linear(feature_dim, n_outputs)
+    nn.init.normal_(linear.weight, 0.0, 0.01)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.ReLU(), linear) if preactivation else nn.Sequential(linear)
+
+
+@dataclass
+class TrainingHead:
+    """What the backbone learns to predict in one offline epoch: a head and a target per image.
+
+    ``targets[i]`` is the head output that image ``i`` is trained towards (0..outputs-1).
+    """
+
+    module: nn.Module
+    targets: np.ndarray
+
+
 @dataclass
 class FitContext:
     """What the engine tells an offline clusterer besides the features.
 
-    ``raw_features`` are the backbone outputs before preprocessing and ``head`` is last epoch's
-    classifier (only for clusterers with ``keeps_head``, e.g. SeLa labels from head scores).
-    In a distributed run every rank calls ``fit`` with the same arguments; ``rank`` and
-    ``world_size`` let a clusterer split its own work.
+    In a distributed run every rank calls ``fit`` with the same arguments; ``rank``,
+    ``world_size`` and ``all_reduce`` (sum over ranks, in place; identity in one process) let a
+    clusterer split its own work.
     """
 
     epoch: int = 0
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     previous_labels: np.ndarray | None = None
-    raw_features: np.ndarray | None = None
-    head: nn.Module | None = None
     rank: int = 0
     world_size: int = 1
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-class Clusterer(Plugin):
-    """Offline clusterer: once per epoch, an (N, d) float32 matrix -> a Partition."""
+class StatefulPlugin(Plugin):
+    """A plugin whose state survives a resume: the engine saves ``state_dict()`` in every
+    checkpoint and hands it back to ``load_state_dict`` (tensors, numbers, strings, lists and
+    dicts only: checkpoints are read with ``torch.load(weights_only=True)``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ContractError(
+                f"{self.name or type(self).__name__}: checkpoint holds plugin state {sorted(state)} but the plugin "
+                "does not implement load_state_dict"
+            )
+
+
+class Clusterer(StatefulPlugin):
+    """Offline clusterer: once per epoch, an (N, d) float32 matrix -> a Partition.
+
+    Per epoch the engine calls ``fit`` on the (preprocessed) features of every image, then
+    ``build_head`` for the head and targets it trains the backbone on for that epoch.
+    """
 
     schedule: ClassVar[str] = "offline"
     #: PCA-whitening + L2 (core.preprocess) is applied before ``fit`` when True.
     wants_preprocessing: ClassVar[bool] = True
-    #: Keep the classifier head across epochs (and pass it in FitContext) instead of a fresh one.
-    keeps_head: ClassVar[bool] = False
     #: Whether the ``k`` run option is meaningful (PIC ignores it and chooses its own count).
     uses_k: ClassVar[bool] = True
+
+    def prepare(self, spec: TrainSpec) -> None:
+        """Once, before the first epoch (and before a checkpoint is restored): allocate state."""
 
     @abstractmethod
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         """Cluster the rows of ``features``; randomness only from ``context.seed``."""
+
+    def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
+        """This epoch's head and targets. Default: DeepCluster's fresh linear head (paper §3.3)
+        over the non-empty clusters, renumbered 0..m-1: cluster ids mean nothing across epochs."""
+        kept, targets = np.unique(partition.labels, return_inverse=True)
+        head = linear_head(spec.feature_dim, len(kept), spec.preactivation).to(spec.device)
+        return TrainingHead(head, targets.astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -119,24 +183,48 @@ class CropSpec:
 
 @dataclass
 class StepContext:
-    """Where the training loop is, for online clusterers' per-batch schedule.
+    """Where the training loop is, for the per-batch hooks.
 
-    ``step`` counts optimiser steps since the start of the run (not of the epoch).
+    ``step`` counts optimiser steps since the start of the run (not of the epoch); ``indices``
+    are the dataset indices of the batch's images (this rank's part in a distributed run), so a
+    clusterer can keep per-image state such as a memory bank.
     """
 
     epoch: int
     step: int
     steps_per_epoch: int
+    indices: torch.Tensor | None = None
     rank: int = 0
     world_size: int = 1
 
 
-class OnlineClusterer(Plugin):
+@dataclass
+class EpochContext:
+    """What an online clusterer gets at the start of each epoch.
+
+    ``features()`` extracts the backbone features (N, feature_dim) of every image with the
+    deterministic evaluation transform, in dataset order, on every rank; it runs only if called
+    (one pass over the data), e.g. to fill a memory bank before the first epoch.
+    """
+
+    epoch: int
+    seed: int
+    steps_per_epoch: int
+    num_samples: int
+    device: torch.device
+    features: Callable[[], torch.Tensor]
+    rank: int = 0
+    world_size: int = 1
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class OnlineClusterer(StatefulPlugin):
     """Online clusterer: labels each batch inside the training step and owns head and loss.
 
-    The engine calls, per batch: ``before_step`` -> backbone on every view -> ``loss`` ->
-    backward -> ``after_backward`` -> optimiser step. ``assign`` gives hard labels for
-    diagnostics (NMI to labels, cluster usage) once per epoch.
+    The engine calls ``start_epoch`` at the start of every epoch, then per batch:
+    ``before_step`` -> backbone on every view -> ``loss`` -> backward -> ``after_backward`` ->
+    optimiser step. ``assign`` gives hard labels for diagnostics (NMI to labels, cluster usage)
+    once per epoch.
     """
 
     schedule: ClassVar[str] = "online"
@@ -146,8 +234,11 @@ class OnlineClusterer(Plugin):
         return CropSpec()
 
     @abstractmethod
-    def build_head(self, feature_dim: int, num_samples: int) -> nn.Module:
+    def build_head(self, spec: TrainSpec) -> nn.Module:
         """The trainable head (e.g. projection + prototypes); joins the backbone's optimiser."""
+
+    def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """Hook before an epoch's first step (e.g. cluster a memory bank into prototypes)."""
 
     @abstractmethod
     def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
@@ -232,6 +323,8 @@ class RunDefaults:
     batch_size: int = 256
     width: float = 1.0
     passes: int = 1
+    #: Train with horizontal flips; None: the dataset's ``flip_invariant``.
+    flip: bool | None = None
 
 
 @dataclass
@@ -266,3 +359,7 @@ class Dataset(Plugin):
     def splits(self) -> tuple[str, ...]:
         """Splits this dataset has; ('all',) when it has no train/test split of its own."""
         return ("train", "test")
+
+    def run_defaults(self, images: ImageSet) -> RunDefaults:
+        """The defaults for these loaded images (a folder can pick its image size from the data)."""
+        return self.defaults

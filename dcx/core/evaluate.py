@@ -29,7 +29,7 @@ from torch import nn
 from dcx.core import data as D
 from dcx.core.config import RunConfig
 from dcx.core.contracts import Dataset, ImageSet
-from dcx.core.engine import Setup, setup
+from dcx.core.setup import Setup, setup
 from dcx.core.errors import InputError, RunDirError
 from dcx.core.features import PCAWhitening, check_finite, extract, l2_normalize
 from dcx.core.kmeans import kmeans

@@ -65,15 +65,3 @@ def build_network(backbone: Backbone, in_channels: int, image_size: int, width: 
     """Instantiate the backbone for these inputs, with the Sobel layer when asked."""
     net = backbone.build(2 if sobel else in_channels, image_size, width)
     return FeatureNet(net, sobel, in_channels)
-
-
-def classifier_head(feature_dim: int, n_classes: int, relu: bool) -> nn.Module:
-    """A fresh top layer: Linear with weights N(0, 0.01) and zero bias (reference init).
-
-    ``relu``: AlexNet/VGG features are fc7 before its ReLU; the head applies that ReLU so the
-    network trains exactly as the reference (which removes it only to extract features).
-    """
-    linear = nn.Linear(feature_dim, n_classes)
-    nn.init.normal_(linear.weight, 0.0, 0.01)
-    nn.init.zeros_(linear.bias)
-    return nn.Sequential(nn.ReLU(), linear) if relu else nn.Sequential(linear)

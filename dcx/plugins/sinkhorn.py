@@ -1,20 +1,22 @@
 """SeLa self-labelling (Asano, Rupprecht & Vedaldi, ICLR 2020): equal-size pseudo-labels.
 
-Each epoch the kept classifier head scores every image; Sinkhorn-Knopp turns softmax(scores)^lambda
-into an equipartitioned assignment (``dcx.core.sinkhorn.sela_solve``), whose labels the engine
-trains the backbone and the same head on.
+The plugin owns one classifier head for the whole run (``prepare``). Each epoch that head scores
+every image; Sinkhorn-Knopp turns softmax(scores)^lambda into an equipartitioned assignment
+(``dcx.core.sinkhorn.sela_solve``), and ``build_head`` hands the same head and those labels to
+the engine, which trains backbone and head on them. The head is the plugin's state (checkpoints).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from dcx.core.contracts import Clusterer, FitContext, Partition
+from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head
 from dcx.core.errors import InputError
 from dcx.core.features import check_finite
 from dcx.core.options import Option
@@ -29,7 +31,6 @@ class SinkhornLabels(Clusterer):
     name = "sinkhorn"
     # The head consumes the raw backbone features, so PCA-whitening would only cost time.
     wants_preprocessing = False
-    keeps_head = True
     options = (
         Option("k", int, 3000, "clusters = outputs of the kept head (SeLa ImageNet: 3000, CIFAR-10: 128)", min=2),
         Option("lam", float, 25.0, "power lambda of softmax(scores) (SeLa: 25; 10 for CIFAR)", min=1e-3),
@@ -51,18 +52,34 @@ class SinkhornLabels(Clusterer):
         Option("batch_size", int, 4096, "rows the head scores at once", min=1),
     )
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.head: nn.Module | None = None
+
+    def prepare(self, spec: TrainSpec) -> None:
+        """The run's one head, N(0, 0.01) as SeLa (no k-means warm start), from torch's RNG."""
+        self.head = linear_head(spec.feature_dim, self.params["k"], spec.preactivation).to(spec.device)
+
+    def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
+        """The kept head, trained on the labels as they are: its outputs are the cluster ids."""
+        return TrainingHead(self.head, partition.labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict()} if self.head is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.head.load_state_dict(state["head"])
+
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
-        """Score the raw features with ``context.head`` and return SeLa's equal-size labels."""
+        """Score the raw features with the kept head and return SeLa's equal-size labels."""
         p = self.params
-        if context.head is None:
+        if self.head is None:
             raise InputError(
-                "sinkhorn needs the classifier head in FitContext.head: the engine must keep it (keeps_head=True)"
+                "sinkhorn labels images by the scores of the head it trains with the network: it cannot "
+                "cluster a feature file on its own; use kmeans or pic"
             )
-        raw = np.asarray(features if context.raw_features is None else context.raw_features)
-        if raw.ndim != 2 or len(raw) != len(features):
-            raise InputError(
-                f"sinkhorn: raw features of shape {raw.shape} do not match the {len(features)} feature rows"
-            )
+        raw = np.asarray(features)
         check_finite(raw, "features")
         n, k = len(raw), p["k"]
         if k > n:
@@ -75,7 +92,7 @@ class SinkhornLabels(Clusterer):
         # would add a second clusterer's dependency for no gain SeLa reports; balanced rounding
         # keeps these early labels exactly equal-size (their plain argmax is off by 13-30%).
         t0 = time.perf_counter()
-        scores = head_scores(context.head, raw, context.device, p["batch_size"])
+        scores = head_scores(self.head, raw, context.device, p["batch_size"])
         if scores.shape[1] != k:
             raise InputError(
                 f"sinkhorn: the head has {scores.shape[1]} outputs but k={k}; build it as nn.Linear(D, k)"

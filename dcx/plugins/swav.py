@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext
+from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
 from dcx.core.options import Option
 from dcx.core.sinkhorn import swav_codes
@@ -159,9 +159,10 @@ class SwAV(OnlineClusterer):
             small_size_ratio=p["small_size_ratio"],
         )
 
-    def build_head(self, feature_dim: int, num_samples: int) -> nn.Module:
+    def build_head(self, spec: TrainSpec) -> nn.Module:
         """The projection MLP + unit-norm prototypes; its parameters join the backbone's optimiser."""
         p = self.params
+        feature_dim, num_samples = spec.feature_dim, spec.num_samples
         proj = self.proj_dim
         hidden = p["hidden_dim"]
         if hidden is None:
@@ -262,6 +263,19 @@ class SwAV(OnlineClusterer):
         self._reset_stats()
         return stats
 
+    def state_dict(self) -> dict[str, Any]:
+        """The feature queue (when on): without it a resumed run would restart the queue empty."""
+        if self._queue is None:
+            return {}
+        return {"queue": self._queue.detach().cpu().clone(), "queue_filled": self._queue_filled,
+                "queue_used": self._queue_used}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self._queue = state["queue"].clone()
+            self._queue_filled = int(state["queue_filled"])
+            self._queue_used = bool(state["queue_used"])
+
     # ------------------------------------------------------------------ internals
 
     def _codes(self, head: SwAVHead, z: torch.Tensor, scores: torch.Tensor, bs: int, step: StepContext) -> list[torch.Tensor]:
@@ -299,9 +313,11 @@ class SwAV(OnlineClusterer):
         if p["queue_length"] == 0 or step.epoch < p["queue_start_epoch"]:
             return None
         length = max(1, p["queue_length"] // max(1, step.world_size))
-        if self._queue is None or self._queue.shape[1] != length or self._queue.device != z.device:
+        if self._queue is None or self._queue.shape[1] != length:
             self._queue = torch.zeros(p["n_large"], length, z.shape[1], device=z.device)
             self._queue_filled = 0
+        elif self._queue.device != z.device:  # restored from a checkpoint (read on the CPU)
+            self._queue = self._queue.to(z.device)
         return self._queue
 
     def _push(self, queue: torch.Tensor, z: torch.Tensor, bs: int) -> None:

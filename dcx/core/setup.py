@@ -1,0 +1,113 @@
+"""From a RunConfig to the objects a run is made of: plugins, data, and the random-init network.
+
+Every user error (unknown plugin, bad option, ``--opt`` for a plugin not in the run, k > N,
+missing data) surfaces here, before anything is written. The network is initialised from
+``config.seed`` alone, so the same config always yields the same random-init network (the
+"random" baseline of evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dcx.core.config import RunConfig
+from dcx.core.contracts import Backbone, Clusterer, Dataset, ImageSet, OnlineClusterer
+from dcx.core.errors import InputError, OptionError
+from dcx.core.network import FeatureNet, build_network
+from dcx.core.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    """A run's resolved configuration and the objects built from it (shared with evaluation)."""
+
+    config: RunConfig
+    dataset: Dataset
+    images: ImageSet | None
+    backbone: Backbone
+    clusterer: Clusterer | OnlineClusterer
+    model: FeatureNet
+    device: torch.device
+    split: str
+    flip: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def train_split(dataset: Dataset) -> str:
+    splits = dataset.splits()
+    return "train" if "train" in splits else splits[0]
+
+
+def _check_option_owners(config: RunConfig) -> None:
+    """A ``--opt`` / ``[options.X]`` section for a plugin that is not part of this run is an error:
+    silently dropping it would run with other settings than the user asked for."""
+    used = {config.clusterer, config.backbone, config.dataset}
+    for owner in config.options:
+        if owner not in used:
+            raise OptionError(
+                f"options given for '{owner}', which is not part of this run (clusterer {config.clusterer}, "
+                f"backbone {config.backbone}, dataset {config.dataset}): drop them or choose that plugin"
+            )
+
+
+def setup(config: RunConfig, registry: Registry | None = None, load_images: bool = True) -> Setup:
+    """Resolve defaults, load plugins and data, build the randomly initialised network."""
+    registry = registry or Registry()
+    _check_option_owners(config)
+    opts = config.options
+    dataset = registry.create("dataset", config.dataset, opts.get(config.dataset))
+    backbone = registry.create("backbone", config.backbone, opts.get(config.backbone))
+    clusterer_cls = registry.load("clusterer", config.clusterer)
+    split = train_split(dataset)
+    images = dataset.load(config.data_root, split, config.download) if load_images else None
+    d = dataset.run_defaults(images) if images is not None else dataset.defaults
+    cfg = config.model_copy(deep=True)
+    cfg.image_size = cfg.image_size or d.image_size
+    cfg.epochs = cfg.epochs or d.epochs
+    cfg.batch_size = cfg.batch_size or d.batch_size
+    cfg.width = cfg.width or d.width
+    cfg.passes = cfg.passes or d.passes
+    cfg.sobel = backbone.sobel_default if cfg.sobel is None else cfg.sobel
+    flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
+    if cfg.image_size < backbone.min_image_size:
+        raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
+    # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
+    c_opts = dict(opts.get(config.clusterer, {}))
+    declares_k = any(o.name == "k" for o in clusterer_cls.options)
+    if declares_k and "k" not in c_opts:
+        c_opts["k"] = cfg.k if cfg.k is not None else d.k
+    elif cfg.k is not None and not clusterer_cls.uses_k:
+        log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
+    clusterer = registry.create("clusterer", config.clusterer, c_opts)
+    cfg.k = clusterer.params.get("k", cfg.k)
+    # Store every used plugin's validated options (typed, defaults filled) so config.toml
+    # reproduces the run even if a default changes later. None ("auto") is left out.
+    cfg.options = {
+        key: {k: v for k, v in plugin.params.items() if v is not None}
+        for key, plugin in ((cfg.dataset, dataset), (cfg.backbone, backbone), (cfg.clusterer, clusterer))
+    }
+    if images is not None:
+        if len(images) < 2:
+            raise InputError(f"dataset {cfg.dataset} has {len(images)} image(s): need at least 2")
+        k = clusterer.params.get("k")
+        if k is not None and k > len(images):
+            raise InputError(f"k={k} is larger than the dataset ({len(images)} images): lower --k")
+    device = resolve_device(cfg.device)
+    channels = images.channels if images is not None else 3
+    torch.manual_seed(cfg.seed)
+    model = build_network(backbone, channels, cfg.image_size, cfg.width, cfg.sobel).to(device)
+    return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, flip)

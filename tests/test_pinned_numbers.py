@@ -1,0 +1,70 @@
+"""The numbers of the built-in clusterers on a tiny fixed run, pinned.
+
+Recorded with the engine before it had one training loop (two copies of the step, SeLa's
+``keeps_head`` flag, hand-set learning rates); the single loop, ``Clusterer.build_head`` and the
+``torch.optim.lr_scheduler`` schedules must reproduce them. A deliberate change of behaviour
+updates these values in the same commit, saying why. Values depend on torch's CPU kernels: they
+were recorded with one thread (tests/conftest.py) and torch 2.14.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dcx.core.config import RunConfig
+from dcx.core.engine import Engine
+from dcx.core.setup import setup
+
+PINNED = {
+    "kmeans": dict(loss=[2.3132986068725585, 2.3166047096252442], nmi_labels_final=0.18911770626705254,
+                   labels_sum=58854, param_sum=177.7880626512796),
+    "pic": dict(loss=[2.783643198013306, 2.7852232456207275], nmi_labels_final=0.32944934890320293,
+                labels_sum=94010, param_sum=178.8670194297442),
+    "sinkhorn": dict(loss=[2.3064477920532225, 2.297990417480469], nmi_labels_final=0.41038330623095254,
+                     labels_sum=55028, param_sum=179.846193860525),
+    "swav": dict(loss=[3.946621894836426, 2.791190481185913], nmi_labels_final=0.0, labels_sum=0,
+                 param_sum=642.3423566559111),
+    "swav_queue": dict(loss=[3.8831287384033204, 2.7050745487213135], nmi_labels_final=0.0, labels_sum=63600,
+                       param_sum=657.2458036081164),
+    "kmeans_constant": dict(loss=[2.313266706466675, 2.317244052886963], nmi_labels_final=0.19057029416745516,
+                            labels_sum=49682, param_sum=172.07711100365688),
+}
+
+
+def _config(name: str) -> RunConfig:
+    clusterer = name.split("_")[0]
+    backbone = "resnet18" if clusterer == "swav" else "alexnet"
+    options = {"digits": {"limit": 160}}
+    if backbone == "alexnet":
+        options["alexnet"] = {"fc_dim": 64}
+    extra = {}
+    if clusterer == "swav":
+        extra["passes"] = 2
+    if name == "swav_queue":
+        extra["epochs"] = 3
+        options["swav"] = {"queue_length": 64, "queue_start_epoch": 1}
+    if name == "kmeans_constant":
+        extra["lr_schedule"] = "constant"
+    base = dict(clusterer=clusterer, backbone=backbone, dataset="digits", k=None if clusterer == "pic" else 10,
+                epochs=2, passes=1, batch_size=32, image_size=32, width=0.125, seed=0, probe=False, options=options)
+    base.update(extra)
+    return RunConfig(**base)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_clusterer_numbers_are_pinned(name):
+    s = setup(_config(name))
+    engine = Engine(s)
+    summary = engine.run()
+    got = dict(
+        loss=[summary["first"]["loss"], summary["final_loss"]],
+        nmi_labels_final=summary["final"]["nmi_labels"],
+        labels_sum=int((engine.labels * np.arange(len(engine.labels))).sum()),
+        param_sum=float(sum(p.detach().double().sum() for p in s.model.parameters())),
+    )
+    want = PINNED[name]
+    assert got["labels_sum"] == want["labels_sum"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-9)
+    assert got["nmi_labels_final"] == pytest.approx(want["nmi_labels_final"], abs=1e-9)
+    assert got["param_sum"] == pytest.approx(want["param_sum"], rel=1e-7)
