@@ -33,3 +33,15 @@ class ContractError(DcxError):
 
 class RunDirError(DcxError):
     """The run directory cannot be created, resumed or read."""
+
+
+class UnreadableImage(DcxError):
+    """One image could not be decoded when read (truncated, corrupt, over the size limit).
+
+    Raised by ``ImageSet.images[i]``; the engine skips the image, counts it and goes on.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
