@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from dcx.core.contracts import (
-    API_VERSION, Backbone, BackboneNet, Clusterer, Dataset, FitContext, ImageSet, OnlineClusterer,
+    API_VERSION, Backbone, BackboneNet, Clusterer, Dataset, EpochContext, FitContext, ImageSet, OnlineClusterer,
     Partition, StepContext, TrainSpec,
 )
 from dcx.core.errors import OptionError
@@ -98,6 +98,8 @@ def _check_online(plugin: OnlineClusterer, x: np.ndarray, k: int) -> None:
     spec = plugin.crops()
     feats = torch.from_numpy(x[:64])
     views = [(feats + 0.01 * torch.randn_like(feats)).requires_grad_(True) for _ in range(spec.n_large + spec.n_small)]
+    plugin.start_epoch(head, EpochContext(epoch=0, seed=0, steps_per_epoch=1, num_samples=len(x),
+                                          device=torch.device("cpu"), features=lambda: torch.from_numpy(x)))
     step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.arange(64))
     plugin.before_step(head, step)
     loss, stats = plugin.loss(head, views, step)

@@ -22,7 +22,7 @@ def _one_line_error(result, *words):
 
 def test_unknown_clusterer_exits_2_with_available_and_closest():
     result = runner.invoke(app, ["run", "--clusterer", "nope"])
-    _one_line_error(result, "unknown clusterer 'nope'", "did you mean", "available: kmeans, pic, sinkhorn, swav")
+    _one_line_error(result, "unknown clusterer 'nope'", "did you mean", "available: dcv2, kmeans, pic, sinkhorn, swav")
 
 
 def test_invalid_plugin_option_names_plugin_option_and_accepted_values():

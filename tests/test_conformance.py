@@ -8,7 +8,7 @@ from dcx.testing import check_backbone, check_clusterer, check_dataset
 REG = Registry()
 
 
-@pytest.mark.parametrize("name", ["kmeans", "pic", "sinkhorn", "swav"])
+@pytest.mark.parametrize("name", ["kmeans", "pic", "sinkhorn", "swav", "dcv2"])
 def test_builtin_clusterers_conform(name):
     check_clusterer(REG.load("clusterer", name))
 

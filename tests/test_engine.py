@@ -35,7 +35,7 @@ def test_same_seed_gives_identical_assignments_and_losses(tiny_config, tmp_path)
     outs = []
     for name in ("a", "b"):
         run_dir = RunDir(tmp_path / name)
-        run_dir.create(b"")
+        run_dir.create()
         Engine(setup(tiny_config)).run(run_dir)
         outs.append((np.load(run_dir.path / "assignments.npy"), [r.get("loss") for r in run_dir.metrics()]))
     assert np.array_equal(outs[0][0], outs[1][0])
@@ -45,11 +45,11 @@ def test_same_seed_gives_identical_assignments_and_losses(tiny_config, tmp_path)
 def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
     tiny_config.epochs = 3
     full = RunDir(tmp_path / "full")
-    full.create(b"")
+    full.create()
     Engine(setup(tiny_config)).run(full)
 
     part = RunDir(tmp_path / "part")
-    part.create(b"")
+    part.create()
     engine = Engine(setup(tiny_config))
     real_epoch = engine.run_epoch
 

@@ -124,7 +124,8 @@ def tiny_run(tmp_path_factory):
     s = setup(cfg)
     init = {k: v.clone() for k, v in s.model.state_dict().items()}
     run = RunDir(path)
-    run.create(s.config.to_toml())
+    run.create()
+    run.write_config(s.config.to_toml())
     Engine(s).run(run)
     return path, init
 

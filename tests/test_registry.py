@@ -11,7 +11,7 @@ from dcx.core.errors import PluginLoadError, PluginNotFoundError
 from dcx.core.registry import GROUPS, Registry
 
 BUILTINS = {
-    "clusterer": {"kmeans", "pic", "sinkhorn", "swav"},
+    "clusterer": {"kmeans", "pic", "sinkhorn", "swav", "dcv2"},
     "backbone": {"alexnet", "vgg16", "resnet18", "resnet50"},
     "dataset": {"digits", "imagefolder", "mnist", "cifar10", "stl10"},
 }
@@ -36,7 +36,7 @@ def test_unknown_name_suggests_closest_and_lists_available():
     with pytest.raises(PluginNotFoundError) as err:
         Registry().load("clusterer", "kmean")
     msg = str(err.value)
-    assert "did you mean 'kmeans'" in msg and "available: kmeans" in msg and "\n" not in msg
+    assert "did you mean 'kmeans'" in msg and "available: dcv2, kmeans" in msg and "\n" not in msg
 
 
 def test_loading_is_lazy_and_broken_plugins_are_isolated():

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dcx.cli.run import build_config
-from dcx.cli.ui import RichProgress, handle_errors, print_json, setup_logging
+from dcx.cli.run_options import build_config, with_run_options
+from dcx.cli.ui import RichProgress, fail, handle_errors, print_json, setup_logging
 from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison
 from dcx.core.errors import InputError
+from dcx.core.evaluate import check_protocols
 from dcx.core.registry import Registry
 
 
@@ -24,30 +26,17 @@ def _split(text: str, what: str) -> list[str]:
 
 
 @handle_errors
+@with_run_options("run", exclude=("clusterer", "seed"))
 def compare(
     clusterers: str = typer.Option(..., "--clusterers", help="comma-separated clusterers, e.g. kmeans,pic"),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone for every run (default: alexnet)"),
-    dataset: str = typer.Option(None, "--dataset", "-d"),
-    data_root: str = typer.Option(None, "--data-root"),
-    epochs: int = typer.Option(None, "--epochs", "-e"),
-    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds; one run per clusterer and seed"),
-    k: int = typer.Option(None, "--k"),
-    passes: int = typer.Option(None, "--passes"),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    lr: float = typer.Option(None, "--lr"),
-    image_size: int = typer.Option(None, "--image-size"),
-    width: float = typer.Option(None, "--width"),
-    sobel: bool = typer.Option(None, "--sobel/--no-sobel"),
-    device: str = typer.Option(None, "--device"),
-    workers: int = typer.Option(None, "--workers"),
-    opt: list[str] = typer.Option([], "--opt", help="plugin option PLUGIN.KEY=VALUE (repeatable)"),
-    config: Path = typer.Option(None, "--config", help="base TOML config for every run"),
+    seeds: str = typer.Option("0", "--seeds", "--seed", help="comma-separated seeds; one run per clusterer and seed"),
     protocol: str = typer.Option("knn,cluster", "--protocol", help="dcx eval protocols per run: linear,knn,cluster | all | none"),
     layers: str = typer.Option("all", "--layers", help="layers for the eval protocols"),
-    out: Path = typer.Option(None, "--out", "-o", help="comparison directory (default: runs/compare-<time>)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="comparison directory (default: runs/compare-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="skip finished runs in --out, continue unfinished ones"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+    run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
     setup_logging(quiet)
@@ -59,14 +48,12 @@ def compare(
         seed_list = [int(s) for s in _split(seeds, "seeds")]
     except ValueError:
         raise InputError(f"--seeds must be integers separated by commas, got {seeds!r}") from None
+    if any(s < 0 for s in seed_list):
+        raise InputError(f"--seeds must be >= 0, got {seeds!r}")
     if resume and out is None:
         raise InputError("--resume needs --out: the comparison directory to continue")
-    base = build_config(
-        config, backbone=backbone, dataset=dataset, data_root=data_root, epochs=epochs, k=k, passes=passes,
-        batch_size=batch_size, lr=lr, image_size=image_size, width=width, sobel=sobel, device=device,
-        workers=workers, opt=opt,
-    )
-    protocols = [] if protocol == "none" else (["linear", "knn", "cluster"] if protocol == "all" else _split(protocol, "protocol"))
+    base = build_config(run_flags)
+    protocols = [] if protocol == "none" else check_protocols(protocol)
     layer_arg = layers if layers == "all" else _split(layers, "layers")
     out = out or Path("runs") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     cmp = Comparison(names, seed_list, base, protocols, layer_arg)
@@ -83,5 +70,7 @@ def compare(
             view.add_row(*(_fmt(row.get(key)) for key, _ in shown))
         Console().print(view)
         typer.echo(f"table: {out / TABLE_MD}  figure: {out / FIGURE}")
-    if all(r.get("status") == "failed" for r in table):
-        raise typer.Exit(1)
+    failed = [r for r in table if r.get("status") == "failed"]
+    if failed:
+        raise fail(f"{len(failed)} of {len(table)} runs failed (see {out / TABLE_MD}): "
+                   + "; ".join(f"{r['clusterer']} seed {r['seed']}: {r['error']}" for r in failed), 1)

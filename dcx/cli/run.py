@@ -1,30 +1,24 @@
-"""`dcx run`: train one configuration of the alternation engine."""
+"""`dcx run`: train one configuration of the alternation engine, or resume a run."""
 
 from __future__ import annotations
 
 import logging
+import tomllib
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dcx.cli.ui import RichProgress, fail, handle_errors, print_json, setup_logging
-from dcx.core.config import RunConfig
-from dcx.core.engine import Engine
-from dcx.core.setup import setup
+from dcx.cli.run_options import build_config, given, with_run_options
+from dcx.cli.ui import RichProgress, handle_errors, print_json, setup_logging
 from dcx.core.errors import InputError
 from dcx.core.options import parse_assignments
-from dcx.core.rundir import RunDir, default_run_dir
+from dcx.core.rundir import default_run_dir
+from dcx.core.runner import execute, new_run, resume_run
 
 log = logging.getLogger("dcx.cli")
-
-
-def build_config(config: Path | None, **flags) -> RunConfig:
-    """Defaults < the TOML file < command-line flags (only those given)."""
-    base = RunConfig.load(config) if config else RunConfig()
-    opts = parse_assignments(flags.pop("opt") or [])
-    return base.merged({**flags, "options": opts})
 
 
 def summary_table(summary: dict) -> Table:
@@ -47,84 +41,68 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+def _resume_flags(run_flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Settings the user gave for a resume: --config's keys (a config file given with --resume is
+    read as a set of flags) overridden by explicit flags, and --opt options."""
+    flags = dict(run_flags)
+    path = flags.pop("config", None)
+    options = parse_assignments(flags.pop("opt", None) or [])
+    settings: dict[str, Any] = {}
+    if path is not None:
+        from dcx.core.config import RunConfig
+
+        data = RunConfig.load(path).to_dict()
+        raw = tomllib.loads(Path(path).read_text())
+        settings.update({k: data[k] for k in raw if k in data and k not in ("options", "out")})
+        for plugin, opts in (raw.get("options") or {}).items():
+            options.setdefault(plugin, {}).update(opts)
+    settings.update(given(flags))
+    return settings, options
+
+
 @handle_errors
+@with_run_options("run")
 def run(
-    clusterer: str = typer.Option(None, "--clusterer", "-c", help="clusterer plugin (dcx list) (default: kmeans)"),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="backbone plugin (default: alexnet)"),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="dataset plugin (default: digits)"),
-    data_root: str = typer.Option(None, "--data-root", help="folder of the dataset"),
-    download: bool = typer.Option(None, "--download/--no-download", help="allow torchvision datasets to download"),
-    k: int = typer.Option(None, "--k", help="number of clusters (default: the dataset's, 100 for digits)"),
-    epochs: int = typer.Option(None, "--epochs", "-e", help="clustering rounds"),
-    passes: int = typer.Option(None, "--passes", help="backbone passes over the data per clustering round (online clusterers: divided by their views per image)"),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    lr: float = typer.Option(None, "--lr", help="SGD learning rate (default: 0.05, the reference)"),
-    lr_schedule: str = typer.Option(None, "--lr-schedule", help="cosine (default; decays to 0) or constant (reference)"),
-    image_size: int = typer.Option(None, "--image-size", help="input side in pixels"),
-    width: float = typer.Option(None, "--width", help="channel multiplier of the backbone (1.0 = paper)"),
-    sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="fixed Sobel input layer (default: backbone's)"),
-    seed: int = typer.Option(None, "--seed"),
-    device: str = typer.Option(None, "--device", help="cpu | cuda | auto"),
-    workers: int = typer.Option(None, "--workers", help="data-loading processes"),
-    out: Path = typer.Option(None, "--out", "-o", help="run directory (default: runs/<time>-<clusterer>-<backbone>)"),
-    config: Path = typer.Option(None, "--config", help="TOML file, e.g. a previous run's config.toml"),
-    opt: list[str] = typer.Option([], "--opt", help="plugin option PLUGIN.KEY=VALUE (repeatable)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
-    probe: bool = typer.Option(None, "--probe/--no-probe", help="k-means(#classes) NMI of the features each epoch"),
-    save_every_epoch: bool = typer.Option(None, "--save-every-epoch", help="keep each epoch's assignments"),
+    run_dir: Optional[Path] = typer.Argument(None, help="with --resume: the run directory to continue"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<time>-<clusterer>-<backbone>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a run from its checkpoint, with its own settings: "
+                                "dcx run --resume RUN_DIR (flags may change only --epochs upwards, --workers, --device, "
+                                "--probe, --save-every-epoch)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.md and report.png at the end"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+    run_flags: dict = None,
 ) -> None:
     """Train a backbone on pseudo-labels from a clusterer (DeepCluster: -c kmeans -b alexnet)."""
     setup_logging(quiet)
-    cfg = build_config(
-        config, clusterer=clusterer, backbone=backbone, dataset=dataset, data_root=data_root, download=download,
-        k=k, epochs=epochs, passes=passes, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-        image_size=image_size, width=width,
-        sobel=sobel, seed=seed, device=device, workers=workers, probe=probe, save_every_epoch=save_every_epoch,
-        opt=opt,
-    )
-    if resume and out is None:
-        raise InputError("--resume needs --out RUN_DIR: the run to continue")
-    s = setup(cfg)
-    path = out or (Path(cfg.out) if cfg.out and resume else default_run_dir(Path("runs"), s.config.clusterer, s.config.backbone))
-    s.config.out = str(path)
-    run_dir = RunDir(path)
-    run_dir.create(s.config.to_toml(), resume=resume)
-    engine = Engine(s)
-    if resume:
-        state = run_dir.load_checkpoint()
-        if state is None:
-            log.warning("no checkpoint in %s: starting from epoch 0", path)
+    with RichProgress(enabled=not quiet) as bars:
+        if resume:
+            if run_dir is not None and out is not None and Path(run_dir) != Path(out):
+                raise InputError(f"--resume {run_dir} and --out {out} name different folders: pass one of them")
+            path = run_dir or out
+            if path is None:
+                raise InputError("--resume needs the run directory: dcx run --resume RUN_DIR")
+            settings, options = _resume_flags(run_flags)
+            prepared = resume_run(path, settings, options, progress=bars)
+            if prepared.resumed_at is not None:
+                log.info("resuming %s at epoch %d", path, prepared.resumed_at)
+            else:
+                log.warning("no checkpoint in %s: starting from epoch 0 with the run's settings", path)
         else:
-            engine.restore(state)
-            run_dir.truncate_metrics(engine.start_epoch)
-            log.info("resuming %s at epoch %d", path, engine.start_epoch)
-    log.info("run directory: %s", path)
-    try:
-        with RichProgress(enabled=not quiet) as bars:
-            engine.progress = bars
-            summary = engine.run(run_dir)
-    except KeyboardInterrupt:
-        raise fail(
-            f"interrupted; completed epochs are saved in {path}. Resume with: "
-            f"dcx run --config {path / 'config.toml'} --out {path} --resume", 130,
-        ) from None
+            if run_dir is not None:
+                raise InputError(f"unexpected argument {run_dir}: to continue a run use dcx run --resume {run_dir}")
+            cfg = build_config(run_flags)
+            path = out or default_run_dir(Path("runs"), cfg.clusterer, cfg.backbone)
+            prepared = new_run(cfg, path, progress=bars)
+        log.info("run directory: %s", path)
+        summary = execute(prepared)
     summary["run_dir"] = str(path)
     if report:
-        _write_report(path)
+        from dcx.core.report import write_report
+
+        write_report(path)
     if as_json:
         print_json(summary)
     elif not quiet:
         Console().print(summary_table(summary))
         typer.echo(f"run directory: {path}")
-
-
-def _write_report(path: Path) -> None:
-    """Write the run's report when the report module is available (dcx report)."""
-    try:
-        from dcx.core.report import write_report
-    except ImportError:
-        return
-    write_report(path)

@@ -49,6 +49,11 @@ class RunDirWriter(Callback):
         self.run_dir = run_dir
         self.save_every_epoch = save_every_epoch
 
+    def on_fit_start(self, engine: "Engine") -> None:
+        """Drop rows written after the checkpoint being resumed (a kill between row and checkpoint)."""
+        if (self.run_dir.path / "metrics.jsonl").exists():
+            self.run_dir.truncate_metrics(engine.start_epoch)
+
     def on_epoch_end(self, engine: "Engine", row: dict[str, Any]) -> None:
         self.run_dir.append_metrics(row)
         if self.save_every_epoch and engine.labels is not None:

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine
-from dcx.core.setup import setup
 from dcx.core.errors import DcxError, RunDirError
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry
-from dcx.core.rundir import CHECKPOINT, SUMMARY, RunDir, atomic_write, save_json
+from dcx.core.rundir import SUMMARY, RunDir, atomic_write, save_json
+from dcx.core.runner import execute, new_run, resume_run
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +65,14 @@ def run_one(cmp: Comparison, clusterer: str, seed: int, out: Path, resume: bool,
         return "skipped"
     status = "trained"
     if not (path / SUMMARY).is_file():
-        cfg = cmp.base.merged({"clusterer": clusterer, "seed": seed, "out": str(path)})
-        s = setup(cfg, registry)
-        run_dir = RunDir(path)
-        has_checkpoint = (path / CHECKPOINT).is_file()
-        if has_checkpoint and not resume:
-            raise RunDirError(f"{path} holds an unfinished run: pass --resume to continue it")
-        run_dir.create(s.config.to_toml(), resume=has_checkpoint)
-        engine = Engine(s, progress)
-        if has_checkpoint:
-            engine.restore(run_dir.load_checkpoint())
-            run_dir.truncate_metrics(engine.start_epoch)
+        if RunDir(path).is_run():
+            if not resume:
+                raise RunDirError(f"{path} holds an unfinished run: pass --resume to continue it")
+            execute(resume_run(path, registry=registry, progress=progress))
             status = "resumed"
-        engine.run(run_dir)
+        else:
+            cfg = cmp.base.merged({"clusterer": clusterer, "seed": seed})
+            execute(new_run(cfg, path, registry, progress))
     if cmp.protocols:
         from dcx.core.evaluate import evaluate_run
 
@@ -192,16 +186,15 @@ def write_table(out: Path, cmp: Comparison, table: list[dict[str, Any]]) -> None
 
 def write_figure(out: Path, table: list[dict[str, Any]]) -> Path:
     """One figure, every run's curves: NMI to labels, NMI to the previous epoch, probe NMI, loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
     panels = [("nmi_labels", "NMI pseudo-labels vs labels"), ("nmi_prev", "NMI to previous epoch"),
               ("probe_nmi", "k-means(#classes) NMI of features"), ("loss", "training loss")]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     names = sorted({r["clusterer"] for r in table})
     for row in table:
         path = out / row["run_dir"]
@@ -226,6 +219,5 @@ def write_figure(out: Path, table: list[dict[str, Any]]) -> Path:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write(out / FIGURE, buf.getvalue())
     return out / FIGURE

@@ -145,7 +145,8 @@ class Engine:
         cfg = self.cfg
         callbacks = list(self.callbacks)
         if run_dir is not None:
-            self.history = [r for r in run_dir.metrics() if r.get("epoch", 0) < self.start_epoch]
+            self.history = [r for r in run_dir.metrics()
+                            if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
             callbacks.append(RunDirWriter(run_dir, cfg.save_every_epoch))
         rows = list(self.history)
         self._t_start = time.perf_counter()

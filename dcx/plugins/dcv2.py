@@ -1,0 +1,259 @@
+"""DeepCluster-v2 (Caron et al., NeurIPS 2020, the SwAV paper §4 and ``main_deepclusterv2.py``).
+
+Online k-means pseudo-labels with a memory bank:
+
+* a projection head maps backbone features to unit embeddings, scored by ``heads`` sets of
+  prototypes (linear, no bias);
+* during epoch e the bank stores, per image (``StepContext.indices``), the embeddings of its
+  large crops;
+* at the start of epoch e+1 (``start_epoch``) spherical k-means on the bank gives every image an
+  assignment per head (each head clusters the bank of one large crop, in turn) and the centroids
+  become the prototypes; during the epoch every crop of image i is trained, by cross-entropy at
+  temperature T, to predict i's assignments.
+
+Before the first epoch the bank holds the initial network's embeddings of every image. The
+reference fills it with one pass of augmented crops; here ``EpochContext.features()`` gives the
+evaluation-transform features, which the engine extracts anyway (one deterministic pass).
+
+Written with the public plugin contract only (``dcx.core.contracts``), as a third party would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
+from dcx.core.errors import InputError
+from dcx.core.options import Option
+
+log = logging.getLogger(__name__)
+
+
+class DCv2Head(nn.Module):
+    """Projection (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype layers."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int) -> None:
+        super().__init__()
+        if hidden_dim > 0:
+            self.projection: nn.Module = nn.Sequential(
+                nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                nn.Linear(hidden_dim, proj_dim),
+            )
+        else:
+            self.projection = nn.Linear(feature_dim, proj_dim)
+        self.prototypes = nn.ModuleList(nn.Linear(proj_dim, k, bias=False) for _ in range(heads))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(unit embeddings (B, proj_dim), prototype scores per head [(B, K)])."""
+        z = self.embed(x)
+        return z, [p(z) for p in self.prototypes]
+
+
+def _unwrap(head: nn.Module) -> DCv2Head:
+    inner = getattr(head, "module", head)  # DistributedDataParallel and similar wrappers
+    if not isinstance(inner, DCv2Head):
+        raise InputError(f"dcv2 got a {type(inner).__name__} head; pass the module that build_head returned")
+    return inner
+
+
+@torch.no_grad()
+def spherical_kmeans(
+    x: torch.Tensor, k: int, iters: int, generator: torch.Generator,
+    all_reduce=None, init: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on unit rows by cosine: centroids renormalised each step, empty clusters keep their
+    centroid (DeepCluster-v2). ``all_reduce`` sums per-cluster sums and counts across ranks.
+    Returns (unit centroids (k, d), labels (n,))."""
+    if init is None:
+        init = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)]
+    c = F.normalize(init.clone(), dim=1)
+    for _ in range(iters):
+        labels = (x @ c.t()).argmax(dim=1)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        if all_reduce is not None:
+            all_reduce(sums)
+            all_reduce(counts)
+        nonempty = counts > 0
+        c[nonempty] = F.normalize(sums[nonempty] / counts[nonempty, None], dim=1)
+    return c, (x @ c.t()).argmax(dim=1)
+
+
+class DeepClusterV2(OnlineClusterer):
+    """DeepCluster-v2: k-means on a memory bank of embeddings every epoch, prototypes = centroids."""
+
+    name = "dcv2"
+    options = (
+        Option("k", int, 3000, "prototypes per head (DeepCluster-v2 ImageNet: 3000; ~10x the classes on small data)", min=2),
+        Option("heads", int, 3, "k-means heads, each with its own prototypes and assignments (reference: 3)", min=1),
+        Option("temperature", float, 0.1, "softmax temperature of the predictions (reference: 0.1)", min=1e-4),
+        Option("kmeans_iters", int, 10, "spherical k-means iterations on the bank per epoch (reference: 10)", min=1),
+        Option("proj_dim", int, 128, "projection / prototype dimension (reference: 128)", min=2),
+        Option("hidden_dim", int, None, "projection MLP hidden width; 0 = one Linear; auto = the feature dim "
+               "clipped to [proj_dim, 2048] (reference: 2048)", min=0, nullable=True),
+        Option("n_large", int, 2, "large crops; the bank stores these (reference: 2)", min=1),
+        Option("n_small", int, 0, "small crops, predictors only (reference: 6 at 96 px; only useful when "
+               "small_size_ratio * image side is above the backbone's minimum input)", min=0),
+        Option("large_min_scale", float, 0.5, "RandomResizedCrop min area of large crops (reference: 0.14 at 224 px; "
+               "0.5 = the engine's minimum for images <= 64 px)", min=0.0, max=1.0),
+        Option("small_min_scale", float, 0.05, "min area of small crops (reference: 0.05)", min=0.0, max=1.0),
+        Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
+        Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
+               min=0.01, max=1.0),
+        Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
+               "(reference: never; they are the centroids)"),
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        p = self.params
+        if p["small_min_scale"] > p["small_max_scale"]:
+            raise InputError(f"dcv2: small_min_scale={p['small_min_scale']} exceeds small_max_scale={p['small_max_scale']}")
+        self.bank: torch.Tensor | None = None  # (n_large, N, proj_dim): last embeddings of each image's large crops
+        self.assignments: torch.Tensor | None = None  # (heads, N): this epoch's targets
+        self._filled: torch.Tensor | None = None  # (N,) rows this rank wrote this epoch (distributed merge)
+        self._reset_stats()
+
+    # ------------------------------------------------------------------ engine hooks
+
+    def crops(self) -> CropSpec:
+        p = self.params
+        return CropSpec(n_large=p["n_large"], n_small=p["n_small"], large_scale=(p["large_min_scale"], 1.0),
+                        small_scale=(p["small_min_scale"], p["small_max_scale"]),
+                        small_size_ratio=p["small_size_ratio"])
+
+    def build_head(self, spec: TrainSpec) -> nn.Module:
+        p = self.params
+        if p["k"] > spec.num_samples:
+            raise InputError(f"dcv2: k={p['k']} prototypes for {spec.num_samples} images: lower --k")
+        hidden = p["hidden_dim"] if p["hidden_dim"] is not None else min(max(spec.feature_dim, p["proj_dim"]), 2048)
+        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"])
+
+    @torch.no_grad()
+    def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """Cluster the bank: assignments for this epoch, centroids into the prototypes."""
+        h = _unwrap(head)
+        dev = h.prototypes[0].weight.device
+        if self.bank is None:
+            self._fill_bank(h, context.features().to(dev))
+        else:
+            self.bank = self.bank.to(dev)
+            if context.world_size > 1 and context.all_reduce is not None and self._filled is not None:
+                self._merge_bank(context.all_reduce)
+        p = self.params
+        gen = torch.Generator().manual_seed(int(context.seed))
+        assignments = []
+        for i, protos in enumerate(h.prototypes):
+            crop = i % p["n_large"]  # heads take the large crops' banks in turn (reference)
+            centroids, labels = spherical_kmeans(self.bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
+            protos.weight.copy_(centroids)
+            assignments.append(labels)
+        self.assignments = torch.stack(assignments)
+        self._filled = torch.zeros(len(self.bank[0]), dtype=torch.bool, device=dev)
+
+    def before_step(self, head: nn.Module, step: StepContext) -> None:
+        if self.assignments is None:
+            raise InputError("dcv2: loss called before start_epoch clustered the memory bank")
+
+    def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
+        """Mean over heads of the cross-entropy, at temperature T, of every view's prototype scores
+        against its image's assignment; the large crops' embeddings go into the bank."""
+        p = self.params
+        if step.indices is None:
+            raise InputError("dcv2 needs the dataset indices of each batch (StepContext.indices)")
+        bs = views[0].shape[0]
+        z, scores = head(torch.cat(list(views)))
+        idx = step.indices.to(self.assignments.device)
+        loss = z.new_zeros((), dtype=torch.float32)
+        for hid, s in enumerate(scores):
+            targets = self.assignments[hid][idx].repeat(len(views))
+            loss = loss + F.cross_entropy(s.float() / p["temperature"], targets)
+        loss = loss / len(scores)
+        with torch.no_grad():
+            for crop in range(p["n_large"]):
+                self.bank[crop][idx] = z[crop * bs : (crop + 1) * bs].detach().to(self.bank.dtype)
+            self._filled[idx] = True
+            self._loss_sum += loss.detach().to(self._loss_sum.device)
+            self._batches += 1
+        return loss, {}
+
+    def after_backward(self, head: nn.Module, step: StepContext) -> None:
+        """The prototypes are the centroids: no gradient step moves them (reference)."""
+        if not self.params["train_prototypes"]:
+            for protos in _unwrap(head).prototypes:
+                protos.weight.grad = None
+
+    @torch.no_grad()
+    def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Hard labels (B,): the nearest prototype of the first head (head in eval mode)."""
+        h = _unwrap(head)
+        dev = h.prototypes[0].weight.device
+        was = h.training
+        h.eval()
+        try:
+            z = h.embed(features.to(dev))
+            return (z @ F.normalize(h.prototypes[0].weight, dim=1).t()).argmax(dim=1).to(features.device)
+        finally:
+            h.train(was)
+
+    def epoch_stats(self) -> dict:
+        """Clusters used by the first head's assignments, mean loss; warns on collapse."""
+        if self.assignments is None or self._batches == 0:
+            return {}
+        k = self.params["k"]
+        counts = torch.bincount(self.assignments[0].cpu(), minlength=k)
+        used = int((counts > 0).sum())
+        stats = {
+            "clusters_used": used,
+            "largest_cluster_share": float(counts.max()) / max(1, int(counts.sum())),
+            "loss": float(self._loss_sum) / self._batches,
+            "ln_k": math.log(k),
+        }
+        if used < min(k, len(self.assignments[0])) / 2:
+            log.warning("dcv2: the bank's k-means used only %d of %d clusters (collapse?): lower --k or the lr", used, k)
+        self._reset_stats()
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory bank: what the next epoch's k-means clusters (the prototypes are in the head)."""
+        if self.bank is None:
+            return {}
+        return {"bank": self.bank.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.bank = state["bank"].clone()
+
+    # ------------------------------------------------------------------ internals
+
+    def _fill_bank(self, head: DCv2Head, features: torch.Tensor) -> None:
+        """Every image's embedding by the initial network, in each large crop's slot."""
+        was = head.training
+        head.eval()
+        try:
+            z = torch.cat([head.embed(features[s : s + 4096]) for s in range(0, len(features), 4096)])
+        finally:
+            head.train(was)
+        self.bank = z.unsqueeze(0).repeat(self.params["n_large"], 1, 1).contiguous()
+
+    def _merge_bank(self, all_reduce) -> None:
+        """Each rank wrote the rows of its own images: sum the written rows over ranks."""
+        mask = self._filled.to(self.bank.dtype)
+        written = self.bank * mask[None, :, None]
+        all_reduce(written)
+        all_reduce(mask)
+        seen = mask > 0
+        self.bank[:, seen] = written[:, seen] / mask[seen][None, :, None]
+
+    def _reset_stats(self) -> None:
+        self._loss_sum = torch.zeros(())
+        self._batches = 0
