@@ -25,6 +25,8 @@ PANEL = "Run settings (recorded in config.toml)"
 
 def _kind(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
     """(base type, choices) of a field annotation such as ``int | None`` or ``Literal[...]``."""
+    if typing.get_origin(annotation) is Literal:
+        return str, tuple(typing.get_args(annotation))
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     base = args[0]
     if typing.get_origin(base) is Literal:
