@@ -20,11 +20,13 @@ QUIET = ["--quiet", "--no-report"]
 
 
 def _one_line_error(result, *words, code=2):
+    """Exit ``code`` and one error line holding ``words`` (warnings of the run may precede it)."""
     assert result.exit_code == code, result.output
     text = result.output.strip()
-    assert len(text.splitlines()) == 1, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in text, text
     for w in words:
-        assert w in text, text
+        assert w in errors[0], text
 
 
 def _snapshot(path):

@@ -28,9 +28,11 @@ class Callback:
 
 
 class EpochLog(Callback):
-    """One log line per epoch: loss, clusters, NMI to labels and to the previous epoch."""
+    """One log line per epoch: loss, clusters, NMI to labels and to the previous epoch; health warnings."""
 
     def on_epoch_end(self, engine: "Engine", row: dict[str, Any]) -> None:
+        for warning in row.get("warnings", []):
+            log.warning("epoch %d: %s", row["epoch"], warning)
         log.info(
             "epoch %d: loss %.3f, %d clusters (%d empty)%s%s", row["epoch"], row["loss"], row["nonempty"], row["empty"],
             f", NMI labels {row['nmi_labels']:.3f}" if "nmi_labels" in row else "",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import transforms as T
 
 from dcx.core.contracts import CropSpec, ImageSet
+from dcx.core.errors import UnreadableImage
+
+log = logging.getLogger(__name__)
 
 MEAN, STD = 0.5, 0.5  # images are scaled to [-1, 1]; Sobel and BN make the exact choice immaterial
 
@@ -48,17 +53,45 @@ class MultiCrop:
 
 
 class IndexedImages(torch.utils.data.Dataset):
-    """(transformed image, index) pairs; the index looks up pseudo-labels that change per epoch."""
+    """(transformed image, index, readable) triples; the index looks up pseudo-labels that change
+    per epoch.
 
-    def __init__(self, images: ImageSet, transform: Callable) -> None:
+    An image that fails to decode when read (``UnreadableImage``) is logged and either dropped
+    from its batch (training: ``blank=None``) or replaced by a blank image of ``blank``'s size
+    (extraction, where every row must exist); batches report the indices that failed.
+    """
+
+    def __init__(self, images: ImageSet, transform: Callable, blank: int | None = None) -> None:
         self.images = images.images
         self.transform = transform
+        self.mode = "L" if images.channels == 1 else "RGB"
+        self.blank = blank
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(self.images[i]), i
+        try:
+            return self.transform(self.images[i]), i, True
+        except UnreadableImage as exc:
+            log.warning("skipping image %d: %s", i, exc)
+            if self.blank is None:
+                return None, i, False
+            return self.transform(Image.new(self.mode, (self.blank, self.blank), 128)), i, False
+
+
+def collate(batch: list[tuple[Any, int, bool]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Stack the readable samples: (images or list of views, their indices, indices that failed)."""
+    failed = torch.tensor([i for _, i, ok in batch if not ok], dtype=torch.long)
+    kept = [(x, i) for x, i, _ in batch if x is not None]
+    idx = torch.tensor([i for _, i in kept], dtype=torch.long)
+    if not kept:
+        return None, idx, failed
+    first = kept[0][0]
+    if isinstance(first, (list, tuple)):
+        views = [torch.stack([x[v] for x, _ in kept]) for v in range(len(first))]
+        return views, idx, failed
+    return torch.stack([x for x, _ in kept]), idx, failed
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -81,7 +114,7 @@ def loader(
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
         num_workers=workers, worker_init_fn=_seed_worker, generator=gen, drop_last=drop_last,
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=False, collate_fn=collate,
     )
 
 

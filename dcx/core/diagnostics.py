@@ -3,6 +3,7 @@ and the k-means probe of the features (how well they cluster by class)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -24,6 +25,35 @@ def probe_nmi(x: np.ndarray, labels: np.ndarray, seed: int, restarts: int = 10) 
     return nmi(labels, best.labels)
 
 
+#: Health rules (the collapse questions users of the field ask most; docs/peers.md). A warning
+#: fires when one cluster holds more than this share of the images,
+LARGEST_SHARE = 0.5
+#: when the non-empty clusters fall below this fraction of the previous epoch's,
+CLUSTER_DROP = 0.5
+#: or when an offline epoch's loss stays above this fraction of ln(#clusters) after the first epoch.
+NEAR_LN_K = 0.95
+
+
+def health_warnings(row: dict[str, Any], previous: dict[str, Any] | None, offline: bool) -> list[str]:
+    """Collapse and training-health warnings for one epoch's row, each with what usually fixes it."""
+    out = []
+    share = row.get("size_max_share")
+    if share is not None and share > LARGEST_SHARE and row.get("nonempty", 0) > 1:
+        out.append(f"one cluster holds {share:.0%} of the images (collapse): lower --lr, raise --k, or train "
+                   "fewer passes per round")
+    elif row.get("nonempty") == 1 and row.get("clusters", 1) > 1:
+        out.append("every image is in one cluster (collapse): lower --lr or raise --k")
+    if previous is not None and previous.get("nonempty") and row.get("nonempty") is not None:
+        if row["nonempty"] < CLUSTER_DROP * previous["nonempty"]:
+            out.append(f"non-empty clusters fell from {previous['nonempty']} to {row['nonempty']} in one epoch: "
+                       "lower --lr, or use a clusterer with balanced clusters (sinkhorn, swav)")
+    loss, m = row.get("loss"), row.get("nonempty")
+    if offline and row.get("epoch", 0) >= 1 and loss is not None and m and m > 1 and loss >= NEAR_LN_K * math.log(m):
+        out.append(f"loss {loss:.3f} stays at ln(#clusters) = {math.log(m):.3f}: the network does not fit its "
+                   "pseudo-labels; train more steps per round (--passes), raise --lr, or lower --k")
+    return out
+
+
 def partition_row(
     labels: np.ndarray, n_clusters: int, previous: np.ndarray | None, truth: np.ndarray | None,
     features: np.ndarray | None = None, whitened: np.ndarray | None = None, probe: bool = False,
@@ -37,6 +67,7 @@ def partition_row(
     offline clusterers see.
     """
     row: dict[str, Any] = dict(cluster_sizes(labels, n_clusters))
+    row["size_max_share"] = row["size_max"] / max(1, len(labels))
     if previous is not None and len(previous) == len(labels):
         row["nmi_prev"] = nmi(labels, previous)
     if truth is not None:

@@ -22,7 +22,7 @@ from dcx.core.callbacks import Callback, EpochLog, RunDirWriter
 from dcx.core.contracts import (
     API_VERSION, EpochContext, FitContext, OnlineClusterer, Partition, StepContext, TrainingHead, TrainSpec,
 )
-from dcx.core.diagnostics import partition_row
+from dcx.core.diagnostics import health_warnings, partition_row
 from dcx.core.errors import ContractError, DcxError, RunDirError
 from dcx.core.features import PCAWhitening, check_finite, extract
 from dcx.core.objective import Objective, OnlineObjective, PartitionObjective
@@ -51,7 +51,8 @@ class Engine:
         self.n = len(s.images)
         self.truth = s.images.labels
         channels = s.images.channels
-        self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels))
+        self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels),
+                                        blank=self.cfg.image_size)
         if self.online:
             crops = s.clusterer.crops()
             self.views = crops.n_large + crops.n_small
@@ -82,6 +83,8 @@ class Engine:
         self.start_epoch = 0
         self.history: list[dict] = []  # metrics rows of epochs run before a resume
         self.seconds_before = 0.0  # training time of the run before this process resumed it
+        #: Images that failed to decode when read (skipped in training, blank in extraction).
+        self.unreadable: set[int] = set()
         self._t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ sizes
@@ -158,6 +161,9 @@ class Engine:
             if not math.isfinite(row["loss"]):
                 kept = f"the run dir keeps epoch {epoch - 1}" if epoch > 0 else "no epoch was completed"
                 raise DcxError(f"training diverged at epoch {epoch} (loss {row['loss']}): lower --lr; {kept}")
+            warnings = health_warnings(row, rows[-1] if rows else None, offline=not self.online)
+            if warnings:
+                row["warnings"] = warnings
             rows.append(row)
             for cb in callbacks:
                 cb.on_epoch_end(self, row)
@@ -215,7 +221,11 @@ class Engine:
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
         steps = 0
         with self.progress.task(f"train epoch {epoch}", len(batches)) as advance:
-            for i, (views, idx) in enumerate(batches):
+            for i, (views, idx, failed) in enumerate(batches):
+                self._note_unreadable(failed)
+                if views is None:  # every image of this batch failed to decode
+                    advance(1)
+                    continue
                 views = views if isinstance(views, list) else [views]
                 step = StepContext(epoch=epoch, step=epoch * len(batches) + i, steps_per_epoch=len(batches), indices=idx)
                 objective.before_step(step)
@@ -277,10 +287,15 @@ class Engine:
 
     # ------------------------------------------------------------------ phases
 
+    def _note_unreadable(self, indices: torch.Tensor) -> None:
+        if len(indices):
+            self.unreadable.update(int(i) for i in indices)
+
     def extract_features(self, desc: str = "extract") -> np.ndarray:
         batches = D.loader(self.eval_set, max(self.cfg.batch_size, 128), self.cfg.workers)
         with self.progress.task(desc, self.n) as advance:
-            feats = extract(self.s.model, batches, self.n, self.s.device, on_batch=advance)
+            feats = extract(self.s.model, batches, self.n, self.s.device, on_batch=advance,
+                            on_failed=self._note_unreadable)
         check_finite(feats, "backbone features")
         return feats
 
@@ -338,6 +353,7 @@ class Engine:
         out: dict[str, Any] = {
             "clusterer": self.cfg.clusterer, "backbone": self.cfg.backbone, "dataset": self.cfg.dataset,
             "epochs": self.cfg.epochs, "images": self.n, "seconds": seconds,
+            "skipped_images": int(self.s.images.skipped) + len(self.unreadable),
             "final": rows[-1] if rows else {},
         }
         if train_rows:
@@ -347,6 +363,9 @@ class Engine:
             probes = [r[key] for r in rows if key in r]
             if probes:
                 out[f"{key}_initial"], out[f"{key}_final"] = probes[0], probes[-1]
+        warnings = [f"epoch {r['epoch']}: {w}" for r in rows for w in r.get("warnings", [])]
+        if warnings:
+            out["warnings"] = warnings
         return out
 
 

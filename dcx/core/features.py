@@ -34,11 +34,14 @@ def extract(
     device: torch.device,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_failed: Callable[[torch.Tensor], None] | None = None,
 ) -> np.ndarray:
-    """Run ``model`` in eval mode over ``batches`` of (images, ...) and stack the outputs (N, d).
+    """Run ``model`` in eval mode over ``batches`` of (images, indices, failed indices) and stack
+    the outputs (N, d), row i for dataset index i.
 
     The model's train/eval state is restored afterwards. ``forward`` replaces ``model(x)``
-    (e.g. to take an intermediate block); ``on_batch`` receives the batch size (progress).
+    (e.g. to take an intermediate block); ``on_batch`` receives the batch size (progress);
+    ``on_failed`` the indices of images that could not be read (blank rows).
     """
     was_training = model.training
     model.eval()
@@ -46,13 +49,18 @@ def extract(
     pos = 0
     try:
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x, idx = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
             y = (forward or model)(x.to(device, non_blocking=True))
             y = y.reshape(len(y), -1).float().cpu().numpy()
             if out is None:
                 out = np.empty((n, y.shape[1]), dtype=np.float32)
-            out[pos : pos + len(y)] = y
+            if idx is None:
+                out[pos : pos + len(y)] = y
+            else:
+                out[idx.numpy()] = y
             pos += len(y)
+            if on_failed is not None and len(batch) > 2 and len(batch[2]):
+                on_failed(batch[2])
             if on_batch is not None:
                 on_batch(len(y))
     finally:

@@ -90,7 +90,7 @@ def extract_layers(
     """Pooled features of every layer for all of ``data``'s images, in one pass (engine's ``extract``)."""
     progress = progress or NullProgress()
     sides, dims = pooling_plan(layer_shapes(model, layers, image_size, data.images.channels, device), max_dims)
-    dataset = D.IndexedImages(data.images, D.eval_transform(image_size, data.images.channels))
+    dataset = D.IndexedImages(data.images, D.eval_transform(image_size, data.images.channels), blank=image_size)
     batches = D.loader(dataset, batch_size, workers)
     with progress.task(desc, len(dataset)) as advance:
         flat = extract(model, batches, len(dataset), device, forward=_Pooled(model, layers, sides), on_batch=advance)
