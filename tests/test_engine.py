@@ -88,3 +88,37 @@ def test_k_larger_than_dataset_is_rejected_before_any_work(tiny_config):
     tiny_config.k = 301
     with pytest.raises(InputError, match="k=301 is larger than the dataset"):
         setup(tiny_config)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(tiny_config, precision):
+    tiny_config.precision = precision
+    tiny_config.epochs = 1
+    s = setup(tiny_config)
+    before = _params(s.model)
+    engine = Engine(s)
+    summary = engine.run()
+    assert np.isfinite(summary["final_loss"]) and summary["final_loss"] > 0
+    assert not torch.equal(before, _params(s.model))
+    assert engine.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_features_over_the_memory_budget_stream_to_a_memory_map(tiny_config, tmp_path):
+    tiny_config.epochs = 1
+    in_ram = Engine(setup(tiny_config)).run()
+    tiny_config.feature_memory_gb = 1e-6  # a few hundred bytes: everything goes to the memory map
+    engine = Engine(setup(tiny_config))
+    engine.scratch = tmp_path
+    seen = []
+    real = engine._feature_array
+
+    def spy(d):
+        out = real(d)
+        seen.append(type(out))
+        return out
+
+    engine._feature_array = spy
+    on_disk = engine.run()
+    assert seen and all(t is np.memmap for t in seen)
+    assert not (tmp_path / "features.f32.npy").exists()  # removed at the end of the run
+    assert on_disk["final"]["nmi_labels"] == pytest.approx(in_ram["final"]["nmi_labels"], abs=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +14,8 @@ from rich.table import Table
 
 from dcx.cli.run_options import build_config, given, with_run_options
 from dcx.cli.ui import RichProgress, handle_errors, print_json, setup_logging
+from dcx.core import distributed
+from dcx.core.distributed import world_from_env
 from dcx.core.errors import InputError
 from dcx.core.options import parse_assignments
 from dcx.core.rundir import default_run_dir
@@ -68,14 +71,51 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue a run from its checkpoint, with its own settings: "
                                 "dcx run --resume RUN_DIR (flags may change only --epochs upwards, --workers, --device, "
                                 "--probe, --save-every-epoch)"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="train with N processes on this machine (torchrun "
+                              "--standalone --nproc_per_node N -m dcx run ...; --batch-size stays the global batch)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.md and report.png at the end"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     run_flags: dict = None,
 ) -> None:
     """Train a backbone on pseudo-labels from a clusterer (DeepCluster: -c kmeans -b alexnet)."""
-    setup_logging(quiet)
-    with RichProgress(enabled=not quiet) as bars:
+    world = world_from_env()
+    if nproc > 1:
+        if world.distributed:
+            raise InputError("--nproc starts processes itself: drop it when launching with torchrun")
+        raise typer.Exit(launch(nproc))
+    setup_logging(quiet, world.rank)
+    distributed.init(world)
+    try:
+        _run(world, run_dir, out, resume, report, quiet, as_json, run_flags)
+    finally:
+        distributed.shutdown()
+
+
+def launch(nproc: int) -> int:
+    """``dcx run --nproc N ...`` as ``torchrun --standalone --nproc_per_node N -m dcx run ...``."""
+    from torch.distributed.run import main as torchrun
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    try:
+        torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "dcx", *argv])
+    except SystemExit as exc:  # torchrun exits with the failed worker's code
+        return int(exc.code or 0)
+    except Exception as exc:  # ChildFailedError: a worker printed its own error line
+        log.debug("torchrun: %s", exc)
+        return 1
+    return 0
+
+
+def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None:
+    with RichProgress(enabled=not quiet and world.is_main) as bars:
         if resume:
             if run_dir is not None and out is not None and Path(run_dir) != Path(out):
                 raise InputError(f"--resume {run_dir} and --out {out} name different folders: pass one of them")
@@ -93,9 +133,12 @@ def run(
                 raise InputError(f"unexpected argument {run_dir}: to continue a run use dcx run --resume {run_dir}")
             cfg = build_config(run_flags)
             path = out or default_run_dir(Path("runs"), cfg.clusterer, cfg.backbone)
+            path = world.broadcast_object(path)  # every rank uses rank 0's default folder name
             prepared = new_run(cfg, path, progress=bars)
         log.info("run directory: %s", path)
         summary = execute(prepared)
+    if not world.is_main:
+        return
     summary["run_dir"] = str(path)
     if report:
         from dcx.core.report import write_report

@@ -19,14 +19,15 @@ from dcx.core.errors import DcxError
 err_console = Console(stderr=True)
 
 
-def setup_logging(quiet: bool) -> None:
-    """INFO for dcx (WARNING with --quiet) on stderr; third-party chatter at WARNING."""
+def setup_logging(quiet: bool, rank: int = 0) -> None:
+    """INFO for dcx (WARNING with --quiet; errors only on ranks other than 0 of a distributed
+    run, which would repeat rank 0's lines) on stderr; third-party chatter at WARNING."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
-    logging.getLogger("dcx").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("dcx").setLevel(logging.ERROR if rank else logging.WARNING if quiet else logging.INFO)
     logging.getLogger("faiss").setLevel(logging.WARNING)
 
 

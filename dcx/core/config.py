@@ -56,8 +56,16 @@ class RunConfig(BaseModel):
                                       "digits and characters)")
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto", cli="run")
-    workers: int = setting(0, "data-loading processes", ge=0, cli="run")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto (distributed: each rank takes cuda:LOCAL_RANK)",
+                          cli="run")
+    workers: int | None = setting(None, "data-loading processes per rank (default: up to 8 of this machine's "
+                                        "cores on CUDA, 0 on CPU where the cores compute)", ge=0, cli="run")
+    precision: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32", "autocast precision of training and extraction (fp16 uses a gradient scaler)", cli="run")
+    sync_bn: bool = setting(False, "SyncBatchNorm across ranks in distributed CUDA runs", cli="run")
+    feature_memory_gb: float = setting(
+        4.0, "RAM the extracted features may take; above it they stream to a memory-mapped file in the run "
+        "directory", gt=0, cli="run")
     probe: bool = setting(True, "k-means(#classes) NMI of the features each epoch, when labels exist")
     save_every_epoch: bool = setting(False, "keep each epoch's assignments", cli="run")
     out: str | None = setting(None, "run directory", cli="none")

@@ -112,9 +112,9 @@ class TrainingHead:
 class FitContext:
     """What the engine tells an offline clusterer besides the features.
 
-    In a distributed run every rank calls ``fit`` with the same arguments; ``rank``,
-    ``world_size`` and ``all_reduce`` (sum over ranks, in place; identity in one process) let a
-    clusterer split its own work.
+    ``features`` holds every row on every rank. For a ``distributed`` clusterer in a
+    multi-process run, ``rows`` is this rank's block of them and ``all_reduce`` sums a tensor over
+    ranks in place (one process: ``rows`` covers everything and ``all_reduce`` is None).
     """
 
     epoch: int = 0
@@ -124,6 +124,7 @@ class FitContext:
     rank: int = 0
     world_size: int = 1
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rows: slice | None = None
 
 
 class StatefulPlugin(Plugin):
@@ -152,6 +153,9 @@ class Clusterer(StatefulPlugin):
     schedule: ClassVar[str] = "offline"
     #: PCA-whitening + L2 (core.preprocess) is applied before ``fit`` when True.
     wants_preprocessing: ClassVar[bool] = True
+    #: In a multi-process run, every rank calls ``fit`` and the clusterer splits the work itself
+    #: (``FitContext.rows`` / ``all_reduce``); when False, rank 0 fits and the engine broadcasts.
+    distributed: ClassVar[bool] = False
     #: Whether the ``k`` run option is meaningful (PIC ignores it and chooses its own count).
     uses_k: ClassVar[bool] = True
 
@@ -223,8 +227,9 @@ class OnlineClusterer(StatefulPlugin):
 
     The engine calls ``start_epoch`` at the start of every epoch, then per batch:
     ``before_step`` -> backbone on every view -> ``loss`` -> backward -> ``after_backward`` ->
-    optimiser step. ``assign`` gives hard labels for diagnostics (NMI to labels, cluster usage)
-    once per epoch.
+    optimiser step, then ``end_epoch``. ``assign`` gives hard labels for diagnostics (NMI to
+    labels, cluster usage) once per epoch. In a distributed run ``head`` may be wrapped
+    (DistributedDataParallel: the module is ``head.module``).
     """
 
     schedule: ClassVar[str] = "online"
@@ -239,6 +244,10 @@ class OnlineClusterer(StatefulPlugin):
 
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
         """Hook before an epoch's first step (e.g. cluster a memory bank into prototypes)."""
+
+    def end_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """Hook after an epoch's last step, on every rank (collectives allowed: e.g. merge the
+        per-rank parts of a memory bank), before the checkpoint is taken."""
 
     @abstractmethod
     def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:

@@ -94,6 +94,37 @@ def collate(batch: list[tuple[Any, int, bool]]) -> tuple[Any, torch.Tensor, torc
     return torch.stack([x for x, _ in kept]), idx, failed
 
 
+class ShardedBatches(torch.utils.data.Sampler[list[int]]):
+    """Global batches of ``batch_size`` indices drawn from ``base`` (the same order on every rank,
+    from the run seed); each rank takes its contiguous ``batch_size / world_size`` part of each.
+
+    Step i of an N-process run sees exactly the images of step i of a one-process run with the
+    same global batch. A last incomplete global batch is dropped when ``drop_last`` (always when
+    there are several ranks: they must take the same number of steps).
+    """
+
+    def __init__(self, base: torch.utils.data.Sampler, batch_size: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True) -> None:
+        self.base = base
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.per_rank = batch_size // world_size
+        self.drop_last = drop_last or world_size > 1
+
+    def __len__(self) -> int:
+        n = len(self.base)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = list(self.base)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            yield batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank] if self.world_size > 1 else batch
+
+
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -108,9 +139,15 @@ def loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    batch_sampler: torch.utils.data.Sampler | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader whose randomness comes from ``seed`` only (reproducible with workers too)."""
     gen = torch.Generator().manual_seed(int(seed))
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=batch_sampler, num_workers=workers, worker_init_fn=_seed_worker, generator=gen,
+            pin_memory=pin_memory, persistent_workers=False, collate_fn=collate,
+        )
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
         num_workers=workers, worker_init_fn=_seed_worker, generator=gen, drop_last=drop_last,

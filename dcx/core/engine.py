@@ -1,16 +1,25 @@
-"""The alternation engine: one training loop for every clusterer.
+"""The alternation engine: one training loop for every clusterer, in one process or many.
 
 Each epoch gets an Objective (``dcx.core.objective``), then ``train_epoch`` runs the one step:
 offline clusterers (DeepCluster, PIC, SeLa) are extract -> preprocess -> fit -> build_head, then
 the loop trains towards targets fixed for the epoch; online clusterers (SwAV, DeepCluster-v2)
 label each batch inside ``loss``. Writing the run directory and logging are callbacks.
+
+Distributed (``torchrun``): the backbone is wrapped in DistributedDataParallel and the heads'
+gradients are averaged over ranks; every rank draws the same global batches and trains on its
+part of each (``data.ShardedBatches``); extraction is sharded by rank and gathered in dataset
+order; PCA statistics are summed over ranks; a ``distributed`` clusterer splits its own work,
+any other fits on rank 0 and its partition is broadcast. Only rank 0 gets the run-dir writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +46,9 @@ log = logging.getLogger(__name__)
 MIN_CROP_SCALE = {True: 0.08, False: 0.5}  # keyed by "image larger than 64 px"
 #: Layout of checkpoint.pt; a checkpoint of another format is refused with a message.
 CHECKPOINT_FORMAT = 2
+#: Name of the memory-mapped feature file in the run directory (features over the memory budget).
+FEATURES_FILE = "features.f32.npy"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Engine:
@@ -45,11 +57,13 @@ class Engine:
     def __init__(self, s: Setup, progress: Progress | None = None, callbacks: Sequence[Callback] = ()) -> None:
         self.s = s
         self.cfg = s.config
+        self.world = s.world
         self.progress = progress or NullProgress()
         self.callbacks: list[Callback] = [EpochLog(), *callbacks]
         self.online = isinstance(s.clusterer, OnlineClusterer)
         self.n = len(s.images)
         self.truth = s.images.labels
+        self.device = s.device
         channels = s.images.channels
         self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels),
                                         blank=self.cfg.image_size)
@@ -63,14 +77,19 @@ class Engine:
             train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale)
         self.train_set = D.IndexedImages(s.images, train_t)
         model = s.model
-        self.spec = TrainSpec(model.feature_dim, self.n, s.device, preactivation=model.net.relu_head)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            model.to(memory_format=torch.channels_last)  # faster convolutions with tensor cores
+        self.spec = TrainSpec(model.feature_dim, self.n, self.device, preactivation=model.net.relu_head,
+                              rank=self.world.rank, world_size=self.world.size)
         self.head: nn.Module | None = None
         params = list(model.parameters())
         if self.online:
-            self.head = s.clusterer.build_head(self.spec).to(s.device)
+            self.head = s.clusterer.build_head(self.spec).to(self.device)
             params += list(self.head.parameters())
         else:
             s.clusterer.prepare(self.spec)
+        self.net: nn.Module = self._wrap(model)
         # Reference optimiser (deepcluster main.py): SGD lr 0.05, momentum 0.9, weight decay 1e-5.
         self.optimizer = torch.optim.SGD(
             [p for p in params if p.requires_grad], lr=self.cfg.lr, momentum=self.cfg.momentum,
@@ -79,13 +98,27 @@ class Engine:
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = build_scheduler(self.optimizer, self.cfg.lr_schedule, self.cfg.epochs,
                                          self.steps_per_epoch, self.cfg.warmup_epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.labels: np.ndarray | None = None
         self.start_epoch = 0
         self.history: list[dict] = []  # metrics rows of epochs run before a resume
         self.seconds_before = 0.0  # training time of the run before this process resumed it
         #: Images that failed to decode when read (skipped in training, blank in extraction).
         self.unreadable: set[int] = set()
+        #: Where features over the memory budget are memory-mapped (the run directory when known).
+        self.scratch: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self._t_start = time.perf_counter()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step runs: DistributedDataParallel in a multi-process run."""
+        if not self.world.distributed:
+            return model
+        if self.cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.s.model = model
+        ids = [self.device.index] if self.cuda else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # ------------------------------------------------------------------ sizes
 
@@ -97,7 +130,7 @@ class Engine:
 
     def _steps_per_epoch(self) -> int:
         n_total, bs = self.images_per_epoch(), self.cfg.batch_size
-        return n_total // bs if n_total > bs else 1  # drop_last once there is more than one batch
+        return n_total // bs if n_total > bs or self.world.distributed else 1
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -110,6 +143,7 @@ class Engine:
             "model": self.s.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "head": self.head.state_dict() if self.head is not None else {},
             "clusterer": self.s.clusterer.state_dict(),
             "labels": torch.from_numpy(self.labels) if self.labels is not None else torch.empty(0, dtype=torch.long),
@@ -118,6 +152,7 @@ class Engine:
         }
 
     def restore(self, state: dict) -> None:
+        """Continue from a checkpoint (written by any world size: weights are the same on every rank)."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(
                 f"checkpoint format {state.get('format', 1)} is not this dcx's ({CHECKPOINT_FORMAT}): "
@@ -126,6 +161,8 @@ class Engine:
         self.s.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         # The schedule follows the current config (a resume may add epochs); the restored step
         # count says where on it the run is.
         schedule = StepSchedule(self.cfg.lr_schedule, self.cfg.epochs, self.steps_per_epoch, self.cfg.warmup_epochs)
@@ -148,30 +185,37 @@ class Engine:
         cfg = self.cfg
         callbacks = list(self.callbacks)
         if run_dir is not None:
-            self.history = [r for r in run_dir.metrics()
-                            if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
-            callbacks.append(RunDirWriter(run_dir, cfg.save_every_epoch))
+            self.scratch = self.scratch or run_dir.path
+            if self.world.is_main:
+                self.history = [r for r in run_dir.metrics()
+                                if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
+                callbacks.append(RunDirWriter(run_dir, cfg.save_every_epoch))
         rows = list(self.history)
         self._t_start = time.perf_counter()
-        for cb in callbacks:
-            cb.on_fit_start(self)
-        for epoch in range(self.start_epoch, cfg.epochs):
-            torch.manual_seed(D.derive_seed(cfg.seed, epoch, 3))  # augmentations: resumable exactly
-            row = self.run_epoch(epoch)
-            if not math.isfinite(row["loss"]):
-                kept = f"the run dir keeps epoch {epoch - 1}" if epoch > 0 else "no epoch was completed"
-                raise DcxError(f"training diverged at epoch {epoch} (loss {row['loss']}): lower --lr; {kept}")
-            warnings = health_warnings(row, rows[-1] if rows else None, offline=not self.online)
-            if warnings:
-                row["warnings"] = warnings
-            rows.append(row)
+        try:
             for cb in callbacks:
-                cb.on_epoch_end(self, row)
-        final = self._final_row(cfg.epochs)
-        rows.append(final)
-        summary = self.summary(rows, self.seconds_before + time.perf_counter() - self._t_start)
-        for cb in callbacks:
-            cb.on_fit_end(self, final, summary)
+                cb.on_fit_start(self)
+            for epoch in range(self.start_epoch, cfg.epochs):
+                seed = D.derive_seed(cfg.seed, epoch, 3) if not self.world.distributed else \
+                    D.derive_seed(cfg.seed, epoch, 3, self.world.rank)
+                torch.manual_seed(seed)  # augmentations: resumable exactly
+                row = self.run_epoch(epoch)
+                if not math.isfinite(row["loss"]):
+                    kept = f"the run dir keeps epoch {epoch - 1}" if epoch > 0 else "no epoch was completed"
+                    raise DcxError(f"training diverged at epoch {epoch} (loss {row['loss']}): lower --lr; {kept}")
+                warnings = health_warnings(row, rows[-1] if rows else None, offline=not self.online)
+                if warnings:
+                    row["warnings"] = warnings
+                rows.append(row)
+                for cb in callbacks:
+                    cb.on_epoch_end(self, row)
+            final = self._final_row(cfg.epochs)
+            rows.append(final)
+            summary = self.summary(rows, self.seconds_before + time.perf_counter() - self._t_start)
+            for cb in callbacks:
+                cb.on_fit_end(self, final, summary)
+        finally:
+            self._drop_scratch()
         return summary
 
     def run_epoch(self, epoch: int) -> dict:
@@ -193,6 +237,7 @@ class Engine:
         row["loss"] = loss
         row["time_train"] = time.perf_counter() - t
         if self.online:
+            self.s.clusterer.end_epoch(self.head, self._epoch_context(epoch))
             t = time.perf_counter()
             feats = self.extract_features(f"extract epoch {epoch}")
             row["time_extract"] = time.perf_counter() - t
@@ -207,16 +252,19 @@ class Engine:
         return row
 
     def train_epoch(self, epoch: int, objective: Objective) -> float:
-        """The one training loop: every clusterer's step goes through ``objective``. Returns the mean loss."""
-        model, device = self.s.model, self.s.device
+        """The one training loop: every clusterer's step goes through ``objective``. Returns the
+        mean loss over the epoch's steps (and ranks)."""
+        device, world = self.device, self.world
         n_total = self.images_per_epoch()
+        base = objective.sampler(n_total, D.derive_seed(self.cfg.seed, epoch, 1))
         batches = D.loader(
-            self.train_set, self.cfg.batch_size, self.cfg.workers,
-            sampler=objective.sampler(n_total, D.derive_seed(self.cfg.seed, epoch, 1)),
-            seed=D.derive_seed(self.cfg.seed, epoch, 2), drop_last=n_total > self.cfg.batch_size,
+            self.train_set, self.cfg.batch_size, self.cfg.workers, seed=D.derive_seed(self.cfg.seed, epoch, 2),
+            pin_memory=self.cuda,
+            batch_sampler=D.ShardedBatches(base, self.cfg.batch_size, world.rank, world.size,
+                                           drop_last=n_total > self.cfg.batch_size),
         )
         optimizers = [self.optimizer, *objective.optimizers]
-        model.train()
+        self.net.train()
         objective.head.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
         steps = 0
@@ -227,36 +275,77 @@ class Engine:
                     advance(1)
                     continue
                 views = views if isinstance(views, list) else [views]
-                step = StepContext(epoch=epoch, step=epoch * len(batches) + i, steps_per_epoch=len(batches), indices=idx)
+                step = StepContext(epoch=epoch, step=epoch * len(batches) + i, steps_per_epoch=len(batches),
+                                   indices=idx, rank=world.rank, world_size=world.size)
                 objective.before_step(step)
-                feats = _forward_views(model, [v.to(device, non_blocking=True) for v in views])
-                loss, _ = objective.loss(feats, step)
+                with self._autocast():
+                    feats = _forward_views(self.net, [self._to_device(v) for v in views])
+                    loss, _ = objective.loss(feats, step)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()
+                if world.distributed:  # the backbone's gradients were averaged by DDP in backward
+                    self._average_grads(objective.head)
+                for opt in optimizers:
+                    self.scaler.unscale_(opt)  # the clusterer's hook sees true gradients (fp16)
                 objective.after_backward(step)
                 for opt in optimizers:
-                    opt.step()
+                    self.scaler.step(opt)
+                self.scaler.update()
                 self.scheduler.step()
                 total += loss.detach().double()
                 steps += 1
                 advance(1)
+        if world.distributed:
+            self._sync_buffers(objective.head)
+            stats = torch.stack([total, torch.tensor(float(steps), dtype=torch.float64, device=device)])
+            total, steps = world.all_reduce(stats)
+            return float(total) / max(float(steps), 1.0)
         return float(total) / max(steps, 1)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda and x.ndim == 4 else x
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.cfg.precision])
+
+    def _average_grads(self, head: nn.Module) -> None:
+        """Average the head's gradients over ranks (DDP does the backbone's during backward)."""
+        for p in head.parameters():
+            if p.grad is not None:
+                self.world.all_reduce(p.grad)
+                p.grad /= self.world.size
+
+    def _sync_buffers(self, head: nn.Module) -> None:
+        """Rank 0's BatchNorm running statistics everywhere, so every rank extracts the same features."""
+        for module in (self.s.model, head):
+            for b in module.buffers():
+                self.world.broadcast(b)
 
     # ------------------------------------------------------------------ objectives
 
     def _partition_objective(self, part: Partition) -> PartitionObjective:
         head = self.s.clusterer.build_head(part, self.spec)
         self._check_training_head(head)
-        return PartitionObjective(head, self.cfg.lr, self.cfg.weight_decay, self.s.device)
+        if self.world.distributed:  # every rank starts the head from rank 0's weights
+            for p in head.module.parameters():
+                self.world.broadcast(p.data)
+        return PartitionObjective(head, self.cfg.lr, self.cfg.weight_decay, self.device)
+
+    def _epoch_context(self, epoch: int) -> EpochContext:
+        return EpochContext(
+            epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), steps_per_epoch=self.steps_per_epoch,
+            num_samples=self.n, device=self.device,
+            features=lambda: torch.from_numpy(np.asarray(self.extract_features(f"extract for {self.cfg.clusterer}"))).to(self.device),
+            rank=self.world.rank, world_size=self.world.size,
+            all_reduce=self.world.all_reduce if self.world.distributed else None,
+        )
 
     def _online_objective(self, epoch: int) -> OnlineObjective:
-        ctx = EpochContext(
-            epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), steps_per_epoch=self.steps_per_epoch,
-            num_samples=self.n, device=self.s.device,
-            features=lambda: torch.from_numpy(self.extract_features(f"extract for {self.cfg.clusterer}")).to(self.s.device),
-        )
-        self.s.clusterer.start_epoch(self.head, ctx)
+        self.s.clusterer.start_epoch(self.head, self._epoch_context(epoch))
 
         def sampler(n_total: int, seed: int) -> torch.utils.data.Sampler:
             gen = torch.Generator().manual_seed(seed)
@@ -277,7 +366,7 @@ class Engine:
         with torch.no_grad():
             was = head.module.training
             head.module.eval()
-            out = head.module(torch.zeros(2, self.spec.feature_dim, device=self.s.device))
+            out = head.module(torch.zeros(2, self.spec.feature_dim, device=self.device))
             head.module.train(was)
         if out.ndim != 2 or int(targets.max()) >= out.shape[1]:
             raise ContractError(
@@ -285,40 +374,93 @@ class Engine:
                 f"{int(targets.max())}: fix the plugin"
             )
 
-    # ------------------------------------------------------------------ phases
+    # ------------------------------------------------------------------ extraction
 
     def _note_unreadable(self, indices: torch.Tensor) -> None:
         if len(indices):
             self.unreadable.update(int(i) for i in indices)
 
+    def _feature_array(self, d: int) -> np.ndarray:
+        """Where this epoch's (N, d) features go: RAM, or a memory map once over ``feature_memory_gb``."""
+        if self.n * d * 4 <= self.cfg.feature_memory_gb * 1024**3:
+            return np.empty((self.n, d), dtype=np.float32)
+        if self.scratch is None:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="dcx-features-")
+            self.scratch = Path(self._tmp.name)
+        path = self.scratch / FEATURES_FILE
+        if self.world.is_main:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.n, d)).flush()
+        self.world.barrier()
+        return np.lib.format.open_memmap(path, mode="r+")
+
+    def _drop_scratch(self) -> None:
+        if self.world.is_main and self.scratch is not None and (self.scratch / FEATURES_FILE).exists():
+            (self.scratch / FEATURES_FILE).unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
     def extract_features(self, desc: str = "extract") -> np.ndarray:
-        batches = D.loader(self.eval_set, max(self.cfg.batch_size, 128), self.cfg.workers)
-        with self.progress.task(desc, self.n) as advance:
-            feats = extract(self.s.model, batches, self.n, self.s.device, on_batch=advance,
-                            on_failed=self._note_unreadable)
-        check_finite(feats, "backbone features")
+        """(N, feature_dim) features of every image, in dataset order, on every rank. Each rank
+        extracts its block; blocks meet in a shared memory map or by an all-gather."""
+        world = self.world
+        block = world.block(self.n)
+        out = self._feature_array(self.s.model.feature_dim)
+        batch = max(self.cfg.batch_size // world.size, 128)
+        batches = D.loader(self.eval_set, batch, self.cfg.workers, pin_memory=self.cuda,
+                           sampler=list(range(block.start, block.stop)))
+        with self.progress.task(desc, block.stop - block.start) as advance, self._autocast():
+            feats = extract(self.s.model, batches, self.n, self.device, on_batch=advance,
+                            on_failed=self._note_unreadable, out=out, expected=block.stop - block.start)
+        if world.distributed:
+            if isinstance(feats, np.memmap):
+                feats.flush()
+                world.barrier()
+            else:
+                feats = world.all_gather_rows(feats[block], self._collective_device())
+        check_finite(feats[block] if world.distributed else feats, "backbone features")
         return feats
+
+    def _collective_device(self) -> torch.device:
+        return self.device if self.cuda else torch.device("cpu")
+
+    # ------------------------------------------------------------------ clustering and diagnostics
 
     def _diagnose(self, labels: np.ndarray, n_clusters: int, features: np.ndarray, epoch: int,
                   whitened: np.ndarray | None = None) -> dict:
-        return partition_row(labels, n_clusters, self.labels, self.truth, features, whitened, self.cfg.probe,
-                             self.cfg.seed, epoch, self.cfg.pca_dim)
+        return partition_row(labels, n_clusters, self.labels, self.truth, features, whitened,
+                             self.cfg.probe and self.world.is_main, self.cfg.seed, epoch, self.cfg.pca_dim)
 
     def _cluster(self, feats: np.ndarray, epoch: int) -> tuple[Partition, dict, np.ndarray | None]:
         timings: dict[str, Any] = {}
+        world = self.world
         t = time.perf_counter()
         x = feats
         whitened = None
         if self.s.clusterer.wants_preprocessing:
-            x = whitened = PCAWhitening(dim=self.cfg.pca_dim).fit_transform(feats)
+            pca = PCAWhitening(dim=self.cfg.pca_dim)
+            if world.distributed:
+                block = world.block(self.n)
+                pca.fit(feats, rows=block, all_reduce=world.all_reduce)
+                x = world.all_gather_rows(pca.transform(feats, rows=block), self._collective_device())
+            else:
+                x = pca.fit_transform(feats)
+            whitened = x
         timings["time_preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        ctx = FitContext(epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), device=self.s.device,
-                         previous_labels=self.labels)
-        part = self.s.clusterer.fit(x, ctx)
-        if not isinstance(part, Partition):
-            raise ContractError(f"clusterer '{self.cfg.clusterer}': fit must return a Partition, got {type(part).__name__}")
-        part = part.validate(self.n, self.cfg.clusterer)
+        clusterer = self.s.clusterer
+        ctx = FitContext(epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), device=self.device,
+                         previous_labels=self.labels, rank=world.rank, world_size=world.size)
+        if world.distributed and clusterer.distributed:
+            ctx.rows, ctx.all_reduce = world.block(self.n), world.all_reduce
+        part = None
+        if clusterer.distributed or world.is_main:
+            part = clusterer.fit(x, ctx)
+            if not isinstance(part, Partition):
+                raise ContractError(f"clusterer '{self.cfg.clusterer}': fit must return a Partition, got {type(part).__name__}")
+            part = part.validate(self.n, self.cfg.clusterer)
+        if world.distributed and not clusterer.distributed:
+            part = world.broadcast_object(part)
         timings["time_cluster"] = time.perf_counter() - t
         return part, timings, whitened
 
@@ -327,7 +469,7 @@ class Engine:
         self.head.eval()
         out = []
         for s in range(0, len(feats), 1024):
-            x = torch.from_numpy(feats[s : s + 1024]).to(self.s.device)
+            x = torch.from_numpy(np.asarray(feats[s : s + 1024])).to(self.device)
             out.append(self.s.clusterer.assign(self.head, x).cpu())
         self.head.train()
         return torch.cat(out).numpy().astype(np.int64)
@@ -353,6 +495,7 @@ class Engine:
         out: dict[str, Any] = {
             "clusterer": self.cfg.clusterer, "backbone": self.cfg.backbone, "dataset": self.cfg.dataset,
             "epochs": self.cfg.epochs, "images": self.n, "seconds": seconds,
+            "processes": self.world.size,
             "skipped_images": int(self.s.images.skipped) + len(self.unreadable),
             "final": rows[-1] if rows else {},
         }

@@ -9,19 +9,29 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from dcx.core.arrays import row_chunks
 from dcx.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 def check_finite(features: np.ndarray, what: str = "features") -> None:
-    """Raise InputError naming the first bad rows if ``features`` holds NaN or inf."""
-    finite = np.isfinite(features)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.reshape(len(features), -1).all(axis=1))
-        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+    """Raise InputError naming the first bad rows if ``features`` holds NaN or inf (read in chunks)."""
+    n = len(features)
+    d = int(np.prod(features.shape[1:])) if features.ndim > 1 else 1
+    bad: list[int] = []
+    total = 0
+    for rows in row_chunks(n, d):
+        chunk = np.asarray(features[rows]).reshape(rows.stop - rows.start, -1)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            idx = np.flatnonzero(~finite) + rows.start
+            total += len(idx)
+            bad.extend(idx[: 5 - len(bad)].tolist() if len(bad) < 5 else [])
+    if total:
+        shown = ", ".join(map(str, bad)) + (", ..." if total > len(bad) else "")
         raise InputError(
-            f"{what} contain NaN or inf in {len(rows)} row(s) ({shown}): the network diverged "
+            f"{what} contain NaN or inf in {total} row(s) ({shown}): the network diverged "
             "(lower --lr) or the input holds invalid values"
         )
 
@@ -35,18 +45,22 @@ def extract(
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_failed: Callable[[torch.Tensor], None] | None = None,
+    out: np.ndarray | None = None,
+    expected: int | None = None,
 ) -> np.ndarray:
     """Run ``model`` in eval mode over ``batches`` of (images, indices, failed indices) and stack
     the outputs (N, d), row i for dataset index i.
 
     The model's train/eval state is restored afterwards. ``forward`` replaces ``model(x)``
     (e.g. to take an intermediate block); ``on_batch`` receives the batch size (progress);
-    ``on_failed`` the indices of images that could not be read (blank rows).
+    ``on_failed`` the indices of images that could not be read (blank rows). ``out`` (e.g. a
+    memory map) receives the rows instead of a new array; ``expected`` is how many rows the
+    batches hold (default ``n``; one rank's block in a distributed run).
     """
     was_training = model.training
     model.eval()
-    out: np.ndarray | None = None
     pos = 0
+    expected = n if expected is None else expected
     try:
         for batch in batches:
             x, idx = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
@@ -65,9 +79,9 @@ def extract(
                 on_batch(len(y))
     finally:
         model.train(was_training)
-    if out is None or pos != n:
-        raise InputError(f"feature extraction saw {pos} images, expected {n}: the dataset changed while reading")
-    return out
+    if pos != expected or (out is None and expected):
+        raise InputError(f"feature extraction saw {pos} images, expected {expected}: the dataset changed while reading")
+    return out if out is not None else np.empty((n, 0), dtype=np.float32)
 
 
 @dataclass
@@ -77,28 +91,91 @@ class PCAWhitening:
     Same maps as ``faiss.PCAMatrix(d, dim, -0.5)`` + L2 (the DeepCluster reference) but through
     an eigendecomposition of the covariance: ~4-5x faster at d=4096 (benchmarks/bench_pca.py,
     docs/benchmarks.md), because faiss's PCA runs a single-threaded d x d solver.
+
+    ``fit`` takes an in-memory array, a memory map or ``arrays.NpyRows``. In memory with N > d
+    it centres all rows at once; with N <= d it goes through the N x N Gram matrix (no d x d
+    covariance: d = 100k would need 40 GB); otherwise (larger than ``in_memory_bytes``, or a
+    block of a multi-process run) it accumulates the covariance over row chunks in two passes,
+    summing the statistics of every rank with ``all_reduce``.
     """
 
     dim: int = 256
     whiten: bool = True
     l2: bool = True
     eps: float = 1e-8
+    in_memory_bytes: int = 2 * 1024**3
 
     mean_: np.ndarray | None = None
     components_: np.ndarray | None = None  # (d, dim), scaled by eigenvalue^-1/2 when whitening
     eigenvalues_: np.ndarray | None = None
 
-    def fit(self, x: np.ndarray) -> "PCAWhitening":
-        check_finite(x)
+    def fit(self, x, rows: slice | None = None,
+            all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "PCAWhitening":
+        """Fit on ``x`` ((N, d)); in a multi-process run on this rank's ``rows``, statistics summed
+        over ranks by ``all_reduce``."""
         if x.ndim != 2 or len(x) < 2:
             raise InputError(f"PCA needs an (N, d) matrix with N >= 2, got shape {x.shape}")
+        n, d = x.shape
+        whole = rows is None and all_reduce is None
+        if whole and isinstance(x, np.ndarray) and not isinstance(x, np.memmap) and x.nbytes <= self.in_memory_bytes:
+            check_finite(x)
+            if n <= d:
+                return self._fit_gram(x)
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            mean = t.mean(0, dtype=torch.float64)
+            centred = t - mean.float()
+            # Covariance in float32 (the O(N d^2) part, multithreaded BLAS), eigh in float64.
+            cov = (centred.T @ centred).double() / len(t)
+            return self._finish(mean, cov, d)
+        if whole and n <= d:
+            return self._fit_gram(np.asarray(x[0:n]))
+        return self._fit_chunked(x, rows, all_reduce)
+
+    def _fit_chunked(self, x, rows: slice | None, all_reduce) -> "PCAWhitening":
+        n, d = x.shape
+        total = torch.zeros(d, dtype=torch.float64)
+        count = torch.zeros((), dtype=torch.float64)
+        for r in row_chunks(n, d, rows):
+            chunk = np.asarray(x[r], dtype=np.float32)
+            check_finite(chunk)
+            total += torch.from_numpy(chunk).sum(0, dtype=torch.float64)
+            count += len(chunk)
+        if all_reduce is not None:
+            total, count = all_reduce(total), all_reduce(count)
+        mean = total / count
+        cov = torch.zeros(d, d, dtype=torch.float64)
+        for r in row_chunks(n, d, rows):
+            centred = torch.from_numpy(np.asarray(x[r], dtype=np.float32)) - mean.float()
+            cov += (centred.T @ centred).double()
+        if all_reduce is not None:
+            cov = all_reduce(cov)
+        return self._finish(mean, cov / count, d)
+
+    def _fit_gram(self, x: np.ndarray) -> "PCAWhitening":
+        """N <= d: eigenvectors of the covariance from those of the N x N Gram matrix of centred rows."""
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        n = len(t)
         mean = t.mean(0, dtype=torch.float64)
         centred = t - mean.float()
-        # Covariance in float32 (the O(N d^2) part, multithreaded BLAS), eigh in float64.
-        cov = (centred.T @ centred).double() / len(t)
+        gram = (centred @ centred.T).double()
+        evals, evecs = torch.linalg.eigh(gram)
+        keep = min(self.dim, x.shape[1], n)
+        evals, evecs = evals.flip(0)[:keep].clamp_min(0), evecs.flip(1)[:, :keep]
+        floor = 1e-10 * max(float(evals[0]), 1e-30)
+        live = evals > floor  # centring leaves at most N - 1 directions with variance
+        comps = torch.zeros(x.shape[1], keep, dtype=torch.float64)
+        comps[:, live] = (centred.T.double() @ evecs[:, live]) / torch.sqrt(evals[live])
+        cov_evals = evals / n
+        if self.whiten:
+            comps = comps / torch.sqrt(cov_evals + self.eps * max(float(cov_evals[0]), 1e-30))
+        self.mean_ = mean.float().numpy()
+        self.components_ = comps.float().numpy()
+        self.eigenvalues_ = cov_evals.float().numpy()
+        return self
+
+    def _finish(self, mean: torch.Tensor, cov: torch.Tensor, d: int) -> "PCAWhitening":
         evals, evecs = torch.linalg.eigh(cov)
-        keep = min(self.dim, x.shape[1])
+        keep = min(self.dim, d)
         evals = evals.flip(0)[:keep].clamp_min(0)
         evecs = evecs.flip(1)[:, :keep]
         if self.whiten:
@@ -109,17 +186,24 @@ class PCAWhitening:
         self.eigenvalues_ = evals.float().numpy()
         return self
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
+    def transform(self, x, rows: slice | None = None) -> np.ndarray:
+        """Project ``x`` (or its ``rows``) in chunks: an (n, dim) float32 array."""
         if self.components_ is None:
             raise RuntimeError("PCAWhitening.transform called before fit")
-        check_finite(x)
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        y = (t - torch.from_numpy(self.mean_)) @ torch.from_numpy(self.components_)
-        if self.l2:
-            y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return y.numpy()
+        n, d = x.shape
+        start, stop, _ = (rows or slice(0, n)).indices(n)
+        out = np.empty((stop - start, self.components_.shape[1]), dtype=np.float32)
+        mean, comps = torch.from_numpy(self.mean_), torch.from_numpy(self.components_)
+        for r in row_chunks(n, d, slice(start, stop)):
+            chunk = np.asarray(x[r], dtype=np.float32)
+            check_finite(chunk)
+            y = (torch.from_numpy(np.ascontiguousarray(chunk)) - mean) @ comps
+            if self.l2:
+                y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            out[r.start - start : r.stop - start] = y.numpy()
+        return out
 
-    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+    def fit_transform(self, x) -> np.ndarray:
         return self.fit(x).transform(x)
 
 

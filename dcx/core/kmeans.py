@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,10 +59,19 @@ def kmeans(
     seed: int = 0,
     backend: str = "auto",
     device: torch.device | str = "cpu",
+    rows: slice | None = None,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> KMeansResult:
-    """Cluster the rows of ``x`` into ``k`` groups. ``backend``: auto | faiss | torch."""
+    """Cluster the rows of ``x`` into ``k`` groups. ``backend``: auto | faiss | torch.
+
+    Distributed (``all_reduce`` given): every rank passes the same ``x`` and ``seed`` and its own
+    block ``rows``; each Lloyd step assigns this rank's rows and sums per-cluster sums and counts
+    over ranks (torch backend), so every rank ends with the same centroids and labels.
+    """
     x = check_kmeans_input(x, k)
     device = torch.device(device)
+    if all_reduce is not None:
+        return _torch_kmeans(x, k, niter, seed, device, rows, all_reduce)
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss":
@@ -125,18 +135,22 @@ def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) ->
     return len(empty)
 
 
-def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device) -> KMeansResult:
+def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
+                  rows: slice | None = None, all_reduce=None) -> KMeansResult:
     gen = torch.Generator().manual_seed(int(seed))
-    x = torch.from_numpy(x_np).to(device)
-    n, d = x.shape
-    c = x[torch.randperm(n, generator=gen)[:k].to(device)].clone()
+    x_all = torch.from_numpy(x_np).to(device)
+    n, d = x_all.shape
+    c = x_all[torch.randperm(n, generator=gen)[:k].to(device)].clone()
+    reduce = all_reduce or (lambda t: t)
+    rows = rows or slice(0, n)
+    x = x_all[rows]
     history: list[float] = []
     splits = 0
     for _ in range(niter):
         labels, dists = _assign(x, c)
-        history.append(float(dists.sum()))
-        counts = torch.bincount(labels, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        history.append(float(reduce(dists.sum().double())))
+        counts = reduce(torch.bincount(labels, minlength=k))
+        sums = reduce(torch.zeros_like(c).index_add_(0, labels, x))
         nonempty = counts > 0
         c[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
         if not bool(nonempty.all()):
@@ -145,10 +159,14 @@ def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch
             splits += _split_empty(c_cpu, counts_cpu, gen)
             c = c_cpu.to(device)
     labels, dists = _assign(x, c)
+    if all_reduce is not None:  # every rank's labels in their rows, summed into the full vector
+        full = torch.zeros(n, dtype=torch.long, device=device)
+        full[rows] = labels
+        labels = all_reduce(full)
     return KMeansResult(
         labels=labels.cpu().numpy().astype(np.int64),
         centroids=c.cpu().numpy().astype(np.float32),
-        objective=float(dists.sum()),
+        objective=float(reduce(dists.sum().double())),
         empty_splits=splits,
         backend="torch",
         history=history,

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: Settings a resume may change: how the rest of the run executes, not what it trains.
 #: ``epochs`` may only grow (the cosine schedule is stretched from where the run is).
-RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch")
+RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch", "feature_memory_gb")
 
 
 class Interrupted(DcxError):
@@ -60,8 +60,9 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
             callbacks: tuple[Callback, ...] = ()) -> Run:
     """Validate ``config`` and build the run without writing anything; ``execute`` creates ``out``."""
     run_dir = RunDir(Path(out))
-    run_dir.check_new()
     s = setup(config, registry)
+    if s.world.is_main:
+        run_dir.check_new()
     s.config.out = str(run_dir.path)
     return Run(s, run_dir, Engine(s, progress, callbacks))
 
@@ -154,6 +155,11 @@ def execute(run: Run) -> dict[str, Any]:
     checkpoint, the folder is removed again. A resumed run never loses what it had.
     """
     run_dir = run.run_dir
+    world = run.setup.world
+    if not world.is_main:  # rank 0 owns the folder; the others train and share its memory maps
+        world.barrier()
+        run.engine.scratch = run_dir.path
+        return run.engine.run(None)
     if not run.resume:
         run.created = run_dir.create()
     lock = RunLock(run_dir.path).acquire()
@@ -164,6 +170,7 @@ def execute(run: Run) -> dict[str, Any]:
             run_dir.write_config(run.setup.config.to_toml())
         elif run.setup.config.to_dict() != _stored(run_dir):  # e.g. more --epochs
             run_dir.write_config(run.setup.config.to_toml())
+        world.barrier()
         return run.engine.run(run_dir)
     except KeyboardInterrupt:
         if _cleanup(run, lock):

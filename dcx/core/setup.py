@@ -9,6 +9,7 @@ missing data) surfaces here, before anything is written. The network is initiali
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from dcx.core.config import RunConfig
 from dcx.core.contracts import Backbone, Clusterer, Dataset, ImageSet, OnlineClusterer
+from dcx.core.distributed import World, world_from_env
 from dcx.core.errors import InputError, OptionError
 from dcx.core.network import FeatureNet, build_network
 from dcx.core.registry import Registry
@@ -36,15 +38,27 @@ class Setup:
     device: torch.device
     split: str
     flip: bool = False
+    world: World = field(default_factory=World)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """cpu, cuda[:N] or auto; in a distributed run, "cuda" and "auto" mean this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda asked for but no CUDA device is available: use --device cpu or auto")
+    if name == "cuda" and local_rank is not None:
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def default_workers(device: torch.device, local_world_size: int = 1) -> int:
+    """Loader processes per rank: the node's cores shared by its ranks, at most 8, on CUDA; 0 on
+    the CPU, where the cores are busy computing (worker processes there only add contention)."""
+    if device.type != "cuda":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // max(1, local_world_size) - 1))
 
 
 def train_split(dataset: Dataset) -> str:
@@ -64,9 +78,15 @@ def _check_option_owners(config: RunConfig) -> None:
             )
 
 
-def setup(config: RunConfig, registry: Registry | None = None, load_images: bool = True) -> Setup:
-    """Resolve defaults, load plugins and data, build the randomly initialised network."""
+def setup(config: RunConfig, registry: Registry | None = None, load_images: bool = True,
+          world: World | None = None) -> Setup:
+    """Resolve defaults, load plugins and data, build the randomly initialised network.
+
+    ``world`` (default: from torchrun's environment) decides this process's device and its
+    share of the batch; every rank builds the same network from the seed.
+    """
     registry = registry or Registry()
+    world = world or world_from_env()
     _check_option_owners(config)
     opts = config.options
     dataset = registry.create("dataset", config.dataset, opts.get(config.dataset))
@@ -106,8 +126,14 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         k = clusterer.params.get("k")
         if k is not None and k > len(images):
             raise InputError(f"k={k} is larger than the dataset ({len(images)} images): lower --k")
-    device = resolve_device(cfg.device)
+    if cfg.batch_size % world.size:
+        raise InputError(f"--batch-size {cfg.batch_size} (global) must be a multiple of the {world.size} processes")
+    if cfg.sync_bn and not cfg.device.startswith("cuda") and not (cfg.device == "auto" and torch.cuda.is_available()):
+        raise InputError("--sync-bn synchronises BatchNorm across GPUs: it needs --device cuda")
+    device = resolve_device(cfg.device, world.local_rank if world.distributed else None)
+    if cfg.workers is None:
+        cfg.workers = default_workers(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels = images.channels if images is not None else 3
     torch.manual_seed(cfg.seed)
     model = build_network(backbone, channels, cfg.image_size, cfg.width, cfg.sobel).to(device)
-    return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, flip)
+    return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, flip, world)

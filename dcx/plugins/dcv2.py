@@ -147,8 +147,6 @@ class DeepClusterV2(OnlineClusterer):
             self._fill_bank(h, context.features().to(dev))
         else:
             self.bank = self.bank.to(dev)
-            if context.world_size > 1 and context.all_reduce is not None and self._filled is not None:
-                self._merge_bank(context.all_reduce)
         p = self.params
         gen = torch.Generator().manual_seed(int(context.seed))
         assignments = []
@@ -159,6 +157,12 @@ class DeepClusterV2(OnlineClusterer):
             assignments.append(labels)
         self.assignments = torch.stack(assignments)
         self._filled = torch.zeros(len(self.bank[0]), dtype=torch.bool, device=dev)
+
+    @torch.no_grad()
+    def end_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """Each rank wrote the bank rows of its own images: merge them on every rank."""
+        if context.world_size > 1 and context.all_reduce is not None and self._filled is not None:
+            self._merge_bank(context.all_reduce)
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         if self.assignments is None:

@@ -13,6 +13,9 @@ class KMeans(Clusterer):
     """k-means with faiss (GPU index on CUDA) or torch; empty clusters split as in paper §3.3."""
 
     name = "kmeans"
+    #: In a multi-process run every rank runs the torch Lloyd steps on its block of rows,
+    #: summing per-cluster sums and counts over ranks (faiss has no such hook).
+    distributed = True
     options = (
         Option("k", int, 100, "number of clusters (paper: 10,000 for ImageNet's 1,000 classes)", min=1),
         Option("niter", int, 20, "Lloyd iterations (reference: 20)", min=1),
@@ -22,7 +25,8 @@ class KMeans(Clusterer):
 
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         seed = self.params["seed"] if self.params["seed"] is not None else context.seed
-        res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device)
+        res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device,
+                     rows=context.rows, all_reduce=context.all_reduce)
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],

@@ -11,7 +11,7 @@ from torch import nn
 
 from dcx.core.errors import InputError
 from dcx.core.evaluate.data import SPLIT_SEED, stratified_split
-from dcx.core.features import PCAWhitening, check_finite, l2_normalize
+from dcx.core.features import PCAWhitening, l2_normalize
 from dcx.core.kmeans import kmeans
 from dcx.core.metrics import clustering_scores
 
@@ -112,25 +112,10 @@ def knn_classify(
 def pca_whiten_l2(x: np.ndarray, dim: int = 256) -> np.ndarray:
     """PCA to ``dim`` + whitening + L2 of the rows ``x`` itself (fit and transform on the same rows).
 
-    Same map as PCAWhitening when N > d. With fewer rows than dims (conv blocks of a small
-    dataset) it goes through the N x N Gram matrix instead of the d x d covariance: whitened
-    training rows are the Gram's top eigenvectors scaled by sqrt(l / (l + eps l0)), so a 5,400-d
-    block costs an N x N eigendecomposition instead of a 5,400^3 one. Directions of zero
-    variance (only when dim >= N) give 0 instead of amplified round-off.
+    With fewer rows than dims (conv blocks of a small dataset) PCAWhitening goes through the
+    N x N Gram matrix, so a 5,400-d block costs an N x N eigendecomposition, not a 5,400^3 one.
     """
-    n, d = x.shape
-    if n > d:
-        return PCAWhitening(dim=dim).fit_transform(x)
-    check_finite(x)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    centred = t - t.mean(0, dtype=torch.float64).float()
-    evals, evecs = torch.linalg.eigh(centred @ centred.T)  # float32 is ample for the top components
-    keep = min(dim, n)
-    evals, evecs = evals.flip(0)[:keep].clamp_min(0), evecs.flip(1)[:, :keep]
-    eps = PCAWhitening.eps * max(float(evals[0]), 1e-30)
-    y = evecs * torch.sqrt(evals / (evals + eps))
-    y[:, evals <= eps] = 0
-    return l2_normalize(y.float().numpy())
+    return l2_normalize(PCAWhitening(dim=dim).fit_transform(x))
 
 
 def preprocess_for_clustering(x: np.ndarray, variant: str, pca_dim: int = 256) -> np.ndarray:

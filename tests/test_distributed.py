@@ -1,0 +1,147 @@
+"""Multi-process runs with torch.distributed (gloo on CPU): the engine, k-means and SwAV codes.
+
+Each test spawns 2 processes on this machine; they meet through a TCP store on localhost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dcx.core import distributed
+from dcx.core.callbacks import Callback
+from dcx.core.config import RunConfig
+from dcx.core.distributed import world_from_env
+from dcx.core.kmeans import kmeans
+from dcx.core.metrics import nmi
+from dcx.core.runner import execute, new_run
+from dcx.core.sinkhorn import swav_codes
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed.init(world_from_env())
+
+
+def _spawn(fn, *args, world: int = 2) -> None:
+    mp.spawn(fn, args=(world, _free_port(), *args), nprocs=world, join=True)
+
+
+def _config(**extra) -> RunConfig:
+    base = dict(clusterer="kmeans", backbone="alexnet", dataset="digits", k=10, epochs=2, passes=2, batch_size=32,
+                image_size=32, width=0.125, seed=0, probe=False, device="cpu",
+                options={"digits": {"limit": 160}, "alexnet": {"fc_dim": 32}, "kmeans": {"backend": "torch"}})
+    base.update(extra)
+    return RunConfig(**base)
+
+
+class Record(Callback):
+    """Per epoch: this rank's assignments, a checksum of every weight and buffer, NMI to labels."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, engine, row) -> None:
+        state = engine.s.model.state_dict()
+        self.rows.append({
+            "labels": engine.labels.copy(),
+            "weights": torch.cat([v.double().flatten() for v in state.values()]).numpy(),
+            "nmi_labels": row["nmi_labels"],
+        })
+
+
+def _train(rank: int, world: int, port: int, out: str, results: str) -> None:
+    _join(rank, world, port)
+    record = Record()
+    try:
+        execute(new_run(_config(), Path(out), callbacks=(record,)))
+    finally:
+        distributed.shutdown()
+    torch.save(record.rows, Path(results) / f"rank{rank}.pt")
+
+
+def test_two_processes_train_one_run_with_identical_ranks(tmp_path):
+    out, results = tmp_path / "runs" / "ddp", tmp_path / "results"
+    results.mkdir()
+    _spawn(_train, str(out), str(results))
+    ranks = [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    for a, b in zip(*ranks):  # after every epoch
+        assert np.array_equal(a["labels"], b["labels"])
+        assert np.array_equal(a["weights"], b["weights"])
+    # exactly one run directory, written once
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(0, "train"), (1, "train"), (2, "final")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+    # the same global batch in one process: the pseudo-labels of epoch 0 come from the same
+    # random network (identical), those of epoch 1 after one epoch of training that differs only
+    # by per-rank BatchNorm statistics and augmentation draws
+    single = Record()
+    execute(new_run(_config(), tmp_path / "single", callbacks=(single,)))
+    assert ranks[0][0]["nmi_labels"] == pytest.approx(single.rows[0]["nmi_labels"], abs=1e-9)
+    assert ranks[0][1]["nmi_labels"] == pytest.approx(single.rows[1]["nmi_labels"], abs=0.1)
+
+
+def _kmeans(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
+    _join(rank, world, port)
+    w = world_from_env()
+    try:
+        res = kmeans(x, 6, 15, seed=3, backend="torch", rows=w.block(len(x)), all_reduce=w.all_reduce)
+    finally:
+        distributed.shutdown()
+    np.save(Path(results) / f"rank{rank}.npy", res.labels)
+
+
+def test_distributed_kmeans_gives_the_single_process_partition(tmp_path, blobs):
+    x, _ = blobs
+    _spawn(_kmeans, x, str(tmp_path))
+    single = kmeans(x, 6, 15, seed=3, backend="torch").labels
+    for r in range(2):
+        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
+
+
+def _codes(rank: int, world: int, port: int, scores: torch.Tensor, results: str) -> None:
+    _join(rank, world, port)
+    dist = torch.distributed
+    half = len(scores) // world
+
+    def reduce(op):
+        def run(t):
+            dist.all_reduce(t, op=op)
+            return t
+        return run
+
+    try:
+        q = swav_codes(scores[rank * half : (rank + 1) * half], eps=0.05, n_iter=3,
+                       all_reduce=reduce(dist.ReduceOp.SUM), all_reduce_max=reduce(dist.ReduceOp.MAX))
+    finally:
+        distributed.shutdown()
+    torch.save(q, Path(results) / f"rank{rank}.pt")
+
+
+def test_swav_codes_with_all_reduce_equal_the_single_process_codes(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 12, generator=gen)
+    _spawn(_codes, scores, str(tmp_path))
+    single = swav_codes(scores, eps=0.05, n_iter=3)
+    both = torch.cat([torch.load(tmp_path / f"rank{r}.pt") for r in range(2)])
+    assert torch.allclose(both, single, atol=1e-6)
