@@ -12,10 +12,7 @@ from rich.table import Table
 
 from dcx.cli.run_options import build_config, with_run_options
 from dcx.cli.ui import RichProgress, fail, handle_errors, print_json, setup_logging
-from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison
 from dcx.core.errors import InputError
-from dcx.core.evaluate import check_protocols
-from dcx.core.registry import Registry
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -39,6 +36,10 @@ def compare(
     run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
+    from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison
+    from dcx.core.evaluate import check_protocols
+    from dcx.core.registry import Registry
+
     setup_logging(quiet)
     names = _split(clusterers, "clusterers")
     registry = Registry()

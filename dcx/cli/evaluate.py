@@ -12,14 +12,12 @@ from rich.table import Table
 from dcx.cli.ui import RichProgress, handle_errors, print_json, setup_logging
 from dcx.core.config import RunConfig
 from dcx.core.errors import InputError
-from dcx.core.evaluate import EVAL_JSON, EvalTable, eval_tables, evaluate_random, evaluate_run
 from dcx.core.options import parse_assignments
-from dcx.core.rundir import save_json
 
 log = logging.getLogger("dcx.cli")
 
 
-def rich_table(t: EvalTable) -> Table:
+def rich_table(t) -> Table:
     """An EvalTable for the terminal; the better of each learned/random pair in bold."""
     table = Table(title=t.title)
     for i, col in enumerate(t.columns):
@@ -37,6 +35,8 @@ def rich_table(t: EvalTable) -> Table:
 
 
 def _print(result: dict) -> None:
+    from dcx.core.evaluate import eval_tables
+
     console = Console()
     for t in eval_tables(result):
         console.print(rich_table(t))
@@ -66,6 +66,9 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
 ) -> None:
     """Linear probe, kNN and k-means scores per layer, learned vs random init (paper Table 1)."""
+    from dcx.core.evaluate import EVAL_JSON, evaluate_random, evaluate_run
+    from dcx.core.rundir import save_json
+
     setup_logging(quiet)
     layer_list = [n.strip() for n in layers.split(",") if n.strip()] or ["all"]
     options = parse_assignments(opt)

@@ -7,15 +7,16 @@ from rich.console import Console
 from rich.table import Table
 
 from dcx.cli.ui import handle_errors, print_json, setup_logging
-from dcx.core.registry import GROUPS, Registry
 
 
 @handle_errors
 def list_plugins(
-    kind: str = typer.Option(None, "--kind", help=f"only one kind: {', '.join(GROUPS)}"),
+    kind: str = typer.Option(None, "--kind", help="only one kind: clusterer, backbone or dataset"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """List clusterers, backbones and datasets; a plugin that fails to import is shown as broken."""
+    from dcx.core.registry import Registry
+
     setup_logging(quiet=True)
     infos = Registry().inspect(kind)
     if as_json:

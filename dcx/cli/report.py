@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from dcx.cli.ui import handle_errors, setup_logging
-from dcx.core.report import write_report
 
 
 @handle_errors
@@ -17,6 +16,8 @@ def report(
 ) -> None:
     """Write report.png (NMI to labels / to the previous epoch, loss, cluster sizes, timings, linear
     probe learned vs random when eval.json exists) and report.md into RUN_DIR."""
+    from dcx.core.report import write_report
+
     setup_logging(quiet)
     png, md = write_report(run_dir)
     if not quiet:

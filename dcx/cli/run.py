@@ -14,12 +14,8 @@ from rich.table import Table
 
 from dcx.cli.run_options import build_config, given, with_run_options
 from dcx.cli.ui import RichProgress, handle_errors, print_json, setup_logging
-from dcx.core import distributed
-from dcx.core.distributed import world_from_env
 from dcx.core.errors import InputError
 from dcx.core.options import parse_assignments
-from dcx.core.rundir import default_run_dir
-from dcx.core.runner import execute, new_run, resume_run
 
 log = logging.getLogger("dcx.cli")
 
@@ -79,7 +75,9 @@ def run(
     run_flags: dict = None,
 ) -> None:
     """Train a backbone on pseudo-labels from a clusterer (DeepCluster: -c kmeans -b alexnet)."""
-    world = world_from_env()
+    from dcx.core import distributed
+
+    world = distributed.world_from_env()
     if nproc > 1:
         if world.distributed:
             raise InputError("--nproc starts processes itself: drop it when launching with torchrun")
@@ -115,6 +113,9 @@ def launch(nproc: int) -> int:
 
 
 def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None:
+    from dcx.core.rundir import default_run_dir
+    from dcx.core.runner import execute, new_run, resume_run
+
     with RichProgress(enabled=not quiet and world.is_main) as bars:
         if resume:
             if run_dir is not None and out is not None and Path(run_dir) != Path(out):

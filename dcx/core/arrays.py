@@ -15,7 +15,7 @@ import numpy as np
 from dcx.core.errors import InputError
 
 #: Bytes of float32 rows processed at once by the chunked passes (PCA, checks, transforms).
-CHUNK_BYTES = 64 * 1024**2
+CHUNK_BYTES = 16 * 1024**2
 
 
 class NpyRows:

@@ -61,15 +61,27 @@ def kmeans(
     device: torch.device | str = "cpu",
     rows: slice | None = None,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sample: int | None = None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` into ``k`` groups. ``backend``: auto | faiss | torch.
 
     Distributed (``all_reduce`` given): every rank passes the same ``x`` and ``seed`` and its own
     block ``rows``; each Lloyd step assigns this rank's rows and sums per-cluster sums and counts
     over ranks (torch backend), so every rank ends with the same centroids and labels.
+
+    ``sample``: train on that many seeded random rows, then assign every row to the nearest
+    centroid in chunks (the reference trains on all rows).
     """
     x = check_kmeans_input(x, k)
     device = torch.device(device)
+    if sample is not None and sample < len(x) and all_reduce is None:
+        if sample < k:
+            raise InputError(f"k-means sample of {sample} rows is smaller than k={k}: raise the sample")
+        pick = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
+        res = kmeans(x[pick], k, niter, seed, backend, device)
+        labels, dists = _assign(torch.from_numpy(x).to(device), torch.from_numpy(res.centroids).to(device))
+        res.labels, res.objective = labels.cpu().numpy().astype(np.int64), float(dists.sum().double())
+        return res
     if all_reduce is not None:
         return _torch_kmeans(x, k, niter, seed, device, rows, all_reduce)
     if backend == "auto":

@@ -21,12 +21,14 @@ class KMeans(Clusterer):
         Option("niter", int, 20, "Lloyd iterations (reference: 20)", min=1),
         Option("backend", str, "auto", "faiss when importable, else torch", choices=("auto", "faiss", "torch")),
         Option("seed", int, None, "fixed seed for every epoch; default: derived from the run seed per epoch", nullable=True),
+        Option("sample", int, None, "train on this many random rows, then assign all (default: all rows, as the "
+               "reference)", nullable=True, min=1),
     )
 
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         seed = self.params["seed"] if self.params["seed"] is not None else context.seed
         res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device,
-                     rows=context.rows, all_reduce=context.all_reduce)
+                     rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"])
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],
