@@ -9,7 +9,7 @@ import typer
 
 from dcx.cli.ui import handle_errors, print_json, setup_logging
 from dcx.core.contracts import FitContext, OnlineClusterer
-from dcx.core.errors import InputError
+from dcx.core.errors import InputError, OptionError
 from dcx.core.features import PCAWhitening, check_finite
 from dcx.core.options import parse_assignments
 from dcx.core.registry import Registry
@@ -48,7 +48,12 @@ def cluster(
     """Cluster a feature file with any offline clusterer; the output is written atomically."""
     setup_logging(quiet)
     registry = Registry()
-    options = parse_assignments(opt).get(clusterer, {})
+    ref = registry.resolve("clusterer", clusterer)
+    options: dict = {}
+    for owner, values in parse_assignments(opt).items():
+        if not ref.refers_to(owner):
+            raise OptionError(f"options given for '{owner}', which is not the clusterer ({clusterer}): drop them")
+        options.update(values)
     cls = registry.load("clusterer", clusterer)
     if issubclass(cls, OnlineClusterer):
         raise InputError(f"clusterer '{clusterer}' labels batches while it trains, not a feature file: use kmeans or pic")

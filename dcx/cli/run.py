@@ -88,7 +88,7 @@ def run(
     if resume and out is None:
         raise InputError("--resume needs --out RUN_DIR: the run to continue")
     s = setup(cfg)
-    path = out or (Path(cfg.out) if cfg.out and resume else default_run_dir(Path("runs"), s.config.clusterer, s.config.backbone))
+    path = out or (Path(cfg.out) if cfg.out and resume else default_run_dir(Path("runs"), s.clusterer.name, s.backbone.name))
     s.config.out = str(path)
     run_dir = RunDir(path)
     run_dir.create(s.config.to_toml(), resume=resume)
