@@ -35,7 +35,7 @@ _BASES: dict[str, tuple[type, ...]] = {
 #: Separates the package from the plugin name in a qualified name (``dcx:kmeans``).
 QUALIFIER = ":"
 #: Characters a plugin name cannot hold: ``:`` qualifies it, ``.`` separates ``--opt NAME.KEY``.
-_RESERVED = (QUALIFIER, ".", "=", " ")
+RESERVED_CHARS = (QUALIFIER, ".", "=", " ")
 #: Minimum similarity (difflib ratio) for a "did you mean" suggestion.
 SUGGEST_CUTOFF = 0.6
 
@@ -246,7 +246,7 @@ def check_plugin_class(kind: str, obj: Any, name: str | None = None) -> str:
         return f"{obj.__name__} declares no `name`: set the class attribute name = {name or 'my_plugin'!r}"
     if name is not None and declared != name:
         return f"{obj.__name__} declares name {declared!r} but its entry point is {name!r}: make them equal"
-    bad = [c for c in _RESERVED if c in declared]
+    bad = [c for c in RESERVED_CHARS if c in declared]
     if bad:
         return f"name {declared!r} contains {bad[0]!r}, which dcx reserves ({QUALIFIER} qualifies, . separates --opt keys)"
     return ""
