@@ -8,6 +8,7 @@ from dcx.cli.cluster import cluster
 from dcx.cli.compare import compare
 from dcx.cli.evaluate import evaluate
 from dcx.cli.listing import list_plugins, show
+from dcx.cli.plugin import plugin_app
 from dcx.cli.report import report
 from dcx.cli.run import run
 
@@ -22,6 +23,7 @@ app.command("cluster")(cluster)
 app.command("eval")(evaluate)
 app.command("report")(report)
 app.command("compare")(compare)
+app.add_typer(plugin_app, name="plugin")
 
 
 def main() -> None:
