@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from dcx.core.contracts import API_VERSION
 from dcx.core.errors import InputError
 from dcx.scaffold.templates import INIT, KINDS, PYPROJECT, README, TESTS
 
@@ -65,7 +66,7 @@ def new_plugin(name: str, kind: str, directory: Path | str | None = None) -> New
         raise InputError(f"{target} exists and is not empty: choose another --dir")
     values = dict(
         name=name, Class=class_name(name), module=module, file=file, dist=dist, group=group, kind=registry_kind,
-        dcx_requirement=_dcx_requirement(), title=title, run_flags=_run_flags(kind, name),
+        dcx_requirement=_dcx_requirement(), dcx_api=API_VERSION, title=title, run_flags=_run_flags(kind, name),
     )
     files = {
         "pyproject.toml": PYPROJECT,

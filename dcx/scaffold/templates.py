@@ -61,7 +61,8 @@ use `$dist:$name` (in `--opt`, too: `--opt $dist:$name.KEY=VALUE`).
 - `tests/test_$name.py` runs every check of `dcx.testing` that applies to a $kind. A check the
   plugin knowingly fails can be skipped with a reason: `conformance_skip = {"check_name": "why"}`
   on the class.
-- Keep `dcx_api` (inherited) at the major version of the dcx you test against.
+- `dcx_api` is the contract version the plugin was written for: dcx refuses to load it (listed as
+  incompatible) under another major version. Change it only after updating the plugin.
 
 ## Publish
 
@@ -115,6 +116,7 @@ class $Class(Clusterer):
     """k-means on the PCA-whitened, L2-normalised features; replace the body of ``fit`` with yours."""
 
     name = "$name"
+    dcx_api = "$dcx_api"  # the contract version this was written for (dcx.core.contracts.API_VERSION)
     options = (
         Option("k", int, 100, "number of clusters (--k sets it)", min=1),
         Option("niter", int, 20, "k-means iterations", min=1),
@@ -167,6 +169,7 @@ class $Class(OnlineClusterer):
     """Two views of each image; each predicts the other's equipartitioned prototype codes."""
 
     name = "$name"
+    dcx_api = "$dcx_api"  # the contract version this was written for (dcx.core.contracts.API_VERSION)
     options = (
         Option("k", int, 100, "number of prototypes (--k sets it)", min=2),
         Option("proj_dim", int, 32, "projection / prototype dimension", min=2),
@@ -223,6 +226,7 @@ class $Class(Backbone):
     """Three conv-BN-ReLU-pool blocks (conv1..conv3, probed by dcx eval), global average pooling."""
 
     name = "$name"
+    dcx_api = "$dcx_api"  # the contract version this was written for (dcx.core.contracts.API_VERSION)
     min_image_size = 8  # three 2x poolings leave 1 pixel
     options = (Option("channels", int, 64, "channels of conv1 at width 1, doubled per block", min=4),)
 
@@ -279,6 +283,7 @@ class $Class(Dataset):
     """``classes`` classes, ``size`` images per split; labels are the square's position."""
 
     name = "$name"
+    dcx_api = "$dcx_api"  # the contract version this was written for (dcx.core.contracts.API_VERSION)
     flip_invariant = False  # a flip moves the square to another class's position
     defaults = RunDefaults(image_size=SIDE, k=40, epochs=5, batch_size=32, width=0.25, passes=1)
     options = (

@@ -24,7 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from dcx.testing import backbones, clusterers, common, datasets, online  # noqa: F401  (they register the checks)
+# Importing the check modules registers their checks, in this order: common, clusterers, backbones, datasets.
+from dcx.testing import common, clusterers, online, backbones, datasets  # noqa: F401, I001
 from dcx.testing.base import (
     CHECKS, Check, PluginLike, PluginUnderTest, checks, get, is_backbone, is_clusterer, is_dataset,
     parametrize_with_checks, run_checks,
