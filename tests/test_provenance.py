@@ -6,6 +6,7 @@ import json
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -66,3 +67,16 @@ def test_dcx_list_shows_both_providers(second_kmeans):
     rows = [r for r in json.loads(result.stdout) if r["name"] == "kmeans"]
     assert sorted((r["package"], r["qualified"], r["clashes"][0]) for r in rows) == [
         ("dcx", "dcx:kmeans", "dcx-other"), ("dcx-other", "dcx-other:kmeans", "dcx")]
+
+
+def test_cluster_takes_qualified_names_and_their_options(tmp_path, blobs):
+    x, _ = blobs
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "labels.npy"
+    result = runner.invoke(app, ["cluster", str(tmp_path / "x.npy"), "--clusterer", "dcx:kmeans", "--k", "6",
+                                 "--opt", "kmeans.niter=2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["iterations"] == 2 and np.load(out).max() < 6
+    result = runner.invoke(app, ["cluster", str(tmp_path / "x.npy"), "--clusterer", "kmeans", "--opt", "pic.nnn=3",
+                                 "--out", str(out)])
+    assert result.exit_code == 2 and "options given for 'pic', which is not the clusterer" in result.output
