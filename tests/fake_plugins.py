@@ -1,4 +1,8 @@
-"""Plugins used by the tests through injected entry points (they are not installed)."""
+"""Plugins used by the tests through injected entry points (they are not installed), and fake
+installed distributions (a real ``*.dist-info`` folder on a path)."""
+
+import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -26,3 +30,24 @@ class OldApi(Clusterer):
 
 class NotAPlugin:
     pass
+
+
+def write_distribution(root: Path, name: str, version: str, entry_points: dict[str, dict[str, str]],
+                       modules: dict[str, str] | None = None) -> Path:
+    """An installed distribution under ``root`` (put ``root`` on sys.path / PYTHONPATH): METADATA,
+    entry_points.txt ({group: {name: target}}) and the given module sources. Returns its dist-info."""
+    dist = Path(root) / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    sections = [f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in entry_points.items()]
+    (dist / "entry_points.txt").write_text("\n".join(sections))
+    for module, source in (modules or {}).items():
+        (Path(root) / f"{module}.py").write_text(textwrap.dedent(source))
+    return dist
+
+
+class NoName(Clusterer):
+    """Declares no ``name``: the registry must report it, not invent one."""
+
+    def fit(self, features, context):
+        return Partition(np.zeros(len(features), dtype=np.int64), 1)

@@ -21,8 +21,8 @@ def _one_line_error(result, *words):
 
 
 def test_unknown_clusterer_exits_2_with_available_and_closest():
-    result = runner.invoke(app, ["run", "--clusterer", "nope"])
-    _one_line_error(result, "unknown clusterer 'nope'", "did you mean", "available: dcv2, kmeans, pic, sinkhorn, swav")
+    result = runner.invoke(app, ["run", "--clusterer", "kmean"])
+    _one_line_error(result, "unknown clusterer 'kmean'", "did you mean 'kmeans'", "available: dcv2, kmeans, pic, sinkhorn, swav")
 
 
 def test_invalid_plugin_option_names_plugin_option_and_accepted_values():

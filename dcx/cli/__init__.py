@@ -7,7 +7,8 @@ import typer
 from dcx.cli.cluster import cluster
 from dcx.cli.compare import compare
 from dcx.cli.evaluate import evaluate
-from dcx.cli.listing import list_plugins
+from dcx.cli.listing import list_plugins, show
+from dcx.cli.plugin import plugin_app
 from dcx.cli.report import report
 from dcx.cli.run import run
 
@@ -17,10 +18,12 @@ app = typer.Typer(
 )
 app.command("run")(run)
 app.command("list")(list_plugins)
+app.command("show")(show)
 app.command("cluster")(cluster)
 app.command("eval")(evaluate)
 app.command("report")(report)
 app.command("compare")(compare)
+app.add_typer(plugin_app, name="plugin")
 
 
 def main() -> None:

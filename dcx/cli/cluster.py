@@ -15,7 +15,7 @@ import typer
 
 from dcx.cli.ui import handle_errors, print_json, setup_logging
 from dcx.core.arrays import NpyRows, row_chunks
-from dcx.core.errors import InputError
+from dcx.core.errors import InputError, OptionError
 from dcx.core.options import parse_assignments
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -80,11 +80,12 @@ def cluster(
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
     registry = Registry()
-    options = parse_assignments(opt)
-    unknown = [name for name in options if name != clusterer]
-    if unknown:
-        raise InputError(f"options given for '{unknown[0]}', which is not the clusterer ({clusterer}): drop them")
-    options = options.get(clusterer, {})
+    ref = registry.resolve("clusterer", clusterer)
+    options: dict = {}
+    for owner, values in parse_assignments(opt).items():
+        if not ref.refers_to(owner):
+            raise OptionError(f"options given for '{owner}', which is not the clusterer ({clusterer}): drop them")
+        options.update(values)
     cls = registry.load("clusterer", clusterer)
     if issubclass(cls, OnlineClusterer):
         raise InputError(f"clusterer '{clusterer}' labels batches while it trains, not a feature file: use kmeans or pic")

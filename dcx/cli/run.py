@@ -133,7 +133,8 @@ def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None
             if run_dir is not None:
                 raise InputError(f"unexpected argument {run_dir}: to continue a run use dcx run --resume {run_dir}")
             cfg = build_config(run_flags)
-            path = out or default_run_dir(Path("runs"), cfg.clusterer, cfg.backbone)
+            bare = lambda name: name.rpartition(":")[2]  # dcx:kmeans -> kmeans: no ':' in folder names
+            path = out or default_run_dir(Path("runs"), bare(cfg.clusterer), bare(cfg.backbone))
             path = world.broadcast_object(path)  # every rank uses rank 0's default folder name
             prepared = new_run(cfg, path, progress=bars)
         log.info("run directory: %s", path)

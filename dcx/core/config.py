@@ -70,6 +70,8 @@ class RunConfig(BaseModel):
     save_every_epoch: bool = setting(False, "keep each epoch's assignments", cli="run")
     out: str | None = setting(None, "run directory", cli="none")
     options: dict[str, dict[str, Any]] = setting({}, "plugin options", cli="none")
+    plugins: dict[str, dict[str, str]] = setting(
+        {}, "provider of each plugin the run used: kind -> {name, package, version} (set by setup)", cli="none")
 
     @field_validator("device")
     @classmethod

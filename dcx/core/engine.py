@@ -494,6 +494,7 @@ class Engine:
         train_rows = [r for r in rows if r.get("phase") == "train"]
         out: dict[str, Any] = {
             "clusterer": self.cfg.clusterer, "backbone": self.cfg.backbone, "dataset": self.cfg.dataset,
+            "plugins": self.cfg.plugins,
             "epochs": self.cfg.epochs, "images": self.n, "seconds": seconds,
             "processes": self.world.size,
             "skipped_images": int(self.s.images.skipped) + len(self.unreadable),

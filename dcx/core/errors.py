@@ -13,6 +13,10 @@ class PluginNotFoundError(DcxError):
     """No plugin of that kind and name is installed."""
 
 
+class AmbiguousPluginError(PluginNotFoundError):
+    """A bare plugin name is provided by several packages: the user must qualify it (PACKAGE:NAME)."""
+
+
 class PluginLoadError(DcxError):
     """A plugin's entry point exists but could not be imported or is incompatible."""
 

@@ -10,6 +10,9 @@ from dcx.core.errors import OptionError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+#: The value types an option can have (what `coerce` converts command-line strings to).
+TYPES = tuple(_KINDS)
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,35 @@ class Option:
     nullable: bool = False  # None is accepted and means "decide from the data"
 
     def describe(self) -> str:
-        """Human description of the accepted values, used in error messages and `dcx list`."""
+        """The accepted values in words, for error messages, `dcx list --options` and `dcx show`."""
         if self.choices is not None:
-            return "one of " + ", ".join(map(str, self.choices))
-        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.type]
-        bounds = []
-        if self.min is not None:
-            bounds.append(f">= {self.min}")
-        if self.max is not None:
-            bounds.append(f"<= {self.max}")
-        text = kind + (" " + " and ".join(bounds) if bounds else "")
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            text = _KINDS.get(self.type, self.type.__name__)
+            bounds = []
+            if self.min is not None:
+                bounds.append(f">= {self.min}")
+            if self.max is not None:
+                bounds.append(f"<= {self.max}")
+            if bounds:
+                text += " " + " and ".join(bounds)
         return text + (" (or 'auto')" if self.nullable else "")
+
+    def shown_default(self) -> str:
+        """The default as a user would type it: 'auto' for a nullable None."""
+        if self.default is None:
+            return "auto" if self.nullable else "none"
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        return str(self.default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything about the option, JSON-ready (`dcx list --options --json`, `dcx show --json`)."""
+        return {
+            "name": self.name, "type": self.type.__name__, "default": self.default, "help": self.help,
+            "accepts": self.describe(), "choices": list(self.choices) if self.choices is not None else None,
+            "min": self.min, "max": self.max, "nullable": self.nullable,
+        }
 
     def coerce(self, owner: str, value: Any) -> Any:
         """Convert a string or Python value to this option's type, or raise OptionError."""
@@ -96,11 +117,11 @@ def resolve(owner: str, declared: Sequence[Option], given: Mapping[str, Any]) ->
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Parse `--opt plugin.key=value` strings into {plugin: {key: value}}."""
+    """Parse `--opt PLUGIN.KEY=VALUE` strings (PLUGIN bare or PACKAGE:NAME) into {PLUGIN: {KEY: VALUE}}."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         head, sep, value = item.partition("=")
-        plugin, dot, key = head.strip().partition(".")
+        plugin, dot, key = head.strip().rpartition(".")  # PLUGIN may be PACKAGE:NAME, a package may hold dots
         if not sep or not dot or not plugin or not key:
             raise OptionError(f"--opt expects PLUGIN.KEY=VALUE (e.g. kmeans.niter=30), got {item!r}")
         out.setdefault(plugin, {})[key] = value.strip()

@@ -1,7 +1,10 @@
 """Plugin discovery through Python entry points (``importlib.metadata``), loaded lazily by name.
 
-Built-ins are registered in ``pyproject.toml`` exactly like third-party plugins. Listing a kind
-imports each of its plugins to report its status; a broken plugin is reported, never fatal.
+Built-ins are registered in ``pyproject.toml`` exactly like third-party plugins. Every plugin is
+addressed as ``NAME`` when one package provides that name and always as ``PACKAGE:NAME`` (the
+distribution name, ``-``/``_``/``.`` and case equivalent); a bare name that several packages
+provide is refused, never resolved by sys.path order. Listing a kind imports each of its
+plugins to report its status; a broken plugin is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import difflib
 import importlib.metadata as md
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+from packaging.utils import canonicalize_name
+
 from dcx.core.contracts import API_VERSION, Backbone, Clusterer, Dataset, OnlineClusterer, Plugin
-from dcx.core.errors import PluginLoadError, PluginNotFoundError
+from dcx.core.errors import AmbiguousPluginError, PluginLoadError, PluginNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,42 @@ _BASES: dict[str, tuple[type, ...]] = {
     "backbone": (Backbone,),
     "dataset": (Dataset,),
 }
+#: Separates the package from the plugin name in a qualified name (``dcx:kmeans``).
+QUALIFIER = ":"
+#: Characters a plugin name cannot hold: ``:`` qualifies it, ``.`` separates ``--opt NAME.KEY``.
+RESERVED_CHARS = (QUALIFIER, ".", "=", " ")
+#: Minimum similarity (difflib ratio) for a "did you mean" suggestion.
+SUGGEST_CUTOFF = 0.6
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    """Which plugin a name resolved to: its canonical bare name and the package that provides it."""
+
+    kind: str
+    name: str
+    package: str
+    version: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.package}{QUALIFIER}{self.name}"
+
+    def provenance(self) -> dict[str, str]:
+        """What a run records about the plugin it used (``config.toml``, ``summary.json``)."""
+        return {"name": self.name, "package": self.package, "version": self.version}
+
+    def refers_to(self, key: str) -> bool:
+        """Whether ``key`` (bare or qualified, e.g. an ``--opt`` owner) names this plugin."""
+        package, sep, name = key.partition(QUALIFIER)
+        if not sep:
+            return key == self.name
+        return name == self.name and same_package(package, self.package)
+
+
+def same_package(a: str, b: str) -> bool:
+    """Distribution names compare as pip does: case-insensitive, ``-``, ``_`` and ``.`` equal."""
+    return canonicalize_name(a) == canonicalize_name(b)
 
 
 @dataclass
@@ -38,18 +79,29 @@ class PluginInfo:
     target: str
     package: str
     version: str
-    status: str = "unchecked"  # ok | broken | incompatible | duplicate | unchecked
+    status: str = "unchecked"  # ok | broken | incompatible | unchecked
     error: str = ""
     schedule: str = ""
+    #: Other packages that provide the same bare name (then only the qualified name works).
+    clashes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def qualified(self) -> str:
+        return f"{self.package}{QUALIFIER}{self.name}"
+
+    def ref(self) -> PluginRef:
+        return PluginRef(self.kind, self.name, self.package, self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "qualified": self.qualified}
 
 
 def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
+    """(distribution name, version); an entry point without a distribution (injected in tests)
+    is attributed to its top-level module."""
     dist = getattr(ep, "dist", None)
     if dist is None:
-        return "?", "?"
+        return ep.value.split(":")[0].split(".")[0] or "?", "?"
     return dist.metadata["Name"] or "?", dist.version or "?"
 
 
@@ -58,93 +110,129 @@ class Registry:
 
     def __init__(self, entry_points: Callable[[str], Iterable[md.EntryPoint]] | None = None) -> None:
         self._entry_points = entry_points or (lambda group: md.entry_points(group=group))
-        self._infos: dict[str, dict[str, PluginInfo]] = {}
-        self._eps: dict[str, dict[str, md.EntryPoint]] = {}
-        self._loaded: dict[tuple[str, str], type[Plugin]] = {}
+        self._infos: dict[str, list[PluginInfo]] = {}
+        self._eps: dict[tuple[str, str, str], md.EntryPoint] = {}  # (kind, canonical package, name)
+        self._loaded: dict[tuple[str, str, str], type[Plugin]] = {}
 
     def _check_kind(self, kind: str) -> None:
         if kind not in GROUPS:
             raise PluginNotFoundError(f"unknown plugin kind {kind!r}; kinds: {', '.join(GROUPS)}")
 
-    def _discover(self, kind: str) -> dict[str, PluginInfo]:
+    def _discover(self, kind: str) -> list[PluginInfo]:
         self._check_kind(kind)
         if kind not in self._infos:
-            infos: dict[str, PluginInfo] = {}
-            eps: dict[str, md.EntryPoint] = {}
+            infos: list[PluginInfo] = []
             for ep in self._entry_points(GROUPS[kind]):
                 package, version = _dist_of(ep)
-                info = PluginInfo(kind, ep.name, ep.value, package, version)
-                if ep.name in infos:
-                    first = infos[ep.name]
-                    if first.target == ep.value:  # the same distribution seen twice on sys.path
-                        continue
-                    info.status = "duplicate"
-                    info.error = f"name already provided by {first.package} ({first.target}); ignored"
-                    infos[f"{ep.name}@{package}"] = info
+                key = (kind, canonicalize_name(package), ep.name)
+                if key in self._eps:  # the same distribution seen twice on sys.path: Python imports the first
+                    log.debug("%s %s of %s found twice; using %s", kind, ep.name, package, self._eps[key].value)
                     continue
-                infos[ep.name] = info
-                eps[ep.name] = ep
+                self._eps[key] = ep
+                infos.append(PluginInfo(kind, ep.name, ep.value, package, version))
+            for info in infos:
+                info.clashes = [o.package for o in infos if o.name == info.name and o is not info]
             self._infos[kind] = infos
-            self._eps[kind] = eps
         return self._infos[kind]
 
     def names(self, kind: str) -> list[str]:
-        """Names that can be loaded (not duplicates), without importing anything."""
-        return sorted(n for n, i in self._discover(kind).items() if i.status != "duplicate")
+        """Every bare name of ``kind``, sorted, without importing anything."""
+        return sorted({i.name for i in self._discover(kind)})
+
+    def providers(self, kind: str, name: str) -> list[PluginInfo]:
+        """The entry points that provide the bare ``name`` (two or more: a clash)."""
+        return [i for i in self._discover(kind) if i.name == name]
+
+    def available(self, kind: str) -> list[str]:
+        """What a user can type: bare names when unique, every qualified form of a clash."""
+        out = []
+        for info in self._discover(kind):
+            out.append(info.qualified if info.clashes else info.name)
+        return sorted(set(out))
+
+    def resolve(self, kind: str, name: str) -> PluginRef:
+        """The plugin ``name`` (``NAME`` or ``PACKAGE:NAME``) refers to, without importing it.
+
+        PluginNotFoundError (with a close suggestion) when nothing matches; AmbiguousPluginError
+        when a bare name is provided by several packages.
+        """
+        return self._info(kind, name).ref()
+
+    def _info(self, kind: str, name: str) -> PluginInfo:
+        infos = self._discover(kind)
+        package, sep, bare = name.partition(QUALIFIER)
+        if sep:
+            found = [i for i in infos if i.name == bare and same_package(i.package, package)]
+        else:
+            found = [i for i in infos if i.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            found.sort(key=lambda i: canonicalize_name(i.package))
+            packages = [i.package for i in found]
+            raise AmbiguousPluginError(
+                f"{kind} '{name}' is provided by {len(found)} packages ({', '.join(packages)}): choose one with "
+                + " or ".join(f"'{i.qualified}'" for i in found)
+            )
+        available = self.available(kind)
+        candidates = sorted({i.qualified for i in infos}) if sep else sorted({i.name for i in infos})
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=SUGGEST_CUTOFF)
+        if sep and not close:
+            close = [i.qualified for i in infos if i.name == bare][:1]
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PluginNotFoundError(f"unknown {kind} '{name}'{hint}; available: {', '.join(available) or 'none'}")
 
     def load(self, kind: str, name: str) -> type[Plugin]:
-        """Import and return the plugin class; PluginNotFoundError with a suggestion if unknown."""
-        key = (kind, name)
+        """Import and return the plugin class ``name`` refers to; PluginNotFoundError /
+        AmbiguousPluginError / PluginLoadError (broken or incompatible) otherwise."""
+        info = self._info(kind, name)
+        key = (kind, canonicalize_name(info.package), info.name)
         if key in self._loaded:
             return self._loaded[key]
-        infos = self._discover(kind)
-        if name not in self._eps[kind]:
-            available = self.names(kind)
-            close = difflib.get_close_matches(name, available, n=1, cutoff=0.0)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise PluginNotFoundError(
-                f"unknown {kind} '{name}'{hint} available: {', '.join(available) or 'none'}"
-            )
-        info = infos[name]
+        if info.status in ("broken", "incompatible"):
+            raise PluginLoadError(_load_error(info))
         try:
-            obj = self._eps[kind][name].load()
+            obj = self._eps[key].load()
         except Exception as exc:  # a broken third-party plugin must not take the CLI down
             info.status, info.error = "broken", f"{type(exc).__name__}: {exc}"
-            raise PluginLoadError(
-                f"{kind} '{name}' from {info.package} failed to import ({info.error}); reinstall or fix that package"
-            ) from exc
-        problem = _check_plugin_class(kind, obj)
+            raise PluginLoadError(_load_error(info)) from exc
+        problem = check_plugin_class(kind, obj, info.name)
         if problem:
             info.status, info.error = "incompatible", problem
-            raise PluginLoadError(f"{kind} '{name}' from {info.package} is incompatible: {problem}")
+            raise PluginLoadError(_load_error(info))
         info.status, info.schedule = "ok", getattr(obj, "schedule", "")
-        if not getattr(obj, "name", ""):
-            obj.name = name
         self._loaded[key] = obj
         return obj
 
     def create(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
         """Load and instantiate with validated options."""
         cls = self.load(kind, name)
-        instance = cls(**(options or {}))
-        return instance
+        return cls(**(options or {}))
 
     def inspect(self, kind: str | None = None) -> list[PluginInfo]:
         """Every discovered plugin with its status; imports each one (broken ones are reported)."""
         out: list[PluginInfo] = []
         for k in ([kind] if kind else list(GROUPS)):
-            for name, info in self._discover(k).items():
+            for info in self._discover(k):
                 if info.status == "unchecked":
                     try:
-                        self.load(k, name)
+                        self.load(k, info.qualified)
                     except PluginLoadError:
                         pass
                 out.append(info)
         return out
 
 
-def _check_plugin_class(kind: str, obj: Any) -> str:
-    """Empty string when ``obj`` is a usable plugin class of ``kind``, else the reason."""
+def _load_error(info: PluginInfo) -> str:
+    if info.status == "broken":
+        return (f"{info.kind} '{info.name}' from {info.package} failed to import ({info.error}); "
+                "reinstall or fix that package")
+    return f"{info.kind} '{info.name}' from {info.package} is incompatible: {info.error}"
+
+
+def check_plugin_class(kind: str, obj: Any, name: str | None = None) -> str:
+    """Empty string when ``obj`` is a usable plugin class of ``kind`` registered as ``name``, else
+    the reason. The class must declare its own ``name``; the registry never writes it."""
     bases = _BASES[kind]
     if not (isinstance(obj, type) and issubclass(obj, bases)):
         names = " or ".join(f"dcx.core.contracts.{b.__name__}" for b in bases)
@@ -153,4 +241,12 @@ def _check_plugin_class(kind: str, obj: Any) -> str:
     got = str(getattr(obj, "dcx_api", "")).split(".")[0]
     if got != want:
         return f"written for dcx API {getattr(obj, 'dcx_api', '?')}, this dcx provides {API_VERSION}"
+    declared = getattr(obj, "name", "")
+    if not isinstance(declared, str) or not declared:
+        return f"{obj.__name__} declares no `name`: set the class attribute name = {name or 'my_plugin'!r}"
+    if name is not None and declared != name:
+        return f"{obj.__name__} declares name {declared!r} but its entry point is {name!r}: make them equal"
+    bad = [c for c in RESERVED_CHARS if c in declared]
+    if bad:
+        return f"name {declared!r} contains {bad[0]!r}, which dcx reserves ({QUALIFIER} qualifies, . separates --opt keys)"
     return ""

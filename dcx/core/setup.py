@@ -20,7 +20,7 @@ from dcx.core.contracts import Backbone, Clusterer, Dataset, ImageSet, OnlineClu
 from dcx.core.distributed import World, world_from_env
 from dcx.core.errors import InputError, OptionError
 from dcx.core.network import FeatureNet, build_network
-from dcx.core.registry import Registry
+from dcx.core.registry import PluginRef, Registry
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,29 @@ def train_split(dataset: Dataset) -> str:
     return "train" if "train" in splits else splits[0]
 
 
-def _check_option_owners(config: RunConfig) -> None:
-    """A ``--opt`` / ``[options.X]`` section for a plugin that is not part of this run is an error:
-    silently dropping it would run with other settings than the user asked for."""
-    used = {config.clusterer, config.backbone, config.dataset}
-    for owner in config.options:
-        if owner not in used:
+def _options_by_plugin(config: RunConfig, refs: dict[str, PluginRef]) -> dict[str, dict[str, Any]]:
+    """The run's plugin options keyed by each plugin's bare name (``--opt kmeans.x`` and
+    ``--opt dcx:kmeans.x`` are the same). Options for a plugin that is not part of this run are
+    an error: silently dropping them would run with other settings than the user asked for."""
+    out: dict[str, dict[str, Any]] = {}
+    for owner, values in config.options.items():
+        ref = next((r for r in refs.values() if r.refers_to(owner)), None)
+        if ref is None:
             raise OptionError(
                 f"options given for '{owner}', which is not part of this run (clusterer {config.clusterer}, "
                 f"backbone {config.backbone}, dataset {config.dataset}): drop them or choose that plugin"
             )
+        out.setdefault(ref.name, {}).update(values)
+    return out
+
+
+def _warn_if_provider_changed(recorded: dict[str, dict[str, str]], refs: dict[str, PluginRef]) -> None:
+    """A config.toml run again with another package or version of a plugin may not reproduce."""
+    for kind, ref in refs.items():
+        was = recorded.get(kind, {})
+        if was.get("name") == ref.name and (was.get("package"), was.get("version")) != (ref.package, ref.version):
+            log.warning("the config was run with %s %s from %s %s; this run uses %s %s", kind, ref.name,
+                        was.get("package"), was.get("version"), ref.package, ref.version)
 
 
 def setup(config: RunConfig, registry: Registry | None = None, load_images: bool = True,
@@ -87,11 +100,12 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     """
     registry = registry or Registry()
     world = world or world_from_env()
-    _check_option_owners(config)
-    opts = config.options
-    dataset = registry.create("dataset", config.dataset, opts.get(config.dataset))
-    backbone = registry.create("backbone", config.backbone, opts.get(config.backbone))
-    clusterer_cls = registry.load("clusterer", config.clusterer)
+    # A name may be bare or PACKAGE:NAME; the run keeps the user's and records the provider.
+    refs = {kind: registry.resolve(kind, getattr(config, kind)) for kind in ("dataset", "backbone", "clusterer")}
+    opts = _options_by_plugin(config, refs)
+    dataset = registry.create("dataset", refs["dataset"].qualified, opts.get(refs["dataset"].name))
+    backbone = registry.create("backbone", refs["backbone"].qualified, opts.get(refs["backbone"].name))
+    clusterer_cls = registry.load("clusterer", refs["clusterer"].qualified)
     split = train_split(dataset)
     images = dataset.load(config.data_root, split, config.download) if load_images else None
     d = dataset.run_defaults(images) if images is not None else dataset.defaults
@@ -106,20 +120,22 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     if cfg.image_size < backbone.min_image_size:
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
-    c_opts = dict(opts.get(config.clusterer, {}))
+    c_opts = dict(opts.get(refs["clusterer"].name, {}))
     declares_k = any(o.name == "k" for o in clusterer_cls.options)
     if declares_k and "k" not in c_opts:
         c_opts["k"] = cfg.k if cfg.k is not None else d.k
     elif cfg.k is not None and not clusterer_cls.uses_k:
         log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
-    clusterer = registry.create("clusterer", config.clusterer, c_opts)
+    clusterer = registry.create("clusterer", refs["clusterer"].qualified, c_opts)
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml
     # reproduces the run even if a default changes later. None ("auto") is left out.
     cfg.options = {
-        key: {k: v for k, v in plugin.params.items() if v is not None}
-        for key, plugin in ((cfg.dataset, dataset), (cfg.backbone, backbone), (cfg.clusterer, clusterer))
+        refs[kind].name: {k: v for k, v in plugin.params.items() if v is not None}
+        for kind, plugin in (("dataset", dataset), ("backbone", backbone), ("clusterer", clusterer))
     }
+    _warn_if_provider_changed(config.plugins, refs)
+    cfg.plugins = {kind: ref.provenance() for kind, ref in refs.items()}
     if images is not None:
         if len(images) < 2:
             raise InputError(f"dataset {cfg.dataset} has {len(images)} image(s): need at least 2")

@@ -125,7 +125,7 @@ def head_scores(head: nn.Module, raw: np.ndarray, device: torch.device, batch_si
     head.eval()
     try:
         out = [
-            head(torch.from_numpy(np.ascontiguousarray(raw[i : i + batch_size], dtype=np.float32)).to(dev)).float()
+            head(torch.from_numpy(np.array(raw[i : i + batch_size], dtype=np.float32)).to(dev)).float()
             for i in range(0, len(raw), batch_size)
         ]
     finally:
