@@ -9,14 +9,36 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from dcx.core.errors import ContractError
 from dcx.core.options import Option, resolve
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from dcx.core.backbone_net import BackboneNet
+
+# torch is imported when a network is built, not with the contract: `dcx cluster` and `dcx list`
+# need no torch (its CUDA build alone is ~520 MB of resident memory). BackboneNet, an nn.Module,
+# lives in dcx.core.backbone_net and is served from here on first use (module __getattr__).
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BackboneNet":
+        from dcx.core.backbone_net import BackboneNet
+
+        return BackboneNet
+    raise AttributeError(f"module 'dcx.core.contracts' has no attribute {name!r}")
+
+
+def _cpu() -> "torch.device":
+    import torch
+
+    return torch.device("cpu")
 
 #: Version of this contract. A plugin declares the version it was written for in ``dcx_api``;
 #: a different major version is reported as incompatible and not loaded. 2.0: one training seam
@@ -82,7 +104,7 @@ class TrainSpec:
 
     feature_dim: int
     num_samples: int
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = field(default_factory=_cpu)
     preactivation: bool = False
     rank: int = 0
     world_size: int = 1
@@ -91,6 +113,8 @@ class TrainSpec:
 def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> nn.Module:
     """DeepCluster's top layer: Linear with weights N(0, 0.01) and zero bias (reference init),
     after a ReLU when the features are a pre-activation. Draws from torch's global RNG."""
+    from torch import nn
+
     linear = nn.Linear(feature_dim, n_outputs)
     nn.init.normal_(linear.weight, 0.0, 0.01)
     nn.init.zeros_(linear.bias)
@@ -119,7 +143,7 @@ class FitContext:
 
     epoch: int = 0
     seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device | str = "cpu"  # a torch.device in runs; "cpu" where no network exists (dcx cluster)
     previous_labels: np.ndarray | None = None
     rank: int = 0
     world_size: int = 1
@@ -269,41 +293,6 @@ class OnlineClusterer(StatefulPlugin):
 
 
 # ----------------------------------------------------------------------------- backbones
-
-
-class BackboneNet(nn.Module):
-    """A network split into named blocks run in order, then a neck giving the feature vector.
-
-    ``forward`` returns (B, feature_dim) features (for AlexNet/VGG: fc7 without its last ReLU).
-    ``forward_blocks`` returns the outputs of the named blocks, for per-layer evaluation.
-    """
-
-    def __init__(
-        self, blocks: Sequence[tuple[str, nn.Module]], neck: nn.Module, feature_dim: int, relu_head: bool = False
-    ) -> None:
-        super().__init__()
-        self.block_names = tuple(name for name, _ in blocks)
-        self.blocks = nn.ModuleDict(dict(blocks))
-        self.neck = neck
-        self.feature_dim = int(feature_dim)
-        #: The features are a pre-activation (fc7 before ReLU): the classifier head applies ReLU.
-        self.relu_head = relu_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks.values():
-            x = block(x)
-        return self.neck(x)
-
-    def forward_blocks(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        wanted = set(self.block_names if names is None else names)
-        out = {}
-        for name, block in self.blocks.items():
-            x = block(x)
-            if name in wanted:
-                out[name] = x
-            if len(out) == len(wanted):
-                break
-        return out
 
 
 class Backbone(Plugin):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
-import torch
 
 from dcx.core.arrays import row_chunks
 from dcx.core.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported by extraction and in-memory PCA only
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ def check_finite(features: np.ndarray, what: str = "features") -> None:
         )
 
 
-@torch.no_grad()
 def extract(
     model: torch.nn.Module,
     batches: Iterable,
@@ -57,10 +58,14 @@ def extract(
     memory map) receives the rows instead of a new array; ``expected`` is how many rows the
     batches hold (default ``n``; one rank's block in a distributed run).
     """
+    import torch
+
     was_training = model.training
     model.eval()
     pos = 0
     expected = n if expected is None else expected
+    no_grad = torch.no_grad()
+    no_grad.__enter__()
     try:
         for batch in batches:
             x, idx = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
@@ -78,6 +83,7 @@ def extract(
             if on_batch is not None:
                 on_batch(len(y))
     finally:
+        no_grad.__exit__(None, None, None)
         model.train(was_training)
     if pos != expected or (out is None and expected):
         raise InputError(f"feature extraction saw {pos} images, expected {expected}: the dataset changed while reading")
@@ -121,69 +127,71 @@ class PCAWhitening:
             check_finite(x)
             if n <= d:
                 return self._fit_gram(x)
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            mean = t.mean(0, dtype=torch.float64)
-            centred = t - mean.float()
+            x32 = np.ascontiguousarray(x, dtype=np.float32)
+            mean = x32.mean(0, dtype=np.float64)
+            centred = x32 - mean.astype(np.float32)
             # Covariance in float32 (the O(N d^2) part, multithreaded BLAS), eigh in float64.
-            cov = (centred.T @ centred).double() / len(t)
+            cov = (centred.T @ centred).astype(np.float64) / len(x32)
             return self._finish(mean, cov, d)
         if whole and n <= d:
             return self._fit_gram(np.asarray(x[0:n]))
         return self._fit_chunked(x, rows, all_reduce)
 
     def _fit_chunked(self, x, rows: slice | None, all_reduce) -> "PCAWhitening":
+        """Two passes over row chunks (numpy BLAS): the mean, then the centred covariance; with
+        ``all_reduce``, both statistics are summed over ranks."""
         n, d = x.shape
-        total = torch.zeros(d, dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
+        total = np.zeros(d, dtype=np.float64)
+        count = 0.0
         for r in row_chunks(n, d, rows):
             chunk = np.asarray(x[r], dtype=np.float32)
             check_finite(chunk)
-            total += torch.from_numpy(chunk).sum(0, dtype=torch.float64)
+            total += chunk.sum(0, dtype=np.float64)
             count += len(chunk)
         if all_reduce is not None:
-            total, count = all_reduce(total), all_reduce(count)
+            total, count = _reduce(all_reduce, total), float(_reduce(all_reduce, np.array([count]))[0])
         mean = total / count
-        cov = torch.zeros(d, d, dtype=torch.float64)
+        mean32 = mean.astype(np.float32)
+        cov = np.zeros((d, d), dtype=np.float64)
         for r in row_chunks(n, d, rows):
-            centred = torch.from_numpy(np.asarray(x[r], dtype=np.float32)) - mean.float()
-            cov += (centred.T @ centred).double()
+            centred = np.asarray(x[r], dtype=np.float32) - mean32
+            cov += centred.T @ centred
         if all_reduce is not None:
-            cov = all_reduce(cov)
+            cov = _reduce(all_reduce, cov)
         return self._finish(mean, cov / count, d)
 
     def _fit_gram(self, x: np.ndarray) -> "PCAWhitening":
         """N <= d: eigenvectors of the covariance from those of the N x N Gram matrix of centred rows."""
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        n = len(t)
-        mean = t.mean(0, dtype=torch.float64)
-        centred = t - mean.float()
-        gram = (centred @ centred.T).double()
-        evals, evecs = torch.linalg.eigh(gram)
+        x = np.asarray(x, dtype=np.float32)
+        n = len(x)
+        mean = x.mean(0, dtype=np.float64)
+        centred = x - mean.astype(np.float32)
+        evals, evecs = np.linalg.eigh((centred @ centred.T).astype(np.float64))
         keep = min(self.dim, x.shape[1], n)
-        evals, evecs = evals.flip(0)[:keep].clamp_min(0), evecs.flip(1)[:, :keep]
+        evals, evecs = np.clip(evals[::-1][:keep], 0, None), evecs[:, ::-1][:, :keep]
         floor = 1e-10 * max(float(evals[0]), 1e-30)
         live = evals > floor  # centring leaves at most N - 1 directions with variance
-        comps = torch.zeros(x.shape[1], keep, dtype=torch.float64)
-        comps[:, live] = (centred.T.double() @ evecs[:, live]) / torch.sqrt(evals[live])
+        comps = np.zeros((x.shape[1], keep), dtype=np.float64)
+        comps[:, live] = (centred.T.astype(np.float64) @ evecs[:, live]) / np.sqrt(evals[live])
         cov_evals = evals / n
         if self.whiten:
-            comps = comps / torch.sqrt(cov_evals + self.eps * max(float(cov_evals[0]), 1e-30))
-        self.mean_ = mean.float().numpy()
-        self.components_ = comps.float().numpy()
-        self.eigenvalues_ = cov_evals.float().numpy()
+            comps = comps / np.sqrt(cov_evals + self.eps * max(float(cov_evals[0]), 1e-30))
+        self.mean_ = mean.astype(np.float32)
+        self.components_ = comps.astype(np.float32)
+        self.eigenvalues_ = cov_evals.astype(np.float32)
         return self
 
-    def _finish(self, mean: torch.Tensor, cov: torch.Tensor, d: int) -> "PCAWhitening":
-        evals, evecs = torch.linalg.eigh(cov)
+    def _finish(self, mean: np.ndarray, cov: np.ndarray, d: int) -> "PCAWhitening":
+        evals, evecs = np.linalg.eigh(cov)
         keep = min(self.dim, d)
-        evals = evals.flip(0)[:keep].clamp_min(0)
-        evecs = evecs.flip(1)[:, :keep]
+        evals = np.clip(evals[::-1][:keep], 0, None)
+        evecs = evecs[:, ::-1][:, :keep]
         if self.whiten:
             # Guard tiny/zero eigenvalues (constant or duplicated features) against division by 0.
-            evecs = evecs / torch.sqrt(evals + self.eps * max(float(evals[0]), 1e-30))
-        self.mean_ = mean.float().numpy()
-        self.components_ = evecs.float().numpy()
-        self.eigenvalues_ = evals.float().numpy()
+            evecs = evecs / np.sqrt(evals + self.eps * max(float(evals[0]), 1e-30))
+        self.mean_ = mean.astype(np.float32)
+        self.components_ = evecs.astype(np.float32)
+        self.eigenvalues_ = evals.astype(np.float32)
         return self
 
     def transform(self, x, rows: slice | None = None) -> np.ndarray:
@@ -193,18 +201,24 @@ class PCAWhitening:
         n, d = x.shape
         start, stop, _ = (rows or slice(0, n)).indices(n)
         out = np.empty((stop - start, self.components_.shape[1]), dtype=np.float32)
-        mean, comps = torch.from_numpy(self.mean_), torch.from_numpy(self.components_)
         for r in row_chunks(n, d, slice(start, stop)):
             chunk = np.asarray(x[r], dtype=np.float32)
             check_finite(chunk)
-            y = (torch.from_numpy(np.ascontiguousarray(chunk)) - mean) @ comps
+            y = (chunk - self.mean_) @ self.components_
             if self.l2:
-                y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            out[r.start - start : r.stop - start] = y.numpy()
+                y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+            out[r.start - start : r.stop - start] = y
         return out
 
     def fit_transform(self, x) -> np.ndarray:
         return self.fit(x).transform(x)
+
+
+def _reduce(all_reduce, a: np.ndarray) -> np.ndarray:
+    """Sum a numpy array over ranks with a torch all_reduce."""
+    import torch
+
+    return all_reduce(torch.from_numpy(np.ascontiguousarray(a))).numpy()
 
 
 def preprocess(x: np.ndarray, dim: int = 256, whiten: bool = True, l2: bool = True) -> np.ndarray:

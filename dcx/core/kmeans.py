@@ -11,13 +11,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from dcx.core.errors import InputError
 from dcx.core.features import check_finite
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported by the torch backend only
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +75,41 @@ def kmeans(
     centroid in chunks (the reference trains on all rows).
     """
     x = check_kmeans_input(x, k)
-    device = torch.device(device)
+    on_gpu = str(device).startswith("cuda")
+    if backend == "auto":
+        backend = "faiss" if faiss_available() and all_reduce is None else "torch"
+    if backend not in ("faiss", "torch"):
+        raise InputError(f"unknown kmeans backend {backend!r}: use auto, faiss or torch")
+    if backend == "faiss" and not faiss_available():
+        raise InputError("kmeans backend 'faiss' asked for but faiss is not installed: pip install 'dcx[cpu]' "
+                         "(or [gpu]), or use backend=torch")
     if sample is not None and sample < len(x) and all_reduce is None:
         if sample < k:
             raise InputError(f"k-means sample of {sample} rows is smaller than k={k}: raise the sample")
         pick = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
         res = kmeans(x[pick], k, niter, seed, backend, device)
-        labels, dists = _assign(torch.from_numpy(x).to(device), torch.from_numpy(res.centroids).to(device))
-        res.labels, res.objective = labels.cpu().numpy().astype(np.int64), float(dists.sum().double())
+        res.labels, res.objective = _nearest(x, res.centroids, backend, device)
         return res
-    if all_reduce is not None:
-        return _torch_kmeans(x, k, niter, seed, device, rows, all_reduce)
-    if backend == "auto":
-        backend = "faiss" if faiss_available() else "torch"
+    if backend == "faiss" and all_reduce is None:
+        return _faiss_kmeans(x, k, niter, seed, use_gpu=on_gpu)
+    import torch
+
+    return _torch_kmeans(x, k, niter, seed, torch.device(device), rows, all_reduce)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, backend: str, device) -> tuple[np.ndarray, float]:
+    """Nearest centroid of every row (exact L2) and the summed squared distance."""
     if backend == "faiss":
-        if not faiss_available():
-            raise InputError("kmeans backend 'faiss' asked for but faiss is not installed: pip install 'dcx[cpu]' (or [gpu]), or use backend=torch")
-        return _faiss_kmeans(x, k, niter, seed, use_gpu=device.type == "cuda")
-    if backend == "torch":
-        return _torch_kmeans(x, k, niter, seed, device)
-    raise InputError(f"unknown kmeans backend {backend!r}: use auto, faiss or torch")
+        import faiss
+
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        dist, idx = index.search(x, 1)
+        return idx.ravel().astype(np.int64), float(dist.sum(dtype=np.float64))
+    import torch
+
+    labels, dists = _assign(torch.from_numpy(x).to(device), torch.from_numpy(centroids).to(device))
+    return labels.cpu().numpy().astype(np.int64), float(dists.sum().double())
 
 
 def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool) -> KMeansResult:
@@ -120,6 +137,8 @@ def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool) -
 
 def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid (exact L2) and squared distance, in chunks to bound memory."""
+    import torch
+
     c_sq = (c * c).sum(1)
     labels = torch.empty(len(x), dtype=torch.long, device=x.device)
     dists = torch.empty(len(x), dtype=x.dtype, device=x.device)
@@ -134,6 +153,8 @@ def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 65536) -> tuple[torch
 
 def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> int:
     """Re-seed each empty cluster from a non-empty one chosen with probability ∝ size (paper §3.3)."""
+    import torch
+
     empty = torch.nonzero(counts == 0).ravel().tolist()
     for e in empty:
         probs = counts.clamp_min(0).double()
@@ -149,6 +170,8 @@ def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) ->
 
 def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
                   rows: slice | None = None, all_reduce=None) -> KMeansResult:
+    import torch
+
     gen = torch.Generator().manual_seed(int(seed))
     x_all = torch.from_numpy(x_np).to(device)
     n, d = x_all.shape

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dcx.core.errors import RunDirError
 
@@ -204,11 +203,15 @@ class RunDir:
         atomic_write(self.path / METRICS, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode())
 
     def save_checkpoint(self, state: dict) -> None:
+        import torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(self.path / CHECKPOINT, buf.getvalue())
 
     def load_checkpoint(self) -> dict | None:
+        import torch
+
         path = self.path / CHECKPOINT
         if not path.exists():
             return None
