@@ -193,3 +193,18 @@ def test_unlabelled_run_dataset_asks_for_a_labelled_one(tmp_path):
 def test_eval_of_a_missing_run_is_one_line(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code == 2 and "config.toml" in result.output
+
+
+def test_run_summary_names_the_best_block_and_agrees_with_dcx_eval(tiny_config, tmp_path):
+    from dcx.core.evaluate import evaluate_run
+    from dcx.core.runner import execute, new_run
+
+    tiny_config.epochs = 1
+    summary = execute(new_run(tiny_config, tmp_path / "run"))
+    best = summary["best_block"]
+    assert best["block"] in best["blocks"] and best["images"] == 300
+    assert best["gain"] == pytest.approx(best["learned"] - best["random"])
+    assert best["learned"] == max(b["learned"] for b in best["blocks"].values())
+    ev = evaluate_run(tmp_path / "run", "cluster", [best["block"]])
+    assert ev["learned"]["cluster"][best["block"]]["l2"]["nmi"] == pytest.approx(best["learned"], abs=1e-9)
+    assert ev["random"]["cluster"][best["block"]]["l2"]["nmi"] == pytest.approx(best["random"], abs=1e-9)

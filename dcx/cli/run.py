@@ -37,6 +37,10 @@ def summary_table(summary: dict) -> Table:
         if key in first or key in final:
             fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
             table.add_row(label, fmt(first.get(key)), fmt(final.get(key, summary.get("final_loss") if key == "loss" else None)))
+    best = summary.get("best_block")
+    if best:
+        table.add_row(f"best block ({best['block']}) k-means NMI: random init vs trained",
+                      f"{best['random']:.3f}", f"{best['learned']:.3f} ({best['gain']:+.3f})")
     return table
 
 

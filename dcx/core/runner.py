@@ -64,7 +64,16 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
     if s.world.is_main:
         run_dir.check_new()
     s.config.out = str(run_dir.path)
-    return Run(s, run_dir, Engine(s, progress, callbacks))
+    return Run(s, run_dir, Engine(s, progress, _with_probe(s, callbacks)))
+
+
+def _with_probe(s: Setup, callbacks: tuple[Callback, ...]) -> tuple[Callback, ...]:
+    """The end-of-run block probe (learned vs random k-means NMI per block) joins runs that probe."""
+    if not s.config.probe:
+        return callbacks
+    from dcx.core.evaluate.probe import BlockProbe
+
+    return (*callbacks, BlockProbe())
 
 
 def read_run_config(path: Path) -> RunConfig:
@@ -118,7 +127,7 @@ def resume_run(path: Path, given: dict[str, Any] | None = None, options: dict[st
     cfg = resume_config(stored, given or {}, options or {})
     s = setup(cfg, registry)
     s.config.out = stored.out or str(run_dir.path)
-    engine = Engine(s, progress, callbacks)
+    engine = Engine(s, progress, _with_probe(s, callbacks))
     state = run_dir.load_checkpoint()
     resumed_at = None
     if state is not None:

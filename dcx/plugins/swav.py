@@ -215,8 +215,8 @@ class SwAV(OnlineClusterer):
             self._rows += len(q_all)
             self._batches += 1
             self._last_epoch = step.epoch
-            loss_value, entropy_value = torch.stack([loss.detach(), entropy.mean()]).tolist()
-        return loss, {"loss": loss_value, "code_entropy": entropy_value}
+        # Tensors, not floats: a .item() per step would stall the GPU queue (epoch_stats syncs once).
+        return loss, {"loss": loss.detach(), "code_entropy": entropy.mean()}
 
     @torch.no_grad()
     def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:

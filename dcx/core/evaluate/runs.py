@@ -35,6 +35,7 @@ EVAL_JSON = "eval.json"
 
 def evaluate_features(
     feats: np.ndarray, data: EvalData, protocols: Sequence[str], device: torch.device | str = "cpu",
+    cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING,
 ) -> dict[str, dict]:
     """Every protocol on one layer's features (rows aligned with ``data.images``)."""
     y = data.labels
@@ -44,14 +45,15 @@ def evaluate_features(
     if "knn" in protocols:
         out["knn"] = knn_classify(feats[data.train_idx], y[data.train_idx], feats[data.test_idx], y[data.test_idx], device=device)
     if "cluster" in protocols:
-        out["cluster"] = cluster_protocol(feats[data.cluster_idx], y[data.cluster_idx], device=device)
+        out["cluster"] = cluster_protocol(feats[data.cluster_idx], y[data.cluster_idx], variants=cluster_variants,
+                                          device=device)
     return out
 
 
 def evaluate_network(
     model: FeatureNet, data: EvalData, protocols: Sequence[str] = PROTOCOLS, layers: Sequence[str] | str | None = None,
     image_size: int = 32, device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 0,
-    progress: Progress | None = None, name: str = "network",
+    progress: Progress | None = None, name: str = "network", cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING,
 ) -> dict[str, Any]:
     """Protocols x layers for one frozen network -> {protocol: {layer: metrics}, "dims": {layer: d}}."""
     progress = progress or NullProgress()
@@ -67,7 +69,7 @@ def evaluate_network(
         with progress.task(f"evaluate {name} ({', '.join(protocols)})", len(group)) as advance:
             for layer in group:
                 t = time.perf_counter()
-                scores = evaluate_features(feats.pop(layer), data, protocols, device)
+                scores = evaluate_features(feats.pop(layer), data, protocols, device, cluster_variants)
                 for p, v in scores.items():
                     result[p][layer] = v
                 log.debug("%s %s evaluated in %.1f s", name, layer, time.perf_counter() - t)
