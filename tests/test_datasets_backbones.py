@@ -62,3 +62,17 @@ def test_alexnet_features_are_fc7_before_relu_and_sobel_layer_is_used():
     assert feats.shape == (4, 64) and (feats < 0).any()  # no ReLU on the clustered features
     assert net.net.relu_head and isinstance(net.input, Sobel)
     assert net.net.blocks["conv1"][0].in_channels == 2  # the backbone sees two edge channels
+
+
+@pytest.mark.parametrize("augment", ["crop", "affine", "elastic"])
+def test_training_augmentations_keep_size_and_vary(augment):
+    import torch
+    from PIL import Image
+
+    from dcx.core.data import train_transform
+
+    t = train_transform(32, 1, flip=False, min_scale=0.5, augment=augment)
+    img = Image.fromarray((np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8), mode="L")
+    torch.manual_seed(0)
+    a, b = t(img), t(img)
+    assert a.shape == b.shape == (1, 32, 32) and not torch.equal(a, b)

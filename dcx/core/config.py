@@ -54,6 +54,11 @@ class RunConfig(BaseModel):
     sobel: bool | None = setting(None, "fixed Sobel input layer (default: the backbone's)")
     flip: bool | None = setting(None, "random horizontal flips in training (default: the dataset's; off for "
                                       "digits and characters)")
+    augment: Literal["crop", "affine", "elastic"] | None = setting(
+        None, "training augmentation: crop (random resized crops, the reference), affine (+ small rotations, "
+        "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's)")
+    crop_scale: float | None = setting(
+        None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (distributed: each rank takes cuda:LOCAL_RANK)",

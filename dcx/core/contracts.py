@@ -323,6 +323,8 @@ class RunDefaults:
     passes: int = 1
     #: Train with horizontal flips; None: the dataset's ``flip_invariant``.
     flip: bool | None = None
+    #: Training augmentation ("crop", "affine", "elastic"); see ``dcx.core.data.train_transform``.
+    augment: str = "crop"
 
 
 @dataclass

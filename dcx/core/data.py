@@ -27,9 +27,21 @@ def eval_transform(image_size: int, channels: int) -> Callable:
     return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *_tail(channels)])
 
 
-def train_transform(image_size: int, channels: int, flip: bool, min_scale: float) -> Callable:
-    """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference."""
-    steps = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True)]
+AUGMENTS = ("crop", "affine", "elastic")
+
+
+def train_transform(image_size: int, channels: int, flip: bool, min_scale: float, augment: str = "crop",
+                    max_scale: float = 1.0) -> Callable:
+    """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference.
+
+    ``augment``: "crop" (the reference), "affine" (+ small rotations, shifts, zoom and shear:
+    the variation of handwriting, for characters and digits), "elastic" (+ elastic warps too).
+    """
+    steps: list = [T.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
+    if augment in ("affine", "elastic"):
+        steps.append(T.RandomAffine(degrees=12, translate=(0.08, 0.08), scale=(0.9, 1.1), shear=8))
+    if augment == "elastic":
+        steps.append(T.RandomApply([T.ElasticTransform(alpha=image_size * 1.0, sigma=image_size / 8)], p=0.5))
     if flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, *_tail(channels)])
@@ -38,13 +50,12 @@ def train_transform(image_size: int, channels: int, flip: bool, min_scale: float
 class MultiCrop:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
 
-    def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8) -> None:
+    def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8,
+                 augment: str = "crop") -> None:
         # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
         small = max(min_size, int(round(image_size * spec.small_size_ratio)))
-        large_t = train_transform(image_size, channels, flip, spec.large_scale[0])
-        large_t.transforms[0] = T.RandomResizedCrop(image_size, scale=spec.large_scale, antialias=True)
-        small_t = train_transform(small, channels, flip, spec.small_scale[0])
-        small_t.transforms[0] = T.RandomResizedCrop(small, scale=spec.small_scale, antialias=True)
+        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1])
+        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1])
         self.transforms = [large_t] * spec.n_large + [small_t] * spec.n_small
         self.n_large = spec.n_large
 

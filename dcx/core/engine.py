@@ -70,11 +70,12 @@ class Engine:
         if self.online:
             crops = s.clusterer.crops()
             self.views = crops.n_large + crops.n_small
-            train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size)
+            train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size,
+                                  self.cfg.augment)
         else:
             self.views = 1
-            min_scale = MIN_CROP_SCALE[self.cfg.image_size > 64]
-            train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale)
+            min_scale = self.cfg.crop_scale or MIN_CROP_SCALE[self.cfg.image_size > 64]
+            train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment)
         self.train_set = D.IndexedImages(s.images, train_t)
         model = s.model
         self.cuda = self.device.type == "cuda"

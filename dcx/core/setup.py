@@ -117,6 +117,8 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     cfg.passes = cfg.passes or d.passes
     cfg.sobel = backbone.sobel_default if cfg.sobel is None else cfg.sobel
     flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
+    cfg.flip = flip
+    cfg.augment = cfg.augment or d.augment
     if cfg.image_size < backbone.min_image_size:
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
