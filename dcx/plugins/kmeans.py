@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
-from dcx.core.contracts import Clusterer, FitContext, Partition
+from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head
 from dcx.core.kmeans import kmeans
 from dcx.core.options import Option
 
@@ -23,7 +25,36 @@ class KMeans(Clusterer):
         Option("seed", int, None, "fixed seed for every epoch; default: derived from the run seed per epoch", nullable=True),
         Option("sample", int, None, "train on this many random rows, then assign all (default: all rows, as the "
                "reference)", nullable=True, min=1),
+        Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
+               "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._head = None
+
+    def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
+        if not self.params["keep_head"]:
+            return super().build_head(partition, spec)
+        if self._head is None:
+            self._head = linear_head(spec.feature_dim, partition.n_clusters, spec.preactivation)
+        self._head = self._head.to(spec.device)
+        return TrainingHead(self._head, partition.labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self._head.state_dict()} if self._head is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            import torch
+
+            # The head is created at the first build_head; rebuild it from the saved weights.
+            weight = next(v for k, v in state["head"].items() if k.endswith("weight"))
+            relu = any(k.startswith("1.") for k in state["head"])
+            spec = TrainSpec(feature_dim=weight.shape[1], num_samples=0, device=torch.device("cpu"),
+                             preactivation=relu)
+            self._head = linear_head(spec.feature_dim, weight.shape[0], relu)
+            self._head.load_state_dict(state["head"])
 
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         seed = self.params["seed"] if self.params["seed"] is not None else context.seed

@@ -1,0 +1,164 @@
+"""Ablations of the training recipe: learned-minus-random k-means NMI per block, over seeds and datasets.
+
+Each variant is a set of run settings on top of the defaults; each (dataset, variant, seed) is
+one ordinary `dcx run` (library API) whose end-of-run block probe (``dcx.core.evaluate.probe``)
+gives every block's k-means(#classes) NMI learned and at random init. Rows are appended to
+``benchmarks/results/recipes/<dataset>.jsonl`` as they finish (an interrupted sweep resumes);
+``--report`` turns them into the tables of docs/recipes.md.
+
+    python benchmarks/recipes.py --dataset digits --variants baseline,affine --seeds 0,1,2
+    python benchmarks/recipes.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "recipes"
+
+#: name -> (settings on top of the defaults, what it tests). "baseline" is the defaults.
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "baseline": ({}, "the defaults"),
+    "passes1": ({"passes": 1}, "1 pass per clustering round"),
+    "passes6": ({"passes": 6}, "6 passes per clustering round"),
+    "constant_lr": ({"lr_schedule": "constant"}, "constant learning rate (reference)"),
+    "flip": ({"flip": True}, "horizontal flips"),
+    "no_flip": ({"flip": False}, "no horizontal flips"),
+    "affine": ({"augment": "affine"}, "crops + small affine warps"),
+    "elastic": ({"augment": "elastic"}, "crops + affine + elastic warps"),
+    "crop_small": ({"crop_scale": 0.2}, "crops down to 20% of the area"),
+    "crop_large": ({"crop_scale": 0.8}, "crops of at least 80% of the area"),
+    "k_classes": ({"k_per_class": 1}, "k = #classes"),
+    "k_30x": ({"k_per_class": 30}, "k = 30 x #classes"),
+    "fc_small": ({"options": {"alexnet": {"fc_dim": 256}}}, "fc6/fc7 of 256 units"),
+    "dropout": ({"options": {"alexnet": {"dropout": 0.5}}}, "fc dropout 0.5 (paper)"),
+    "keep_head": ({"keep_head": True}, "keep the classifier head across epochs"),
+    "pca32": ({"pca_dim": 32}, "PCA to 32 dims before k-means"),
+    "no_pca": ({"pca_dim": 100000}, "no dimension reduction (whitening only)"),
+    "no_sobel": ({"sobel": False}, "no Sobel input layer"),
+    "lr_0.1": ({"lr": 0.1}, "learning rate 0.1"),
+    "lr_0.02": ({"lr": 0.02}, "learning rate 0.02"),
+    "epochs_x2": ({"epochs_factor": 2}, "twice the epochs"),
+}
+
+
+def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
+    """Train one run and return its per-block probe (learned, random), time and settings."""
+    from dcx.core.config import RunConfig
+    from dcx.core.runner import execute, new_run
+    from dcx.core.setup import setup
+
+    settings, _ = VARIANTS[variant]
+    settings = json.loads(json.dumps(settings))
+    cfg = dict(base, dataset=dataset, seed=seed, probe=True)
+    options = cfg.setdefault("options", {})
+    for plugin, opts in settings.pop("options", {}).items():
+        options.setdefault(plugin, {}).update(opts)
+    keep_head = settings.pop("keep_head", False)
+    if keep_head:
+        cfg["clusterer"] = "kmeans"
+        options.setdefault("kmeans", {})["keep_head"] = True
+    probe_cfg = RunConfig(**{k: v for k, v in cfg.items()})
+    s = setup(probe_cfg)  # resolve the dataset's defaults once, for the relative settings
+    classes = s.images.num_classes or 10
+    if "k_per_class" in settings:
+        cfg["k"] = classes * settings.pop("k_per_class")
+    if "epochs_factor" in settings:
+        cfg["epochs"] = s.config.epochs * settings.pop("epochs_factor")
+    cfg.update(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        summary = execute(new_run(RunConfig(**cfg), Path(tmp) / "run"))
+        seconds = time.perf_counter() - t
+    best = summary["best_block"]
+    return {
+        "dataset": dataset, "variant": variant, "seed": seed, "seconds": seconds,
+        "train_seconds": summary["seconds"], "images": summary["images"],
+        "blocks": best["blocks"], "best_block": best["block"], "best_learned": best["learned"],
+        "best_random": best["random"], "nmi_labels": summary["final"].get("nmi_labels"),
+        "settings": {k: v for k, v in cfg.items() if k not in ("options",)} | {"options": options},
+        "load": os.getloadavg()[0],
+    }
+
+
+def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{dataset}.jsonl"
+    done = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["variant"], row["seed"]))
+    for seed in seeds:
+        for variant in variants:
+            if (variant, seed) in done:
+                continue
+            row = run_one(dataset, variant, seed, base)
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{dataset} {variant} seed {seed}: best {row['best_block']} {row['best_learned']:.3f} "
+                  f"(random {row['best_random']:.3f}) in {row['seconds']:.0f} s", flush=True)
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:+.3f} ± {sd:.3f}"
+
+
+def report() -> str:
+    """Markdown: per dataset, learned - random per block (mean ± sd over seeds) for each variant."""
+    out = []
+    for path in sorted(RESULTS.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        dataset = path.stem
+        blocks = list(rows[0]["blocks"])
+        variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+        out += [f"### {dataset}", "",
+                "| variant | seeds | " + " | ".join(blocks) + " | best learned | train s |",
+                "|---|---|" + "---|" * (len(blocks) + 2)]
+        for v in variants:
+            vr = [r for r in rows if r["variant"] == v]
+            cells = [_fmt([r["blocks"][b]["learned"] - r["blocks"][b]["random"] for r in vr]) for b in blocks]
+            best = statistics.mean(r["best_learned"] for r in vr)
+            secs = statistics.mean(r["train_seconds"] for r in vr)
+            out.append(f"| {v} ({VARIANTS[v][1]}) | {len(vr)} | " + " | ".join(cells) + f" | {best:.3f} | {secs:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--variants", default="baseline")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--base", default="{}", help="JSON settings applied to every variant")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    if args.report:
+        print(report())
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    sweep(args.dataset, args.variants.split(","), [int(s) for s in args.seeds.split(",")], json.loads(args.base))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
