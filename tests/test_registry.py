@@ -13,7 +13,7 @@ from dcx.core.registry import GROUPS, Registry
 BUILTINS = {
     "clusterer": {"kmeans", "pic", "sinkhorn", "swav"},
     "backbone": {"alexnet", "vgg16", "resnet18", "resnet50"},
-    "dataset": {"digits", "imagefolder", "mnist", "cifar10", "stl10"},
+    "dataset": {"digits", "imagefolder", "textures", "photos", "characters", "mnist", "cifar10", "stl10"},
 }
 
 

@@ -117,7 +117,8 @@ def cut_patches(
             y0 = int(rng.integers(r0, r1 - side + 1))
             if source[y0 : y0 + side, x0 : x0 + side].std() >= floor:
                 break
-        patch = image.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
+        # Crop first: resizing with a box would let the filter reach pixels outside the window.
+        patch = image.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(patch)
     return out
 

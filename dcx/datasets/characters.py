@@ -15,6 +15,7 @@ images looks like), for tests and docs::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -59,6 +60,7 @@ def split_fonts(split: str) -> tuple[str, ...]:
     return tuple(f for i, f in enumerate(FONTS) if (i % 4 == 3) == (split == "test"))
 
 
+@functools.lru_cache(maxsize=1024)
 def _font(name: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     if name == "aileron":
         try:
