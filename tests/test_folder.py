@@ -14,6 +14,7 @@ from dcx.core.setup import setup
 from dcx.datasets import folder
 from dcx.datasets.characters import write_folder
 from dcx.datasets.folder import ImageFolder, image_size_for, read_image, scaled_defaults, width_for
+from dcx.testing import check_dataset
 
 
 def _save(path, array, mode=None, **kw):
@@ -144,7 +145,7 @@ def _empty(tmp_path):
 
 def test_defaults_from_a_character_folder_and_from_photos(tmp_path):
     write_folder(tmp_path / "chars", per_class=4, size=28)
-    chars = ImageFolder().load(tmp_path / "chars")
+    chars = check_dataset(ImageFolder, tmp_path / "chars")
     d = ImageFolder().run_defaults(chars)
     assert chars.channels == 1 and len(chars) == 40
     assert (d.image_size, d.width, d.flip) == (32, 0.25, False)

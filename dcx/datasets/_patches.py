@@ -7,6 +7,7 @@ Nothing here downloads: every source is a file inside an installed package's whe
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ class ArrayImages:
         return Image.fromarray(self.array[i], mode=self.mode)
 
 
+@functools.lru_cache(maxsize=32)
 def load_source(source: Source, mode: str, side: int = SOURCE_SIDE) -> Image.Image:
-    """The source image in ``mode`` ('L' or 'RGB'), resized so its shorter side is ``side``."""
+    """The source image in ``mode`` ('L' or 'RGB'), resized so its shorter side is ``side``
+    (kept in memory, a few MB for all sources: callers only crop it, never modify it)."""
     with Image.open(source.file()) as img:
         img = img.convert(mode)
     w, h = img.size
