@@ -124,6 +124,12 @@ def test_channels_are_picked_from_the_data_unless_forced(tmp_path):
     assert mixed.channels == 3 and mixed.images[1].mode == "RGB"
     forced = ImageFolder(grayscale=True).load(tmp_path / "mixed")
     assert forced.channels == 1 and forced.images[0].mode == "L"
+    (tmp_path / "gif").mkdir()
+    Image.new("RGB", (8, 8), (200, 30, 30)).convert("P").save(tmp_path / "gif" / "red.gif")
+    Image.fromarray(gray).convert("P").save(tmp_path / "gif" / "gray.gif")
+    assert ImageFolder().load(tmp_path / "gif").channels == 3
+    (tmp_path / "gif" / "red.gif").unlink()
+    assert ImageFolder().load(tmp_path / "gif").channels == 1
 
 
 def test_hidden_files_are_ignored_and_flat_folders_are_unlabelled(tmp_path):

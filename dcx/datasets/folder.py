@@ -77,7 +77,10 @@ def read_image(path: Path, mode: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                try:
+                    img = ImageOps.exif_transpose(img)
+                except Exception as exc:  # a broken EXIF block does not make the pixels unreadable
+                    log.debug("ignoring the EXIF orientation of %s (%s)", path, exc)
                 return to_8bit(img, mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(path, f"larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels ({exc})") from None
@@ -161,7 +164,7 @@ def _is_gray(img: Image.Image) -> bool:
     if img.mode in GRAY_MODES:
         return True
     if img.mode == "P":
-        palette = np.asarray(img.convert("RGB").getpalette() or [], dtype=np.int16)[: 3 * 256].reshape(-1, 3)
+        palette = np.asarray(img.getpalette("RGB") or [], dtype=np.int16)[: 3 * 256].reshape(-1, 3)
         return bool(palette.size == 0 or (np.ptp(palette, axis=1) <= 2).all())
     # RGB (or CMYK, YCbCr, RGBA) that may hold a gray picture: decode a reduced version and compare
     # channels (JPEG decodes at 1/8 scale through draft, so this stays cheap).
