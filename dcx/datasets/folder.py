@@ -218,8 +218,9 @@ def scaled_defaults(n_images: int, image_size: int, budget: float = 150_000) -> 
     - Training budget: a run costs about ``epochs * N * (passes + 0.4)`` image-steps (training
       passes plus one feature extraction per epoch at ~0.4 of a training step), each weighted by
       the pixel cost ``(image_size / 32) ** 2 * (width / 0.25) ** 2`` relative to a 32-px image on a
-      0.25-wide AlexNet. ``budget`` = 150,000 such steps is about 5 minutes on 2 CPU cores (about
-      500 steps/s measured on digits). Small sets get several passes per clustering round (3 up to
+      0.25-wide AlexNet. ``budget`` = 150,000 such steps is about 5 minutes on 2 quiet CPU cores:
+      500-600 steps/s, from the measured digits run (54k training steps in ~2 min, README) and
+      issue 9's 20k-image run (720k steps in 1,160 s). Calibrate by a timed run before tuning. Small sets get several passes per clustering round (3 up to
       4,000 images, 2 up to 10,000, 1 above), and as many rounds as the budget allows, 3..10:
       1,797 digits -> 10 x 3 (the digits defaults), 20,000 images -> 5 rounds x 1 pass.
     - batch 64 up to 5,000 images, 128 up to 50,000, 256 above.
