@@ -14,6 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -89,32 +90,42 @@ def read_image(path: Path, mode: str) -> Image.Image:
 
 
 class _FileImages:
-    """Sequence of PIL images read lazily from indexed paths (picklable: paths and a mode).
+    """Sequence of PIL images read lazily from indexed files (picklable, and light to send to
+    DataLoader workers: a root and relative path strings, not a million Path objects).
 
     ``probe`` holds what the seeded header sample at load found (``FolderProbe``).
     """
 
-    def __init__(self, paths: list[Path], mode: str, probe: "FolderProbe | None" = None) -> None:
-        self.paths = paths
+    def __init__(self, root: Path, files: list[str], mode: str, probe: "FolderProbe | None" = None) -> None:
+        self.root = Path(root)
+        self.files = files
         self.mode = mode
         self.probe = probe
 
+    @property
+    def paths(self) -> list[Path]:
+        return [self.root / f for f in self.files]
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, i: int) -> Image.Image:
-        return read_image(self.paths[i], self.mode)
+        return read_image(self.path(i), self.mode)
 
 
 # ----------------------------------------------------------------------------- indexing
 
 
-def index_files(root: Path) -> tuple[list[Path], int]:
-    """Every image file under ``root`` by extension, sorted by relative path; and the number of
-    empty (zero-byte) files left out. Nothing is opened. Hidden files and folders (names starting
-    with '.', e.g. macOS ``._x.jpg`` resource forks) are ignored; symlinked folders are followed
-    once each."""
-    found: list[tuple[str, Path]] = []
+def index_files(root: Path) -> tuple[list[str], int]:
+    """The relative paths ('a/b.png') of every image file under ``root`` by extension, sorted; and
+    the number of empty (zero-byte) files left out. Nothing is opened. Hidden files and folders
+    (names starting with '.', e.g. macOS ``._x.jpg`` resource forks) are ignored; symlinked
+    folders are followed once each."""
+    found: list[str] = []
+    prefix = len(os.path.join(str(root), ""))
     empty = 0
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -140,12 +151,24 @@ def index_files(root: Path) -> tuple[list[Path], int]:
                         empty += 1
                         log.warning("skipping empty file %s", entry.path)
                         continue
-                    path = Path(entry.path)
-                    found.append((path.relative_to(root).as_posix(), path))
+                    found.append(entry.path[prefix:].replace(os.sep, "/"))
             except OSError as exc:
                 log.warning("skipping %s (%s)", entry.path, exc)
-    found.sort(key=lambda item: item[0])
-    return [p for _, p in found], empty
+    found.sort()
+    return found, empty
+
+
+class _Paths:
+    """``root / files[i]`` on access, without building every Path."""
+
+    def __init__(self, root: Path, files: list[str]) -> None:
+        self.root, self.files = root, files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Path:
+        return self.root / self.files[i]
 
 
 # ----------------------------------------------------------------------------- defaults from the data
@@ -173,7 +196,7 @@ def _is_gray(img: Image.Image) -> bool:
     return bool(np.abs(arr - arr[..., :1]).max() <= 3)
 
 
-def probe_folder(paths: list[Path], seed: int = 0, max_files: int = PROBE_FILES) -> FolderProbe:
+def probe_folder(paths: Sequence[Path], seed: int = 0, max_files: int = PROBE_FILES) -> FolderProbe:
     """Read the headers of a seeded sample of at most ``max_files`` files (sizes and modes only;
     an RGB file is decoded at reduced size to see whether its channels are equal)."""
     rng = np.random.default_rng(seed)
@@ -282,26 +305,26 @@ class ImageFolder(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise InputError(f"--data-root {root} is not a folder: pass the folder that holds your images")
-        paths, empty = index_files(root)
-        if not paths:
+        files, empty = index_files(root)
+        if not files:
             more = f" ({empty} empty file(s) left out)" if empty else ""
             raise InputError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}{more}")
         if empty:
-            log.warning("left out %d empty file(s) of %d under %s", empty, len(paths) + empty, root)
-        probe = probe_folder(paths)
+            log.warning("left out %d empty file(s) of %d under %s", empty, len(files) + empty, root)
+        probe = probe_folder(_Paths(root, files))
         if probe.sampled == 0:
-            raise InputError(f"none of the {len(paths)} sampled files under {root} is a readable image")
+            raise InputError(f"none of the sampled files under {root} is a readable image ({len(files)} files)")
         labels = classes = None
-        tops = [p.relative_to(root).parts for p in paths]
-        if all(len(parts) > 1 for parts in tops):
-            classes = sorted({parts[0] for parts in tops})
+        tops = [f.partition("/") for f in files]
+        if all(sep for _, sep, _ in tops):
+            classes = sorted({top for top, _, _ in tops})
             index = {c: i for i, c in enumerate(classes)}
-            labels = np.array([index[parts[0]] for parts in tops], dtype=np.int64)
+            labels = np.array([index[top] for top, _, _ in tops], dtype=np.int64)
         grayscale = self.params["grayscale"]
         if grayscale is None:
             grayscale = probe.grayscale
         mode = "L" if grayscale else "RGB"
-        return ImageSet(_FileImages(paths, mode, probe), labels, classes, channels=1 if grayscale else 3, skipped=empty)
+        return ImageSet(_FileImages(root, files, mode, probe), labels, classes, channels=1 if grayscale else 3, skipped=empty)
 
     def run_defaults(self, images: ImageSet) -> RunDefaults:
         probe = getattr(images.images, "probe", None)
