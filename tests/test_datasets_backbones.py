@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from dcx.backbones.alexnet import AlexNet
-from dcx.core.errors import InputError
+from dcx.core.errors import InputError, UnreadableImage
 from dcx.core.network import Sobel, build_network
 from dcx.datasets.folder import ImageFolder
 from dcx.datasets.torchvision_sets import MNIST
@@ -15,16 +15,17 @@ def _png(path, value, size=(12, 10)):
     Image.fromarray(np.full(size, value, np.uint8)).save(path)
 
 
-def test_imagefolder_labels_from_subfolders_and_skips_corrupt_files(tmp_path, caplog):
+def test_imagefolder_labels_from_subfolders_and_corrupt_files_fail_when_read(tmp_path):
     _png(tmp_path / "cats" / "a.png", 10)
     _png(tmp_path / "cats" / "b.png", 20)
     _png(tmp_path / "dogs" / "c.png", 30)
     (tmp_path / "dogs" / "broken.png").write_bytes(b"\x89PNG not really an image")
-    images = ImageFolder().load(tmp_path)
-    assert len(images) == 3 and images.skipped == 1
-    assert images.labels.tolist() == [0, 0, 1] and images.classes == ["cats", "dogs"]
-    assert images.images[2].mode == "RGB" and images.channels == 3
-    assert "broken.png" in caplog.text
+    images = ImageFolder(grayscale=False).load(tmp_path)  # nothing is decoded at load
+    assert len(images) == 4 and images.skipped == 0
+    assert images.labels.tolist() == [0, 0, 1, 1] and images.classes == ["cats", "dogs"]
+    assert images.images[3].mode == "RGB" and images.channels == 3
+    with pytest.raises(UnreadableImage, match="broken.png"):
+        images.images[2]
 
 
 def test_imagefolder_flat_folder_is_unlabelled_and_missing_root_is_an_error(tmp_path):

@@ -13,7 +13,7 @@ from fake_plugins import write_distribution
 BUILTINS = {
     "clusterer": {"kmeans", "pic", "sinkhorn", "swav", "dcv2"},
     "backbone": {"alexnet", "vgg16", "resnet18", "resnet50"},
-    "dataset": {"digits", "imagefolder", "mnist", "cifar10", "stl10"},
+    "dataset": {"digits", "imagefolder", "textures", "photos", "characters", "mnist", "cifar10", "stl10"},
 }
 #: A second package that also provides `kmeans` (dcx's own, subclassed: it imports and is valid).
 SHADOW = {"dcx.clusterers": {"kmeans": "shadow_kmeans:KMeans", "extra": "shadow_kmeans:Extra"}}
