@@ -180,3 +180,39 @@ def test_size_width_and_budget_rules():
     assert huge.k <= 10_000 and huge.width == 1.0 and huge.batch_size == 256
     tiny = scaled_defaults(30, 32)
     assert tiny.k == 6  # at most N / 5
+
+
+def test_a_folder_with_16_bit_truncated_and_over_limit_images_trains(tmp_path, monkeypatch):
+    """Issue 11: the 16-bit class keeps its contrast; the truncated JPEG and the over-limit image
+    are skipped and counted, and the run goes on."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dcx.cli import app
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        base = rng.integers(0, 256, (24, 24)).astype(np.uint16)
+        _save(tmp_path / "data" / "deep" / f"{i:02d}.png", (base * 257).astype(np.uint16))  # 16-bit
+        _save(tmp_path / "data" / "plain" / f"{i:02d}.png", np.full((24, 24), 40 + i, np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "data" / "plain" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _save(tmp_path / "data" / "deep" / "huge.png", rng.integers(0, 256, (120, 120), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 120 x 120 is over the limit, 24 x 24 is not
+
+    images = ImageFolder().load(tmp_path / "data")
+    deep = [np.asarray(images.images[i], dtype=np.float64) for i, p in enumerate(images.images.paths)
+            if p.parent.name == "deep" and p.name != "huge.png"]
+    assert np.mean([d.std() for d in deep]) > 50 and max(d.max() for d in deep) > 200  # contrast, not white
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "data"), "--k", "4", "--epochs", "2",
+        "--passes", "1", "--batch-size", "16", "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--no-probe",
+        "--quiet", "--no-report", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 50 and summary["skipped_images"] == 2
+    assert np.isfinite(summary["final_loss"])
