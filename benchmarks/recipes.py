@@ -89,9 +89,9 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
     }
 
 
-def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict) -> None:
+def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict, tag: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{dataset}.jsonl"
+    path = RESULTS / f"{dataset}{'-' + tag if tag else ''}.jsonl"
     done = set()
     if path.exists():
         for line in path.read_text().splitlines():
@@ -122,9 +122,10 @@ def report() -> str:
     for path in sorted(RESULTS.glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         dataset = path.stem
+        base = {k: v for k, v in rows[0]["settings"].items() if k in ("augment",)}
         blocks = list(rows[0]["blocks"])
         variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-        out += [f"### {dataset}", "",
+        out += [f"### {dataset}", "", f"Runs on top of the defaults{' with ' + json.dumps(base) if base else ''}.", "",
                 "| variant | seeds | " + " | ".join(blocks) + " | best learned | train s |",
                 "|---|---|" + "---|" * (len(blocks) + 2)]
         for v in variants:
@@ -144,6 +145,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--base", default="{}", help="JSON settings applied to every variant")
+    ap.add_argument("--tag", default="", help="results go to <dataset>-<tag>.jsonl (e.g. another --base)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
@@ -156,7 +158,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    sweep(args.dataset, args.variants.split(","), [int(s) for s in args.seeds.split(",")], json.loads(args.base))
+    sweep(args.dataset, args.variants.split(","), [int(s) for s in args.seeds.split(",")], json.loads(args.base),
+          args.tag)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""DeepCluster-v2 (dcv2): spherical k-means on a memory bank, prototypes = centroids, per-image targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcx.core.contracts import EpochContext, StepContext, TrainSpec
+from dcx.core.metrics import nmi
+from dcx.plugins.dcv2 import DeepClusterV2, spherical_kmeans
+
+
+def _unit_blobs(n=300, d=16, k=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(k, d, generator=gen), dim=1)
+    y = torch.arange(n) % k
+    return F.normalize(centres[y] + 0.1 * torch.randn(n, d, generator=gen), dim=1), y
+
+
+def test_spherical_kmeans_recovers_planted_clusters_with_unit_centroids():
+    x, y = _unit_blobs()
+    c, labels = spherical_kmeans(x, 5, 10, torch.Generator().manual_seed(0))
+    assert torch.allclose(c.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert nmi(y.numpy(), labels.numpy()) > 0.95
+
+
+def _ctx(x, epoch=0):
+    return EpochContext(epoch=epoch, seed=epoch, steps_per_epoch=1, num_samples=len(x), device=torch.device("cpu"),
+                        features=lambda: x)
+
+
+def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
+    x, y = _unit_blobs(d=12)
+    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
+    calls = []
+    ctx = _ctx(x)
+    ctx.features = lambda: calls.append(1) or x
+    plugin.start_epoch(head, ctx)
+    assert calls == [1] and plugin.bank.shape == (2, len(x), 8)
+    assert plugin.assignments.shape == (2, len(x))
+    with torch.no_grad():
+        z = head.embed(x)
+        for h, protos in enumerate(head.prototypes):
+            # every image is assigned to its nearest prototype, and the prototypes are unit centroids
+            assert torch.equal((z @ protos.weight.t()).argmax(1), plugin.assignments[h])
+            assert torch.allclose(protos.weight.norm(dim=1), torch.ones(5), atol=1e-5)
+    plugin.start_epoch(head, _ctx(x, 1))  # later epochs cluster the bank: no new extraction
+    assert calls == [1]
+
+
+def test_loss_trains_towards_the_assignments_and_writes_the_bank_at_the_batch_indices():
+    x, y = _unit_blobs(d=12)
+    plugin = DeepClusterV2(k=5, heads=1, proj_dim=8, hidden_dim=0)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
+    plugin.start_epoch(head, _ctx(x))
+    before = plugin.bank.clone()
+    idx = torch.tensor([3, 50, 7])
+    views = [x[idx].requires_grad_(True), x[idx] + 0.01]
+    loss, _ = plugin.loss(head, views, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
+    loss.backward()
+    assert views[0].grad.abs().sum() > 0 and torch.isfinite(loss)
+    changed = (plugin.bank != before).any(dim=2).any(dim=0)
+    assert set(torch.nonzero(changed).ravel().tolist()) <= {3, 7, 50}
+    plugin.after_backward(head, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
+    assert head.prototypes[0].weight.grad is None  # prototypes are centroids, not trained
+
+
+def test_needs_the_batch_indices_and_refuses_more_prototypes_than_images():
+    x, _ = _unit_blobs(n=20, d=12)
+    plugin = DeepClusterV2(k=5, heads=1, proj_dim=8)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=20))
+    plugin.start_epoch(head, _ctx(x))
+    from dcx.core.errors import InputError
+
+    with pytest.raises(InputError, match="indices"):
+        plugin.loss(head, [x[:4], x[:4]], StepContext(epoch=0, step=0, steps_per_epoch=1))
+    with pytest.raises(InputError, match="lower --k"):
+        DeepClusterV2(k=50).build_head(TrainSpec(feature_dim=12, num_samples=20))
