@@ -29,9 +29,11 @@ AUTO_EXACT_MAX_N = 20_000
 IVF_LISTS_PER_SQRT_N = 4.0
 #: ... trained by faiss k-means on at most IVF_TRAIN_PER_LIST sampled rows per list, IVF_TRAIN_ITER
 #: iterations, and at least IVF_MIN_TRAIN_PER_LIST rows per list (faiss's own minimum).
-IVF_TRAIN_PER_LIST = 64
+IVF_TRAIN_PER_LIST = 32
 IVF_TRAIN_ITER = 10
 IVF_MIN_TRAIN_PER_LIST = 39
+#: nprobe is raised at most to nlist / IVF_MAX_SCAN (beyond, exact search is as cheap).
+IVF_MAX_SCAN = 8
 #: Nearest lists computed once per row, reused for adding and searching it.
 IVF_PRECOMPUTED_PROBES = 16
 #: HNSW graph degree and construction effort (faiss's efConstruction default); efSearch is tuned.
@@ -315,7 +317,9 @@ def _ivf(x, k, seed, tune_rows, truth, target, params) -> tuple[np.ndarray, np.n
     index.cp.niter = IVF_TRAIN_ITER
     index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST  # faiss trains on a sample of this many per list
     index.cp.min_points_per_centroid = 1  # nlist already respects IVF_MIN_TRAIN_PER_LIST
-    grid = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, nlist) if p <= nlist})
+    # Beyond 1/IVF_MAX_SCAN of the lists per row the scan costs about what exact BLAS search does.
+    p_cap = max(1, nlist // IVF_MAX_SCAN)
+    grid = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, p_cap) if p <= p_cap})
     params.update(nlist=nlist, train_rows=min(n, nlist * IVF_TRAIN_PER_LIST), niter=IVF_TRAIN_ITER)
     gpu = _gpu(index)
     if gpu is not index:
