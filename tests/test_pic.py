@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dcx.core import knn
 from dcx.core.contracts import FitContext, Partition
 from dcx.core.errors import InputError, OptionError
 from dcx.core.metrics import nmi
 from dcx.core.registry import Registry
 from dcx.plugins.pic import PIC, default_sigma, distribute_singletons, follow_to_seeds, pointers
 from scipy import sparse
-from synthetic import mixture
+from synthetic import mixture, varied_mixture
 
 
 
@@ -148,13 +149,27 @@ def test_default_sigma_is_the_reference_for_small_distances():
     assert default_sigma(np.full((10, 5), 1.44)) == pytest.approx(0.6)  # half the median distance
 
 
-def test_approximate_graph_gives_the_same_partition():
+@pytest.mark.parametrize("graph", ["ivf", "hnsw"])
+def test_approximate_graph_gives_the_same_partition(graph):
     x, y = mixture(4000, 32, 40, 0.5, seed=5)
     exact = PIC(graph="exact").fit(x, FitContext())
-    approx = PIC(graph="ivf", graph_recall=0.999).fit(x, FitContext())
-    assert approx.stats["graph_backend"] == "ivf" and approx.stats["graph_recall"] >= 0.99
+    approx = PIC(graph=graph, graph_recall=0.999).fit(x, FitContext())
+    assert approx.stats["graph_backend"] == graph and approx.stats["graph_recall"] >= 0.99
     assert nmi(exact.labels, approx.labels) > 0.99
     assert abs(nmi(y, exact.labels) - nmi(y, approx.labels)) < 0.01
+
+
+def test_default_graph_gives_the_exact_graph_partition_on_a_hard_mixture(monkeypatch):
+    # Issue 10's hard case at small size: classes of 50 rows with noise spread varied per class.
+    # Above AUTO_EXACT_MAX_N rows the default graph is approximate; lower the threshold to get there.
+    x, y = varied_mixture(4000, 64, 80, seed=3)
+    exact = PIC(graph="exact").fit(x, FitContext())
+    monkeypatch.setattr(knn, "AUTO_EXACT_MAX_N", 1000)
+    default = PIC().fit(x, FitContext())
+    assert default.stats["graph_backend"] == knn.auto_backend(len(x)) != "exact"
+    assert default.stats["graph_recall"] >= 0.98
+    assert nmi(exact.labels, default.labels) >= 0.99
+    assert abs(nmi(y, exact.labels) - nmi(y, default.labels)) < 0.01
 
 
 def test_partition_contract_stats_and_determinism(gmm):

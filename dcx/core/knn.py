@@ -1,14 +1,13 @@
 """k-nearest-neighbour graphs of a feature matrix, exact or approximate (PIC, kNN evaluation).
 
-The exact graph is O(N^2 d): ~8.5 s at N=50k and ~1.5 h at N=1.28M on 2 cores
-(docs/performance.md). The approximate backends (faiss IVF / HNSW, pynndescent) are tuned on a
-sample of rows against exact search and report the recall they reach, so a caller can trust or
-reject the graph instead of guessing.
+A thin layer over faiss (flat search in blocks, IndexIVFFlat, IndexHNSWFlat; GPU when faiss-gpu
+sees one) and pynndescent: it chooses parameters from the data, tunes the search effort on a
+sample of rows against exact search and reports the recall reached on other rows, so a caller
+can trust or reject the graph. Measurements behind every default: docs/benchmarks.md (PIC).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -24,11 +23,22 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "exact", "hnsw", "ivf", "pynndescent")
 METRICS = ("l2", "cosine")
 
-#: "auto" uses the exact graph up to this many rows. Measured on 2 cores, d=256, k=5, mixture
-#: data: exact 0.5 / 1.9 / 8.8 s at 10k / 20k / 50k rows, IVF 0.3 / 0.6 / 1.3 s (recall >= 0.99).
-#: Up to 20k the exact graph (the reference's, reproducible) costs under 2 s; above, the
-#: approximate one wins by a factor growing as ~sqrt(N).
+#: "auto": the exact graph up to this many rows, the IVF graph above (docs/benchmarks.md, PIC).
 AUTO_EXACT_MAX_N = 20_000
+#: IVF: nlist = IVF_LISTS_PER_SQRT_N * sqrt(N) lists (docs/benchmarks.md, PIC) ...
+IVF_LISTS_PER_SQRT_N = 4.0
+#: ... trained by faiss k-means on at most IVF_TRAIN_PER_LIST sampled rows per list, IVF_TRAIN_ITER
+#: iterations, and at least IVF_MIN_TRAIN_PER_LIST rows per list (faiss's own minimum).
+IVF_TRAIN_PER_LIST = 32
+IVF_TRAIN_ITER = 10
+IVF_MIN_TRAIN_PER_LIST = 39
+#: nprobe is raised at most to nlist / IVF_MAX_SCAN (beyond, exact search is as cheap).
+IVF_MAX_SCAN = 8
+#: Nearest lists computed once per row, reused for adding and searching it.
+IVF_PRECOMPUTED_PROBES = 16
+#: HNSW graph degree and construction effort (faiss's efConstruction default); efSearch is tuned.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 40
 
 #: Query rows per exact-search batch: bounds the output and faiss's scratch memory.
 _EXACT_BATCH = 16_384
@@ -64,6 +74,12 @@ def have_faiss() -> bool:
     return True
 
 
+def auto_backend(n: int) -> str:
+    """The backend "auto" picks for ``n`` rows: "exact" up to AUTO_EXACT_MAX_N rows (or without
+    faiss), "ivf" above (docs/benchmarks.md, PIC)."""
+    return "exact" if n <= AUTO_EXACT_MAX_N or not have_faiss() else "ivf"
+
+
 def knn_graph(
     x: np.ndarray,
     k: int,
@@ -75,9 +91,10 @@ def knn_graph(
 ) -> KnnGraph:
     """Graph of the ``k`` nearest neighbours of each row of ``x`` (N, d), self excluded.
 
-    ``backend``: "exact" (faiss flat, or chunked torch without faiss), "ivf" (inverted lists
-    over faiss k-means centroids, nlist ~ 4 sqrt(N), searched as BLAS blocks), "hnsw" (faiss
-    HNSWFlat), "pynndescent", or "auto" (exact up to AUTO_EXACT_MAX_N rows, IVF above).
+    ``backend``: "exact" (faiss flat in blocks, or chunked torch without faiss), "ivf" (faiss
+    IndexIVFFlat, nlist = ivf_lists(N)), "hnsw" (faiss IndexHNSWFlat), "pynndescent" (imported
+    only here: numba compiles it in every new process), or "auto" (exact up to
+    AUTO_EXACT_MAX_N rows, IVF above).
     The faiss backends raise their search effort (nprobe, efSearch) until ``target_recall`` is
     met on ``recall_sample // 2`` tuning rows; every approximate backend then reports its recall
     on ``recall_sample`` other rows. ``recall_sample=0`` skips both (recall None).
@@ -87,7 +104,7 @@ def knn_graph(
     if metric == "cosine":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if backend == "auto":
-        backend = "exact" if n <= AUTO_EXACT_MAX_N or not have_faiss() else "ivf"
+        backend = auto_backend(n)
         if n > AUTO_EXACT_MAX_N and backend == "exact":
             log.warning("faiss is not installed: exact kNN graph of %d rows, O(N^2); pip install faiss-cpu", n)
     if backend in ("ivf", "hnsw") and not have_faiss():
@@ -269,133 +286,104 @@ def _tune(
     return grid[-1], r
 
 
-def _ivf(x, k, seed, tune_rows, truth, target, params) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted lists over faiss k-means centroids; each row searched in its ``nprobe`` nearest lists.
+def ivf_lists(n: int) -> int:
+    """Number of inverted lists for ``n`` rows: IVF_LISTS_PER_SQRT_N * sqrt(n), at least
+    IVF_MIN_TRAIN_PER_LIST rows per list (faiss's minimum for a meaningful k-means)."""
+    return int(max(1, min(round(IVF_LISTS_PER_SQRT_N * math.sqrt(n)), n // IVF_MIN_TRAIN_PER_LIST)))
 
-    The queries are the indexed rows themselves, so the search is done list by list as dense
-    BLAS blocks (queries probing list L) x (members of L) instead of faiss's per-query scan,
-    which ran at ~2.5 GFLOP/s here (a fifth of the time at 200k rows, most of it at 1M).
+
+def _gpu(index):
+    """The index moved to every GPU faiss sees (faiss-gpu), else unchanged."""
+    import faiss
+
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _ivf(x, k, seed, tune_rows, truth, target, params) -> tuple[np.ndarray, np.ndarray]:
+    """faiss IndexIVFFlat: k-means lists trained on a sample, nprobe tuned to the target recall.
+
+    The queries are the indexed rows, so on CPU each row's nearest lists are computed once
+    (``quantizer.search``) and used both to add it and to search it (faiss.contrib.ivf_tools);
+    faiss owns the threading. On GPU (faiss-gpu) the index is moved there and searched plainly.
     """
     import faiss
 
     n, d = x.shape
-    nlist = max(1, min(int(round(4 * math.sqrt(n))), n // 32))
-    norms = np.einsum("ij,ij->i", x, x)
-    # On unit-norm rows (PIC's and kNN evaluation's input) plain k-means leaves a few centroids
-    # near the origin that are every row's second-nearest list ("hubs"): at 200k rows one list
-    # was probed by 40% of the rows, 6x the work of balanced lists. Unit-norm centroids have none.
-    spherical = bool(np.all(np.abs(norms - 1.0) < 1e-3))
-    # The centroids only route queries: 32 training points per list and 5 iterations gave recall
-    # 0.999 at nprobe=1 where 16 points gave 0.98 (200k rows), at a fraction of faiss's default
-    # cost. At 1M rows (20k classes) 10 iterations reach recall 0.99 with nprobe 8 instead of 16,
-    # which halves the search for twice a training that is then the smaller part.
-    niter = 5 if n <= 200_000 else 10
-    km = faiss.Kmeans(
-        d, nlist, niter=niter, seed=seed, spherical=spherical, max_points_per_centroid=32, min_points_per_centroid=1
-    )
-    km.train(x)
-    p_max = min(nlist, 32)
-    probes = np.empty((n, p_max), dtype=np.int64)
-    for s in range(0, n, _EXACT_BATCH * 4):
-        probes[s : s + _EXACT_BATCH * 4] = km.index.search(x[s : s + _EXACT_BATCH * 4], p_max)[1]
-    lists = _InvertedLists(x, probes[:, 0], nlist)
+    nlist = ivf_lists(n)
+    index = faiss.index_factory(d, f"IVF{nlist},Flat")
+    index.cp.seed = seed
+    index.cp.niter = IVF_TRAIN_ITER
+    index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST  # faiss trains on a sample of this many per list
+    index.cp.min_points_per_centroid = 1  # nlist already respects IVF_MIN_TRAIN_PER_LIST
+    # Beyond 1/IVF_MAX_SCAN of the lists per row the scan costs about what exact BLAS search does.
+    p_cap = max(1, nlist // IVF_MAX_SCAN)
+    grid = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, p_cap) if p <= p_cap})
+    params.update(nlist=nlist, train_rows=min(n, nlist * IVF_TRAIN_PER_LIST), niter=IVF_TRAIN_ITER)
+    gpu = _gpu(index)
+    if gpu is not index:
+        gpu.train(x)
+        gpu.add(x)
 
-    def search(rows, nprobe):
-        if nprobe <= p_max:
-            return lists.search(rows, probes[rows, :nprobe], k)
-        return lists.search(rows, km.index.search(np.ascontiguousarray(x[rows]), nprobe)[1], k)
+        def search(rows, nprobe):
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
+            dist, idx = gpu.search(np.ascontiguousarray(x[rows]), k)
+            return idx.astype(np.int64, copy=False), dist
 
-    grid = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, nlist) if p <= nlist})
+        params["device"] = "gpu"
+    else:
+        from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
+
+        index.train(x)
+        # Each row's nearest lists, computed once: column 0 places the row, the first nprobe
+        # columns are searched (rows needing more lists than precomputed are quantized again).
+        p_max = min(nlist, IVF_PRECOMPUTED_PROBES)
+        lists = np.empty((n, p_max), dtype=np.int64)
+        for s in range(0, n, _EXACT_BATCH * 4):
+            lists[s : s + _EXACT_BATCH * 4] = index.quantizer.search(x[s : s + _EXACT_BATCH * 4], p_max)[1]
+        add_preassigned(index, x, np.ascontiguousarray(lists[:, 0]))
+
+        def search(rows, nprobe):
+            index.nprobe = nprobe
+            xq = np.ascontiguousarray(x[rows])
+            if nprobe > p_max:
+                dist, idx = index.search(xq, k)
+            else:
+                dist, idx = search_preassigned(index, xq, k, np.ascontiguousarray(lists[rows, :nprobe]))
+            return idx.astype(np.int64, copy=False), dist
+
     nprobe, _ = _tune(search, tune_rows, truth, k, grid, target)
-    params.update(nlist=nlist, nprobe=nprobe, spherical=spherical)
+    params["nprobe"] = nprobe
     idx = np.empty((n, k), dtype=np.int64)
     dist = np.empty((n, k), dtype=np.float32)
-    step = _EXACT_BATCH * 16
+    step = _EXACT_BATCH * 16  # bounds the copy of the query rows
     for s in range(0, n, step):
         rows = np.arange(s, min(n, s + step))
         idx[rows], dist[rows] = search(rows, nprobe)
     return idx, dist
 
 
-class _InvertedLists:
-    """Rows grouped by their nearest centroid (a copy of x sorted by list) for block search."""
-
-    def __init__(self, x: np.ndarray, assign: np.ndarray, nlist: int) -> None:
-        self.x = x
-        self.order = np.argsort(assign, kind="stable")
-        self.xs = x[self.order]
-        self.norms = np.einsum("ij,ij->i", self.xs, self.xs)  # ||m||^2 of the sorted rows
-        self.starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))])
-
-    def search(self, rows: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest rows to each x[rows] among the members of its probed lists.
-
-        The blocks are small (~100 x 250), so BLAS runs on one thread: multi-threaded BLAS on
-        blocks this size ran ~50x slower on a busy 2-core machine (threads waiting on each other).
-        """
-        with _single_threaded_blas():
-            return self._search(rows, probes, k)
-
-    def _search(self, rows: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        m, p = probes.shape
-        best_d = np.full((m, k), np.inf, dtype=np.float32)
-        best_i = np.full((m, k), -1, dtype=np.int64)
-        pair_l = probes.ravel()
-        pair_q = np.repeat(np.arange(m), p)
-        o = np.argsort(pair_l, kind="stable")
-        pair_l, pair_q = pair_l[o], pair_q[o]
-        lists, first = np.unique(pair_l, return_index=True)
-        bounds = np.append(first, len(pair_l))
-        for li, a, b in zip(lists, bounds[:-1], bounds[1:]):
-            lo, hi = self.starts[li], self.starts[li + 1]
-            if hi == lo:
-                continue
-            q = pair_q[a:b]
-            xq = self.x[rows[q]]
-            d = np.einsum("ij,ij->i", xq, xq)[:, None] + self.norms[None, lo:hi] - 2.0 * (xq @ self.xs[lo:hi].T)
-            np.maximum(d, 0, out=d)
-            cand = self.order[lo:hi]
-            if hi - lo > k:
-                part = np.argpartition(d, k - 1, axis=1)[:, :k]
-                d, cand = np.take_along_axis(d, part, axis=1), cand[part]
-            else:
-                cand = np.broadcast_to(cand, d.shape)
-            all_d = np.concatenate([best_d[q], d], axis=1)
-            all_i = np.concatenate([best_i[q], cand], axis=1)
-            keep = np.argpartition(all_d, k - 1, axis=1)[:, :k]
-            best_d[q] = np.take_along_axis(all_d, keep, axis=1)
-            best_i[q] = np.take_along_axis(all_i, keep, axis=1)
-        srt = np.argsort(best_d, axis=1, kind="stable")
-        return np.take_along_axis(best_i, srt, axis=1), np.take_along_axis(best_d, srt, axis=1)
-
-
-def _single_threaded_blas():
-    """Context limiting numpy's BLAS to one thread (no-op without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
 def _hnsw(x, k, seed, tune_rows, truth, target, params) -> tuple[np.ndarray, np.ndarray]:
+    """faiss IndexHNSWFlat (M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION), efSearch tuned.
+
+    Insertion is multi-threaded, so the graph (not the recall) can vary between runs.
+    """
     import faiss
 
     n, d = x.shape
-    # M=32, efConstruction=64: a common recall/build-time balance for d ~ 256 (faiss wiki);
-    # efSearch is tuned below. Multi-threaded insertion makes the graph (not the recall) vary.
-    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_L2)
-    index.hnsw.efConstruction = 64
+    index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_L2)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index.add(x)
 
     def search(rows, ef):
         index.hnsw.efSearch = ef
         dist, idx = index.search(np.ascontiguousarray(x[rows]), k)
-        return idx, dist
+        return idx.astype(np.int64, copy=False), dist
 
-    grid = [e for e in (16, 32, 64, 128, 256, 512) if e >= k]
+    grid = [e for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 512) if e >= k]
     ef, _ = _tune(search, tune_rows, truth, k, grid, target)
-    params.update(M=32, efConstruction=64, efSearch=ef)
+    params.update(M=HNSW_M, efConstruction=HNSW_EF_CONSTRUCTION, efSearch=ef)
     index.hnsw.efSearch = ef
     dist, idx = index.search(x, k)
     return idx.astype(np.int64, copy=False), dist

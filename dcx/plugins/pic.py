@@ -5,7 +5,7 @@ in tests/test_pic.py and benchmarks/bench_pic.py (docs/benchmarks.md):
 
 * sigma defaults to a value derived from the data (see ``PIC``) instead of a fixed 0.2, which
   underflows and turns every point into a singleton when neighbour squared distances are >~ 1;
-* the kNN graph is approximate above ~20k rows (dcx.core.knn), with its recall measured;
+* the kNN graph is faiss IVF above 20k rows (dcx.core.knn.auto_backend), with its recall measured;
 * pointers, seeds and singletons are vectorised (the reference loops over nodes in Python);
 * the power iteration runs in float64 (reference: float32), so v's deviations from uniform,
   of order alpha * weighted degree, are resolved; it stops early once v is bitwise unchanged,
@@ -149,7 +149,9 @@ class PIC(Clusterer):
         Option("alpha", float, 0.001, "power-iteration damping (reference 0.001)", min=0.0, max=1.0),
         Option("n_iter", int, 200, "power iterations (reference 200)", min=1),
         Option("distribute_singletons", bool, True, "clusters of size 1 join their nearest non-singleton neighbour"),
-        Option("graph", str, "auto", "kNN graph backend: exact up to 20k rows, approximate (IVF) above", choices=BACKENDS),
+        Option(
+            "graph", str, "auto", "kNN graph backend; auto: exact up to 20k rows, faiss IVF above", choices=BACKENDS
+        ),
         Option("graph_recall", float, 0.99, "recall an approximate graph is tuned to reach", min=0.0, max=1.0),
     )
 
