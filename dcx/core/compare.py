@@ -100,6 +100,10 @@ def collect(path: Path) -> dict[str, Any]:
     for phase in PHASES:
         values = [r[f"time_{phase}"] for r in train if f"time_{phase}" in r]
         out[f"time_{phase}"] = statistics.mean(values) if values else None
+    best = summary.get("best_block")
+    if best:
+        out.update(best_block=best["block"], best_learned=best["learned"], best_random=best["random"],
+                   best_gain=best["gain"])
     ev = summary.get("eval")
     if ev:
         out["eval_layer"] = ev.get("layer")
@@ -147,6 +151,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 COLUMNS = [
     ("clusterer", "clusterer"), ("seed", "seed"), ("clusters", "#clusters"),
+    ("best_block", "best block"), ("best_learned", "k-means NMI best block"), ("best_random", "same block random"),
     ("nmi_labels", "NMI labels"), ("nmi_prev", "NMI prev epoch"),
     ("probe_nmi_initial", "k-means NMI random"), ("probe_nmi_final", "k-means NMI final"),
     ("learned_k20", "kNN-20 top-1"), ("random_k20", "kNN-20 random"),
@@ -172,10 +177,37 @@ def markdown(cmp: Comparison, table: list[dict[str, Any]]) -> str:
     ]
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in COLUMNS) + " |")
+    by = per_clusterer(table)
+    if by and len(cmp.seeds) > 1:
+        lines += ["", f"Per clusterer, mean ± sd over seeds {', '.join(map(str, cmp.seeds))} (best block: the block "
+                  "where the trained network's k-means(#classes) NMI is highest; gain: minus the same block at "
+                  "random init):", "",
+                  "| clusterer | runs | best block NMI | gain over random | NMI labels | train s |", "|---|---|---|---|---|---|"]
+        for name, agg in by.items():
+            lines.append(f"| {name} | {agg['runs']} | {agg['best_learned']} | {agg['best_gain']} | {agg['nmi_labels']} | "
+                         f"{agg['seconds']} |")
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:
         lines += ["", "Failed runs:"] + [f"- {r['clusterer']} seed {r['seed']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def per_clusterer(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean ± sd over seeds of each clusterer's finished runs (best block, gain, NMI labels, time)."""
+    def agg(values: list[float], digits: int = 3) -> str:
+        if not values:
+            return "-"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["clusterer"] for r in table):
+        rows = [r for r in table if r["clusterer"] == name and r.get("status") != "failed"]
+        out[name] = {"runs": len(rows)}
+        for key in ("best_learned", "best_gain", "nmi_labels"):
+            out[name][key] = agg([r[key] for r in rows if r.get(key) is not None])
+        out[name]["seconds"] = agg([r["seconds"] for r in rows if r.get("seconds") is not None], 0)
+    return out
 
 
 def write_table(out: Path, cmp: Comparison, table: list[dict[str, Any]]) -> None:
