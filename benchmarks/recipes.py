@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "constant_lr": ({"lr_schedule": "constant"}, "constant learning rate (reference)"),
     "flip": ({"flip": True}, "horizontal flips"),
     "no_flip": ({"flip": False}, "no horizontal flips"),
+    "crop_only": ({"augment": "crop"}, "random resized crops only (the reference)"),
     "affine": ({"augment": "affine"}, "crops + small affine warps"),
     "elastic": ({"augment": "elastic"}, "crops + affine + elastic warps"),
     "crop_small": ({"crop_scale": 0.2}, "crops down to 20% of the area"),
@@ -47,6 +48,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "lr_0.1": ({"lr": 0.1}, "learning rate 0.1"),
     "lr_0.02": ({"lr": 0.02}, "learning rate 0.02"),
     "epochs_x2": ({"epochs_factor": 2}, "twice the epochs"),
+    "width_0.5": ({"width": 0.5}, "a network twice as wide"),
+    "k_5x": ({"k_per_class": 5}, "k = 5 x #classes"),
 }
 
 
@@ -78,12 +81,14 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
         t = time.perf_counter()
         summary = execute(new_run(RunConfig(**cfg), Path(tmp) / "run"))
         seconds = time.perf_counter() - t
+        metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    curve = [{k: r.get(k) for k in ("epoch", "phase", "nmi_labels", "nmi_prev", "loss", "nonempty")} for r in metrics]
     best = summary["best_block"]
     return {
         "dataset": dataset, "variant": variant, "seed": seed, "seconds": seconds,
         "train_seconds": summary["seconds"], "images": summary["images"],
         "blocks": best["blocks"], "best_block": best["block"], "best_learned": best["learned"],
-        "best_random": best["random"], "nmi_labels": summary["final"].get("nmi_labels"),
+        "best_random": best["random"], "nmi_labels": summary["final"].get("nmi_labels"), "curve": curve,
         "settings": {k: v for k, v in cfg.items() if k not in ("options",)} | {"options": options},
         "load": os.getloadavg()[0],
     }

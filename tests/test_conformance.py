@@ -1,11 +1,10 @@
 """The conformance kit: every built-in passes every check; the kit's API behaves as documented."""
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from dcx.core.registry import Registry
-from dcx.testing import CHECKS, check_backbone, check_clusterer, check_dataset, checks, parametrize_with_checks
+from dcx.testing import check_dataset, parametrize_with_checks
 
 REG = Registry()
 BUILTINS = [REG.load(kind, name) for kind, name in [

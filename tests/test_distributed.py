@@ -20,7 +20,6 @@ from dcx.core.callbacks import Callback
 from dcx.core.config import RunConfig
 from dcx.core.distributed import world_from_env
 from dcx.core.kmeans import kmeans
-from dcx.core.metrics import nmi
 from dcx.core.runner import execute, new_run
 from dcx.core.sinkhorn import swav_codes
 

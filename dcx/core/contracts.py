@@ -323,8 +323,9 @@ class RunDefaults:
     passes: int = 1
     #: Train with horizontal flips; None: the dataset's ``flip_invariant``.
     flip: bool | None = None
-    #: Training augmentation ("crop", "affine", "elastic"); see ``dcx.core.data.train_transform``.
-    augment: str = "crop"
+    #: Training augmentation ("crop", "affine", "elastic"; see ``dcx.core.data.train_transform``);
+    #: None: the engine's rule by image size (``dcx.core.setup.default_augment``).
+    augment: str | None = None
 
 
 @dataclass

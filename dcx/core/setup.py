@@ -53,6 +53,16 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
+#: Largest input side that gets elastic warps by default (measured up to 32 px; docs/recipes.md).
+ELASTIC_MAX_SIDE = 64
+
+
+def default_augment(image_size: int) -> str:
+    """Crops + affine + elastic warps for small images, where they taught every measured dataset
+    (digits, characters, textures, photos) most (docs/recipes.md); the reference's crops above."""
+    return "elastic" if image_size <= ELASTIC_MAX_SIDE else "crop"
+
+
 def default_workers(device: torch.device, local_world_size: int = 1) -> int:
     """Loader processes per rank: the node's cores shared by its ranks, at most 8, on CUDA; 0 on
     the CPU, where the cores are busy computing (worker processes there only add contention)."""
@@ -118,7 +128,7 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     cfg.sobel = backbone.sobel_default if cfg.sobel is None else cfg.sobel
     flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
     cfg.flip = flip
-    cfg.augment = cfg.augment or d.augment
+    cfg.augment = cfg.augment or d.augment or default_augment(cfg.image_size)
     if cfg.image_size < backbone.min_image_size:
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
