@@ -83,6 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     env = environment()
+    previous = ROOT / "benchmarks" / "results" / "scale.json"
+    kept = json.loads(previous.read_text())["runs"] if previous.exists() else []
     result: dict = {**env, "runs": []}
 
     small = OUT / "features_400k_1024_f32.npy"
@@ -110,6 +112,9 @@ def main() -> None:
         if not args.keep:
             big.unlink()
     result["load_after"] = os.getloadavg()[0]
+    measured = {(r["rows"], r["d"], r["k"]) for r in result["runs"]}
+    result["runs"] += [r for r in kept if (r["rows"], r["d"], r["k"]) not in measured]  # e.g. --small-only
+    result["runs"].sort(key=lambda r: (r["rows"], r["k"]))
     write_results("scale", result)
 
     lines = [
@@ -128,6 +133,9 @@ def main() -> None:
     big_rows = [r for r in result["runs"] if r["rows"] > 1_000_000]
     if big_rows:
         r = big_rows[0]
+        if r.get("rss_note") or r.get("load_note"):
+            lines += ["", f"ImageNet-size row: peak RSS is the {r.get('rss_note', 'GNU time maximum')}; "
+                      f"{r.get('load_note', '')}."]
         lines += ["", f"ImageNet size (the clustering step of one DeepCluster epoch, k = 10,000, 20 iterations on "
                   f"all rows): {r['seconds'] / 60:.1f} min here; the FLOP count ({(kmeans_flops(r['rows'], 10_000, 256)) / 1e12:.0f} "
                   f"TFLOP of k-means + PCA) projects {r['cpu_projection_s'] / 60:.0f} min at this machine's "

@@ -49,6 +49,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "lr_0.02": ({"lr": 0.02}, "learning rate 0.02"),
     "epochs_x2": ({"epochs_factor": 2}, "twice the epochs"),
     "width_0.5": ({"width": 0.5}, "a network twice as wide"),
+    "dcv2": ({"clusterer": "dcv2"}, "DeepCluster-v2 instead of k-means"),
+    "swav": ({"clusterer": "swav"}, "SwAV instead of k-means"),
+    "sinkhorn": ({"clusterer": "sinkhorn"}, "SeLa instead of k-means"),
+    "pic": ({"clusterer": "pic"}, "PIC instead of k-means"),
     "k_5x": ({"k_per_class": 5}, "k = 5 x #classes"),
 }
 

@@ -196,8 +196,12 @@ def test_pynndescent_recall():
     pytest.importorskip("pynndescent")
     x, _ = mixture(3000, 32, 30, 0.6)
     truth, _ = brute_force(x, 5)
+    import torch
+
+    threads = torch.get_num_threads()
     g = knn_graph(x, 5, backend="pynndescent", recall_sample=400)
     assert g.backend == "pynndescent"
+    assert torch.get_num_threads() == threads  # numba's OpenMP layer must not leak into torch
     assert recall_vs_truth(g, truth) > 0.95 and g.recall > 0.95
     d_true = ((x[:, None, :] - x[g.indices]) ** 2).sum(-1)
     np.testing.assert_allclose(g.distances, d_true, rtol=1e-3, atol=1e-4)

@@ -396,8 +396,16 @@ def _pynndescent(x, k, seed, params) -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise OptionError("kNN backend 'pynndescent' is not installed: pip install 'dcx[ann]', or use backend=ivf") from None
 
+    import torch
+
     n_neighbors = max(k, 15)  # fewer than ~15 neighbours per node lowers NN-descent's recall
-    index = NNDescent(x, n_neighbors=n_neighbors, metric="euclidean", random_state=seed, low_memory=True)
-    idx, dist = index.neighbor_graph
+    # numba's OpenMP layer resets the process-wide OpenMP thread count that torch shares (measured:
+    # torch.get_num_threads() 1 -> 2 after one graph), which would change every later torch result.
+    threads = torch.get_num_threads()
+    try:
+        index = NNDescent(x, n_neighbors=n_neighbors, metric="euclidean", random_state=seed, low_memory=True)
+        idx, dist = index.neighbor_graph
+    finally:
+        torch.set_num_threads(threads)
     params.update(n_neighbors=n_neighbors)
     return idx[:, :k].astype(np.int64), np.square(dist[:, :k]).astype(np.float32)
