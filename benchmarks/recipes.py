@@ -120,29 +120,36 @@ def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict, tag: 
 def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = statistics.mean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:+.3f} ± {sd:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
 
 
-def report() -> str:
-    """Markdown: per dataset, learned - random per block (mean ± sd over seeds) for each variant."""
+def report(files: list[str] | None = None, min_seeds: int = 1, max_seeds: int = 1000) -> str:
+    """Markdown: per results file, learned - random per block (mean ± sd over seeds) for each
+    variant measured with ``min_seeds``..``max_seeds`` seeds; ``files`` are stems (``digits-elastic``)."""
     out = []
-    for path in sorted(RESULTS.glob("*.jsonl")):
+    paths = [RESULTS / f"{f}.jsonl" for f in files] if files else sorted(RESULTS.glob("*.jsonl"))
+    for path in paths:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         dataset = path.stem
-        base = {k: v for k, v in rows[0]["settings"].items() if k in ("augment",)}
         blocks = list(rows[0]["blocks"])
-        variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-        out += [f"### {dataset}", "", f"Runs on top of the defaults{' with ' + json.dumps(base) if base else ''}.", "",
-                "| variant | seeds | " + " | ".join(blocks) + " | best learned | train s |",
+        seeds = {v: len({r["seed"] for r in rows if r["variant"] == v}) for v in VARIANTS}
+        variants = [v for v in VARIANTS if min_seeds <= seeds[v] <= max_seeds]
+        if not variants:
+            continue
+        out += [f"#### {dataset}", "",
+                "| variant | seeds | " + " | ".join(blocks) + " | best block learned (random) | train s |",
                 "|---|---|" + "---|" * (len(blocks) + 2)]
         for v in variants:
             vr = [r for r in rows if r["variant"] == v]
             cells = [_fmt([r["blocks"][b]["learned"] - r["blocks"][b]["random"] for r in vr]) for b in blocks]
             best = statistics.mean(r["best_learned"] for r in vr)
-            secs = statistics.mean(r["train_seconds"] for r in vr)
-            out.append(f"| {v} ({VARIANTS[v][1]}) | {len(vr)} | " + " | ".join(cells) + f" | {best:.3f} | {secs:.0f} |")
+            rand = statistics.mean(r["best_random"] for r in vr)
+            sd = f" ± {statistics.stdev(r['best_learned'] for r in vr):.3f}" if len(vr) > 1 else ""
+            secs = statistics.median(r["train_seconds"] for r in vr)
+            out.append(f"| {v} ({VARIANTS[v][1]}) | {len(vr)} | " + " | ".join(cells)
+                       + f" | {best:.3f}{sd} ({rand:.3f}) | {secs:.0f} |")
         out.append("")
     return "\n".join(out)
 
@@ -156,9 +163,12 @@ def main() -> None:
     ap.add_argument("--base", default="{}", help="JSON settings applied to every variant")
     ap.add_argument("--tag", default="", help="results go to <dataset>-<tag>.jsonl (e.g. another --base)")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--files", default="", help="--report: results files (stems, comma-separated)")
+    ap.add_argument("--min-seeds", type=int, default=1, help="--report: variants with at least this many seeds")
+    ap.add_argument("--max-seeds", type=int, default=1000, help="--report: variants with at most this many seeds")
     args = ap.parse_args()
     if args.report:
-        print(report())
+        print(report([f for f in args.files.split(",") if f] or None, args.min_seeds, args.max_seeds))
         return
     if args.threads:
         import torch

@@ -56,7 +56,7 @@ class RunConfig(BaseModel):
                                       "digits and characters)")
     augment: Literal["crop", "affine", "elastic"] | None = setting(
         None, "training augmentation: crop (random resized crops, the reference), affine (+ small rotations, "
-        "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's)")
+        "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
