@@ -95,7 +95,7 @@ class PCAWhitening:
     """PCA to ``dim`` components, optional whitening (eigenvalue^-1/2), then L2 rows.
 
     Same maps as ``faiss.PCAMatrix(d, dim, -0.5)`` + L2 (the DeepCluster reference) but through
-    an eigendecomposition of the covariance: ~4-5x faster at d=4096 (benchmarks/bench_pca.py,
+    an eigendecomposition of the covariance: 9.4x faster at N=50k, d=4096 (benchmarks/bench_pca.py,
     docs/benchmarks.md), because faiss's PCA runs a single-threaded d x d solver.
 
     ``fit`` takes an in-memory array, a memory map or ``arrays.NpyRows``. In memory with N > d
