@@ -13,9 +13,11 @@ import errno
 import os
 import pickle
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -23,17 +25,9 @@ from typer.testing import CliRunner
 from dcx.cli import app
 
 runner = CliRunner()
+one_line_error = partial(assert_one_line_error, warnings_may_precede=True)
 TINY = ["--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1", "--passes", "1",
         "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32", "--no-probe", "--quiet", "--no-report"]
-
-
-def _one_line_error(result, *words, code=2):
-    assert result.exit_code == code, result.output
-    text = result.output.strip()
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in text, text
-    for w in words:
-        assert w in errors[0], text
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +56,14 @@ def test_cluster_bad_arguments(tmp_path, blobs, args, words):
     src = tmp_path / "x.npy"
     np.save(src, blobs[0])
     out = tmp_path / "labels.npy"
-    _one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(out), *args]), *words)
+    one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(out), *args]), *words)
     assert not out.exists()
 
 
 def test_cluster_out_is_a_folder(tmp_path, blobs):
     src = tmp_path / "x.npy"
     np.save(src, blobs[0])
-    _one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(tmp_path)]), "is a folder")
+    one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(tmp_path)]), "is a folder")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +80,7 @@ def test_cluster_out_is_a_folder(tmp_path, blobs):
 def test_cluster_bad_feature_files(tmp_path, make, words):
     src, out = tmp_path / "x.npy", tmp_path / "labels.npy"
     make(src)
-    _one_line_error(runner.invoke(app, ["cluster", str(src), "--k", "2", "--out", str(out)]), *words)
+    one_line_error(runner.invoke(app, ["cluster", str(src), "--k", "2", "--out", str(out)]), *words)
     assert not out.exists()
 
 
@@ -100,7 +94,7 @@ def test_pickled_array_is_never_unpickled(tmp_path):
 
     src = tmp_path / "x.npy"
     np.save(src, np.array([[Payload()]], dtype=object), allow_pickle=True)
-    _one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(tmp_path / "l.npy")]), "Python objects")
+    one_line_error(runner.invoke(app, ["cluster", str(src), "--out", str(tmp_path / "l.npy")]), "Python objects")
     assert not marker.exists()
 
 
@@ -154,9 +148,9 @@ def test_malicious_checkpoint_is_refused_and_never_executed(finished_run, tmp_pa
             return (os.system, (f"touch {marker}",))
 
     (run / "checkpoint.pt").write_bytes(pickle.dumps(Payload()))
-    _one_line_error(runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2"]), "cannot read", "checkpoint.pt")
+    one_line_error(runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2"]), "cannot read", "checkpoint.pt")
     assert not marker.exists()
-    _one_line_error(runner.invoke(app, ["eval", str(run), "--protocol", "knn"]), "cannot read")
+    one_line_error(runner.invoke(app, ["eval", str(run), "--protocol", "knn"]), "cannot read")
     assert not marker.exists()
 
 
@@ -164,11 +158,11 @@ def test_damaged_metrics_file_in_report(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "metrics.jsonl").write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')
-    _one_line_error(runner.invoke(app, ["report", str(run)]), "metrics.jsonl line 2", "damaged")
+    one_line_error(runner.invoke(app, ["report", str(run)]), "metrics.jsonl line 2", "damaged")
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path):
-    _one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "missing or empty")
+    one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "missing or empty")
 
 
 def test_disk_full_is_one_line_and_leaves_no_half_written_run(tmp_path, monkeypatch):
@@ -181,7 +175,7 @@ def test_disk_full_is_one_line_and_leaves_no_half_written_run(tmp_path, monkeypa
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", *TINY, "--out", str(out)])
     monkeypatch.setattr(os, "fsync", real_fsync)
-    _one_line_error(result, "No space left on device", "free some space")
+    one_line_error(result, "No space left on device", "free some space")
     assert not out.exists()
 
 
@@ -200,17 +194,17 @@ def test_disk_full_during_a_run_keeps_the_last_checkpoint(finished_run, tmp_path
 
     monkeypatch.setattr(rundir, "atomic_write", full_on_checkpoint)
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", "--quiet", "--no-report"])
-    _one_line_error(result, "No space left on device")
+    one_line_error(result, "No space left on device")
     assert (run / "checkpoint.pt").read_bytes() == before
     assert not list(run.glob(".*.tmp"))
 
 
 def test_unknown_names_and_empty_or_missing_folders(tmp_path):
-    _one_line_error(runner.invoke(app, ["run", "--backbone", "alexnett"]), "unknown backbone 'alexnett'", "alexnet")
-    _one_line_error(runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "none")]),
+    one_line_error(runner.invoke(app, ["run", "--backbone", "alexnett"]), "unknown backbone 'alexnett'", "alexnet")
+    one_line_error(runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "none")]),
                     "is not a folder")
     (tmp_path / "empty").mkdir()
-    _one_line_error(runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "empty")]),
+    one_line_error(runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(tmp_path / "empty")]),
                     "no images")
     assert not (tmp_path / "runs").exists()
 

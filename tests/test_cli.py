@@ -3,6 +3,7 @@ import tomllib
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
@@ -12,22 +13,14 @@ TINY = ["--dataset", "digits", "--opt", "digits.limit=200", "--k", "10", "--epoc
         "--width", "0.125", "--opt", "alexnet.fc_dim=64", "--batch-size", "32", "--quiet", "--no-report"]
 
 
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert len(text.splitlines()) == 1, text
-    for w in words:
-        assert w in text, text
-
-
 def test_unknown_clusterer_exits_2_with_available_and_closest():
     result = runner.invoke(app, ["run", "--clusterer", "kmean"])
-    _one_line_error(result, "unknown clusterer 'kmean'", "did you mean 'kmeans'", "available: dcv2, kmeans, pic, sinkhorn, swav")
+    assert_one_line_error(result, "unknown clusterer 'kmean'", "did you mean 'kmeans'", "available: dcv2, kmeans, pic, sinkhorn, swav")
 
 
 def test_invalid_plugin_option_names_plugin_option_and_accepted_values():
     result = runner.invoke(app, ["run", "--opt", "kmeans.backend=gpu"])
-    _one_line_error(result, "kmeans", "'backend'", "auto, faiss, torch")
+    assert_one_line_error(result, "kmeans", "'backend'", "auto, faiss, torch")
 
 
 @pytest.fixture
@@ -51,13 +44,13 @@ def test_cluster_rejects_bad_input_and_writes_nothing(tmp_path, array, k, words)
     src, out = tmp_path / "bad.npy", tmp_path / "labels.npy"
     np.save(src, array)
     result = runner.invoke(app, ["cluster", str(src), "--k", str(k), "--out", str(out)])
-    _one_line_error(result, *words)
+    assert_one_line_error(result, *words)
     assert not out.exists() and not list(tmp_path.glob(".labels*"))
 
 
 def test_cluster_missing_file(tmp_path):
     result = runner.invoke(app, ["cluster", str(tmp_path / "none.npy"), "--out", str(tmp_path / "o.npy")])
-    _one_line_error(result, "does not exist")
+    assert_one_line_error(result, "does not exist")
 
 
 def test_cluster_writes_labels(feature_file, tmp_path, blobs):
@@ -99,7 +92,7 @@ def test_existing_run_dir_needs_resume(tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, ["run", *TINY, "--out", str(out)]).exit_code == 0
     result = runner.invoke(app, ["run", *TINY, "--out", str(out)])
-    _one_line_error(result, "--resume")
+    assert_one_line_error(result, "--resume")
     result = runner.invoke(app, ["run", *TINY, "--epochs", "2", "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -6,21 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
 from dcx.core.config import RunConfig
 
 runner = CliRunner()
-
-
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert len(text.splitlines()) == 1, text
-    assert "Traceback" not in text
-    for w in words:
-        assert w in text, text
 
 
 @pytest.mark.parametrize(
@@ -43,7 +35,7 @@ def _one_line_error(result, *words):
 def test_bad_run_settings_exit_2_with_one_line_and_no_folder(tmp_path, flags, words):
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", *flags, "--out", str(out)])
-    _one_line_error(result, *words)
+    assert_one_line_error(result, *words)
     assert not out.exists()
 
 
@@ -52,10 +44,10 @@ def test_bad_value_in_a_config_file_is_one_line_naming_the_file(tmp_path):
     config.write_text('epochs = "two"\n')
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out)])
-    _one_line_error(result, str(config), "epochs must be an integer", "'two'")
+    assert_one_line_error(result, str(config), "epochs must be an integer", "'two'")
     assert not out.exists()
     config.write_text("epochz = 2\n")
-    _one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out)]), "unknown setting 'epochz'")
+    assert_one_line_error(runner.invoke(app, ["run", "--config", str(config), "--out", str(out)]), "unknown setting 'epochz'")
 
 
 def _flags(command: str) -> set[str]:

@@ -6,27 +6,20 @@ import json
 import os
 import stat
 import tomllib
+from functools import partial
 
 import pytest
+from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
 from dcx.core.rundir import RunDir, RunLock
 
 runner = CliRunner()
+one_line_error = partial(assert_one_line_error, warnings_may_precede=True)
 TINY = ["--dataset", "digits", "--opt", "digits.limit=120", "--k", "10", "--epochs", "1", "--passes", "1",
         "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32", "--no-probe"]
 QUIET = ["--quiet", "--no-report"]
-
-
-def _one_line_error(result, *words, code=2):
-    """Exit ``code`` and one error line holding ``words`` (warnings of the run may precede it)."""
-    assert result.exit_code == code, result.output
-    text = result.output.strip()
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in text, text
-    for w in words:
-        assert w in errors[0], text
 
 
 def _snapshot(path):
@@ -68,11 +61,11 @@ def test_resume_with_a_changed_setting_is_refused_and_changes_nothing(finished, 
     run = _copy(finished, tmp_path / "run")
     before = _snapshot(run)
     result = runner.invoke(app, ["run", "--resume", str(run), "--k", "20"])
-    _one_line_error(result, "--k cannot change when resuming", "run: 10", "given: 20")
+    one_line_error(result, "--k cannot change when resuming", "run: 10", "given: 20")
     result = runner.invoke(app, ["run", "--resume", str(run), "--opt", "alexnet.fc_dim=64"])
-    _one_line_error(result, "alexnet.fc_dim cannot change")
+    one_line_error(result, "alexnet.fc_dim cannot change")
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "0"])
-    _one_line_error(result, "--epochs must be >= 1")
+    one_line_error(result, "--epochs must be >= 1")
     assert _snapshot(run) == before
     result = runner.invoke(app, ["run", "--resume", str(run), "--dataset", "digits", "--k", "10", *QUIET])  # same values
     assert result.exit_code == 0, result.output
@@ -84,10 +77,10 @@ def test_resume_on_a_folder_that_is_not_a_run_is_refused(tmp_path):
     (folder / "config.toml").write_text("")  # a user's own file, not a dcx run
     (folder / "notes.txt").write_text("keep me")
     before = _snapshot(folder)
-    _one_line_error(runner.invoke(app, ["run", "--resume", str(tmp_path / "nothing")]), "is not a folder")
+    one_line_error(runner.invoke(app, ["run", "--resume", str(tmp_path / "nothing")]), "is not a folder")
     (folder / "config.toml").unlink()
     before = _snapshot(folder)
-    _one_line_error(runner.invoke(app, ["run", "--resume", str(folder)]), "is not a dcx run")
+    one_line_error(runner.invoke(app, ["run", "--resume", str(folder)]), "is not a dcx run")
     assert _snapshot(folder) == before
 
 
@@ -95,7 +88,7 @@ def test_a_second_writer_is_refused_naming_the_holder(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     with RunLock(run):
         result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
-        _one_line_error(result, "is in use by pid", str(os.getpid()))
+        one_line_error(result, "is in use by pid", str(os.getpid()))
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])  # released: fine
     assert result.exit_code == 0, result.output
 
@@ -111,7 +104,7 @@ def test_a_kill_between_metrics_row_and_checkpoint_resumes_to_one_row_per_epoch(
 
     monkeypatch.setattr(RunDir, "save_checkpoint", killed)
     result = runner.invoke(app, ["run", *TINY, "--epochs", "3", *QUIET, "--out", str(out)])
-    _one_line_error(result, "interrupted", f"dcx run --resume {out}", code=130)
+    one_line_error(result, "interrupted", f"dcx run --resume {out}", code=130)
     rows = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == [0, 1]  # a stale row for epoch 1 without its checkpoint
     monkeypatch.setattr(RunDir, "save_checkpoint", real)
@@ -131,7 +124,7 @@ def test_a_failure_before_the_first_epoch_leaves_no_folder(tmp_path, monkeypatch
 
     monkeypatch.setattr(Engine, "run_epoch", boom)
     result = runner.invoke(app, ["run", *TINY, *QUIET, "--out", str(out)])
-    _one_line_error(result, "interrupted before the first epoch finished; nothing was kept", code=130)
+    one_line_error(result, "interrupted before the first epoch finished; nothing was kept", code=130)
     assert not out.exists()
     result = runner.invoke(app, ["run", *TINY, *QUIET, "--out", str(out)])  # the same --out works next time
     assert result.exit_code == 130 and not out.exists()
@@ -149,7 +142,7 @@ def test_divergence_at_epoch_0_says_no_epoch_was_kept(tmp_path):
 def test_out_that_is_a_file_is_one_line(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    _one_line_error(runner.invoke(app, ["run", *TINY, "--out", str(target)]), "is a file")
+    one_line_error(runner.invoke(app, ["run", *TINY, "--out", str(target)]), "is a file")
     assert target.read_text() == "x"
 
 

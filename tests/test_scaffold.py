@@ -4,21 +4,15 @@
 import json
 
 import pytest
+from cli_checks import assert_one_line_error
+from throwaway import TINY_RUN, Throwaway
 from typer.testing import CliRunner
 
 from dcx.cli import app
 from dcx.scaffold import class_name
-from throwaway import TINY_RUN, Throwaway
 
 runner = CliRunner()
 KINDS = ["clusterer", "online-clusterer", "backbone", "dataset"]
-
-
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
-    for w in words:
-        assert w in result.output, result.output
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -39,13 +33,13 @@ def test_new_refuses_a_non_empty_dir_a_bad_name_and_a_bad_kind(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["plugin", "new", "x", "--kind", "clusterer", "--dir", str(tmp_path / "full")])
-    _one_line_error(result, "exists and is not empty")
+    assert_one_line_error(result, "exists and is not empty")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     for bad in ("1x", "my-thing", "class", "a.b"):
         result = runner.invoke(app, ["plugin", "new", bad, "--kind", "clusterer", "--dir", str(tmp_path / "n")])
-        _one_line_error(result, "must be a Python identifier")
+        assert_one_line_error(result, "must be a Python identifier")
     result = runner.invoke(app, ["plugin", "new", "x", "--kind", "colour", "--dir", str(tmp_path / "n")])
-    _one_line_error(result, "unknown plugin kind 'colour'", "online-clusterer")
+    assert_one_line_error(result, "unknown plugin kind 'colour'", "online-clusterer")
     assert not (tmp_path / "n").exists()
     (tmp_path / "empty").mkdir()
     assert runner.invoke(app, ["plugin", "new", "x", "--kind", "dataset", "--dir", str(tmp_path / "empty")]).exit_code == 0

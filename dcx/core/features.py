@@ -173,25 +173,22 @@ class PCAWhitening:
         live = evals > floor  # centring leaves at most N - 1 directions with variance
         comps = np.zeros((x.shape[1], keep), dtype=np.float64)
         comps[:, live] = (centred.T.astype(np.float64) @ evecs[:, live]) / np.sqrt(evals[live])
-        cov_evals = evals / n
-        if self.whiten:
-            comps = comps / np.sqrt(cov_evals + self.eps * max(float(cov_evals[0]), 1e-30))
-        self.mean_ = mean.astype(np.float32)
-        self.components_ = comps.astype(np.float32)
-        self.eigenvalues_ = cov_evals.astype(np.float32)
-        return self
+        return self._store(mean, comps, evals / n)
 
     def _finish(self, mean: np.ndarray, cov: np.ndarray, d: int) -> "PCAWhitening":
         evals, evecs = np.linalg.eigh(cov)
         keep = min(self.dim, d)
         evals = np.clip(evals[::-1][:keep], 0, None)
-        evecs = evecs[:, ::-1][:, :keep]
+        return self._store(mean, evecs[:, ::-1][:, :keep], evals)
+
+    def _store(self, mean: np.ndarray, components: np.ndarray, variances: np.ndarray) -> "PCAWhitening":
+        """Keep the fit: components (d, keep) and the variance along each, whitened if asked."""
         if self.whiten:
             # Guard tiny/zero eigenvalues (constant or duplicated features) against division by 0.
-            evecs = evecs / np.sqrt(evals + self.eps * max(float(evals[0]), 1e-30))
+            components = components / np.sqrt(variances + self.eps * max(float(variances[0]), 1e-30))
         self.mean_ = mean.astype(np.float32)
-        self.components_ = evecs.astype(np.float32)
-        self.eigenvalues_ = evals.astype(np.float32)
+        self.components_ = components.astype(np.float32)
+        self.eigenvalues_ = variances.astype(np.float32)
         return self
 
     def transform(self, x, rows: slice | None = None) -> np.ndarray:

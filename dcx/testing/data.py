@@ -56,6 +56,17 @@ def checkpoint_round_trip(state: Any) -> Any:
     return torch.load(buffer, weights_only=True)
 
 
+def saved_state(state: Any) -> Any:
+    """A plugin's ``state_dict()`` as the engine's checkpoint gives it back; an AssertionError
+    naming the rule when it is not a dict or cannot be read back with ``weights_only=True``."""
+    assert isinstance(state, dict), f"state_dict must return a dict, got {type(state).__name__}"
+    try:
+        return checkpoint_round_trip(state)
+    except Exception as exc:
+        raise AssertionError(f"state_dict cannot be read back with torch.load(weights_only=True) ({exc}): "
+                             "use tensors, numbers, strings, lists and dicts") from None
+
+
 def assert_json_serialisable(obj: Any, what: str) -> None:
     """``obj`` can be written the way the run directory writes metrics and summaries."""
     assert isinstance(obj, dict), f"{what} must be a dict, got {type(obj).__name__}"
