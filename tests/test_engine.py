@@ -3,12 +3,13 @@ import importlib.metadata as md
 import numpy as np
 import pytest
 import torch
+from interrupts import run_until_ctrl_c
 
 from dcx.core.engine import Engine
-from dcx.core.setup import setup
 from dcx.core.errors import ContractError, InputError
 from dcx.core.registry import Registry
 from dcx.core.rundir import RunDir
+from dcx.core.setup import setup
 
 
 def _params(model):
@@ -50,17 +51,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
 
     part = RunDir(tmp_path / "part")
     part.create()
-    engine = Engine(setup(tiny_config))
-    real_epoch = engine.run_epoch
-
-    def interrupted(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the third epoch
-        return real_epoch(epoch)
-
-    engine.run_epoch = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        engine.run(part)
+    run_until_ctrl_c(tiny_config, part, epoch=2)  # Ctrl-C during the third epoch
     assert not (part.path / "assignments.npy").exists() and not list(part.path.glob(".*.tmp"))
     assert part.load_checkpoint()["epoch"] == 2
     engine = Engine(setup(tiny_config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from interrupts import run_until_ctrl_c
 
 from dcx.core.config import RunConfig
 from dcx.core.engine import Engine
@@ -51,17 +52,7 @@ def test_resumed_online_run_equals_the_uninterrupted_one(clusterer, tmp_path):
 
     part_dir = RunDir(tmp_path / "part")
     part_dir.create()
-    engine = Engine(setup(cfg))
-    real_epoch = engine.run_epoch
-
-    def interrupted(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(epoch)
-
-    engine.run_epoch = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        engine.run(part_dir)
+    run_until_ctrl_c(cfg, part_dir, epoch=2)
     checkpoint = part_dir.load_checkpoint()
     assert checkpoint["epoch"] == 2 and checkpoint["clusterer"]  # the plugin's state is in it
     resumed = Engine(setup(cfg))
