@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,16 +397,17 @@ def _pynndescent(x, k, seed, params) -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise OptionError("kNN backend 'pynndescent' is not installed: pip install 'dcx[ann]', or use backend=ivf") from None
 
-    import torch
-
     n_neighbors = max(k, 15)  # fewer than ~15 neighbours per node lowers NN-descent's recall
     # numba's OpenMP layer resets the process-wide OpenMP thread count that torch shares (measured:
     # torch.get_num_threads() 1 -> 2 after one graph), which would change every later torch result.
-    threads = torch.get_num_threads()
+    # Only a process that already uses torch has a count to keep (`dcx cluster` imports no torch).
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
     try:
         index = NNDescent(x, n_neighbors=n_neighbors, metric="euclidean", random_state=seed, low_memory=True)
         idx, dist = index.neighbor_graph
     finally:
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
     params.update(n_neighbors=n_neighbors)
     return idx[:, :k].astype(np.int64), np.square(dist[:, :k]).astype(np.float32)
