@@ -113,3 +113,27 @@ def test_features_over_the_memory_budget_stream_to_a_memory_map(tiny_config, tmp
     assert seen and all(t is np.memmap for t in seen)
     assert not (tmp_path / "features.f32.npy").exists()  # removed at the end of the run
     assert on_disk["final"]["nmi_labels"] == pytest.approx(in_ram["final"]["nmi_labels"], abs=1e-6)
+
+
+def test_cluster_layer_clusters_the_pooled_block(tiny_config):
+    """--cluster-layer conv5: the clusterer receives conv5 as dcx eval pools it, not the fc output."""
+    from dcx.core.layers import pooled_layer
+
+    tiny_config.cluster_layer, tiny_config.epochs = "conv5", 1
+    s = setup(tiny_config)
+    engine = Engine(s)
+    _, dim = pooled_layer(s.model, "conv5", 32, 1, torch.device("cpu"))
+    feats = engine.extract_features()
+    assert feats.shape == (300, dim) and dim != s.model.feature_dim
+    assert engine.run()["final"]["clusters"] == 20
+
+
+@pytest.mark.parametrize("layer, clusterer, message", [
+    ("conv9", "kmeans", "--cluster-layer conv9: this network's layers are conv1, conv2, conv3, conv4, conv5, features"),
+    ("all", "kmeans", "--cluster-layer all: this network's layers are conv1"),
+    ("conv5", "swav", "swav labels batches from its own head"),
+])
+def test_cluster_layer_mistakes_are_input_errors(tiny_config, layer, clusterer, message):
+    tiny_config.cluster_layer, tiny_config.clusterer = layer, clusterer
+    with pytest.raises(InputError, match=message):
+        setup(tiny_config)

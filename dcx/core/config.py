@@ -57,8 +57,13 @@ class RunConfig(BaseModel):
     augment: Literal["crop", "affine", "elastic"] | None = setting(
         None, "training augmentation: crop (random resized crops, the reference), affine (+ small rotations, "
         "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
+    warp: float = setting(1.0, "strength of the affine and elastic warps (1 = rotations up to 12 degrees, "
+                               "shifts 8%, zoom 10%, shear 8 degrees, elastic alpha = image side)", ge=0, le=4)
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
+    cluster_layer: str = setting(
+        "features", "what offline clusterers cluster: features (the network's output, the paper's fc7) or a block "
+        "(conv5, ...; average-pooled as dcx eval pools it)")
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (distributed: each rank takes cuda:LOCAL_RANK)",

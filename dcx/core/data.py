@@ -31,17 +31,20 @@ AUGMENTS = ("crop", "affine", "elastic")
 
 
 def train_transform(image_size: int, channels: int, flip: bool, min_scale: float, augment: str = "crop",
-                    max_scale: float = 1.0) -> Callable:
+                    max_scale: float = 1.0, warp: float = 1.0) -> Callable:
     """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference.
 
     ``augment``: "crop" (the reference), "affine" (+ small rotations, shifts, zoom and shear:
-    the variation of handwriting, for characters and digits), "elastic" (+ elastic warps too).
+    the variation of handwriting, for characters and digits), "elastic" (+ elastic warps too);
+    ``warp`` scales the affine and elastic magnitudes.
     """
     steps: list = [T.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
     if augment in ("affine", "elastic"):
-        steps.append(T.RandomAffine(degrees=12, translate=(0.08, 0.08), scale=(0.9, 1.1), shear=8))
+        shift, zoom = min(0.08 * warp, 0.5), min(0.1 * warp, 0.5)
+        steps.append(T.RandomAffine(degrees=12 * warp, translate=(shift, shift), scale=(1 - zoom, 1 + zoom),
+                                    shear=8 * warp))
     if augment == "elastic":
-        steps.append(T.RandomApply([T.ElasticTransform(alpha=image_size * 1.0, sigma=image_size / 8)], p=0.5))
+        steps.append(T.RandomApply([T.ElasticTransform(alpha=image_size * warp, sigma=image_size / 8)], p=0.5))
     if flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, *_tail(channels)])
@@ -51,11 +54,11 @@ class MultiCrop:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
 
     def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8,
-                 augment: str = "crop") -> None:
+                 augment: str = "crop", warp: float = 1.0) -> None:
         # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
         small = max(min_size, int(round(image_size * spec.small_size_ratio)))
-        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1])
-        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1])
+        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1], warp)
+        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1], warp)
         self.transforms = [large_t] * spec.n_large + [small_t] * spec.n_small
         self.n_large = spec.n_large
 

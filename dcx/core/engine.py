@@ -34,6 +34,7 @@ from dcx.core.contracts import (
 from dcx.core.diagnostics import health_warnings, partition_row
 from dcx.core.errors import ContractError, DcxError, RunDirError
 from dcx.core.features import PCAWhitening, check_finite, extract
+from dcx.core.layers import FEATURES, pooled_layer
 from dcx.core.objective import Objective, OnlineObjective, PartitionObjective
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.rundir import RunDir
@@ -71,11 +72,12 @@ class Engine:
             crops = s.clusterer.crops()
             self.views = crops.n_large + crops.n_small
             train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size,
-                                  self.cfg.augment)
+                                  self.cfg.augment, self.cfg.warp)
         else:
             self.views = 1
             min_scale = self.cfg.crop_scale or MIN_CROP_SCALE[self.cfg.image_size > 64]
-            train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment)
+            train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment,
+                                        warp=self.cfg.warp)
         self.train_set = D.IndexedImages(s.images, train_t)
         model = s.model
         self.cuda = self.device.type == "cuda"
@@ -83,6 +85,12 @@ class Engine:
             model.to(memory_format=torch.channels_last)  # faster convolutions with tensor cores
         self.spec = TrainSpec(model.feature_dim, self.n, self.device, preactivation=model.net.relu_head,
                               rank=self.world.rank, world_size=self.world.size)
+        # What offline clusterers cluster: the network's output, or one block pooled as dcx eval pools it.
+        self._cluster_input: nn.Module | None = None
+        self._cluster_dim = model.feature_dim
+        if self.cfg.cluster_layer != FEATURES and not self.online:
+            self._cluster_input, self._cluster_dim = pooled_layer(model, self.cfg.cluster_layer, self.cfg.image_size,
+                                                                   channels, self.device)
         self.head: nn.Module | None = None
         params = list(model.parameters())
         if self.online:
@@ -402,16 +410,17 @@ class Engine:
             self._tmp = None
 
     def extract_features(self, desc: str = "extract") -> np.ndarray:
-        """(N, feature_dim) features of every image, in dataset order, on every rank. Each rank
-        extracts its block; blocks meet in a shared memory map or by an all-gather."""
+        """(N, d) features of every image, in dataset order, on every rank: the network's output, or
+        ``cluster_layer`` for offline clusterers. Each rank extracts its block; blocks meet in a
+        shared memory map or by an all-gather."""
         world = self.world
         block = world.block(self.n)
-        out = self._feature_array(self.s.model.feature_dim)
+        out = self._feature_array(self._cluster_dim)
         batch = max(self.cfg.batch_size // world.size, 128)
         batches = D.loader(self.eval_set, batch, self.cfg.workers, pin_memory=self.cuda,
                            sampler=list(range(block.start, block.stop)))
         with self.progress.task(desc, block.stop - block.start) as advance, self._autocast():
-            feats = extract(self.s.model, batches, self.n, self.device, on_batch=advance,
+            feats = extract(self.s.model, batches, self.n, self.device, forward=self._cluster_input, on_batch=advance,
                             on_failed=self._note_unreadable, out=out, expected=block.stop - block.start)
         if world.distributed:
             if isinstance(feats, np.memmap):

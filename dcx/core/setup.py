@@ -19,6 +19,7 @@ from dcx.core.config import RunConfig
 from dcx.core.contracts import Backbone, Clusterer, Dataset, ImageSet, OnlineClusterer
 from dcx.core.distributed import World, world_from_env
 from dcx.core.errors import InputError, OptionError
+from dcx.core.layers import FEATURES
 from dcx.core.network import FeatureNet, build_network
 from dcx.core.registry import PluginRef, Registry
 
@@ -164,4 +165,11 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     channels = images.channels if images is not None else 3
     torch.manual_seed(cfg.seed)
     model = build_network(backbone, channels, cfg.image_size, cfg.width, cfg.sobel).to(device)
+    if cfg.cluster_layer != FEATURES:
+        if isinstance(clusterer, OnlineClusterer):
+            raise InputError(f"--cluster-layer {cfg.cluster_layer}: {config.clusterer} labels batches from its own "
+                             f"head on the network's output; leave --cluster-layer at {FEATURES}")
+        if cfg.cluster_layer not in model.block_names:
+            raise InputError(f"--cluster-layer {cfg.cluster_layer}: this network's layers are "
+                             f"{', '.join([*model.block_names, FEATURES])}")
     return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, flip, world)

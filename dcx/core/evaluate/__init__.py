@@ -6,15 +6,12 @@ L2-normalised features), ``cluster`` (k-means with k = #classes -> NMI, ARI, Hun
 after "l2" and after the paper's "pca256-whiten-l2": whitening can reverse a learned-vs-random
 comparison on conv features, docs/algorithms "lessons").
 
-Modules: ``data`` (what to evaluate on, and the split), ``extraction`` (pooled block features),
-``protocols`` (pure functions), ``runs`` (a network or a run directory -> eval.json), ``tables``.
+Modules: ``data`` (what to evaluate on, and the split), ``extraction`` (pooled block features;
+which layer and how it is pooled: ``dcx.core.layers``), ``protocols`` (pure functions), ``runs`` (a network or a run directory -> eval.json), ``tables``.
 """
 
 from dcx.core.evaluate.data import LABELLED, SPLIT_SEED, TEST_FRACTION, EvalData, load_eval_data, stratified_split
-from dcx.core.evaluate.extraction import (
-    FEATURES, MAX_DIMS, MEMORY_BUDGET, extract_layers, layer_groups, layer_names, layer_shapes, pooled_side,
-    pooling_plan,
-)
+from dcx.core.evaluate.extraction import MEMORY_BUDGET, extract_layers, layer_groups
 from dcx.core.evaluate.protocols import (
     CLUSTER_PREPROCESSING, CLUSTER_RUNS, KNN_K, KNN_T, LINEAR_ITERS, LINEAR_WD, PROTOCOLS, cluster_protocol,
     knn_classify, linear_probe, pca_whiten_l2, preprocess_for_clustering,
@@ -24,6 +21,7 @@ from dcx.core.evaluate.runs import (
     evaluate_run, headline, load_run, merge_previous, settings,
 )
 from dcx.core.evaluate.tables import EvalTable, eval_tables, fmt
+from dcx.core.layers import FEATURES, MAX_DIMS, layer_names, layer_shapes, pooled_side, pooling_plan
 
 __all__ = [
     "CLUSTER_PREPROCESSING", "CLUSTER_RUNS", "EVAL_JSON", "FEATURES", "KNN_K", "KNN_T", "LABELLED", "LINEAR_ITERS",

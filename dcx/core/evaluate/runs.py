@@ -17,11 +17,12 @@ import torch
 from dcx.core.config import RunConfig
 from dcx.core.errors import InputError, RunDirError
 from dcx.core.evaluate.data import EvalData, load_eval_data
-from dcx.core.evaluate.extraction import MAX_DIMS, extract_layers, layer_groups, layer_names, layer_shapes, pooling_plan
+from dcx.core.evaluate.extraction import extract_layers, layer_groups
 from dcx.core.evaluate.protocols import (
     CLUSTER_PREPROCESSING, CLUSTER_RUNS, KNN_K, KNN_T, LINEAR_ITERS, LINEAR_WD, PROTOCOLS, cluster_protocol,
     knn_classify, linear_probe,
 )
+from dcx.core.layers import MAX_DIMS, layer_names, layer_shapes, pooling_plan
 from dcx.core.network import FeatureNet
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry
