@@ -40,3 +40,19 @@ def test_swav_online_epoch_trains_and_reports_collapse_guard():
     assert 0 < stats["code_entropy"] <= math.log(10) + 1e-6
     assert np.isfinite(row["loss"]) and "nmi_labels" in row
     assert summary["final"]["clusters"] == 10
+
+
+def test_online_clusterers_see_each_image_as_often_as_kmeans_by_default():
+    """Default passes: the dataset's image passes, times the views an online step takes, so
+    passes // views (what the engine trains) equals k-means' passes; an explicit value is kept."""
+    def resolved(clusterer, **extra):
+        s = setup(RunConfig(clusterer=clusterer, dataset="digits", k=10, **extra), load_images=False)
+        return s.config.passes, s.clusterer
+
+    kmeans_passes, _ = resolved("kmeans")
+    for name, extra in (("dcv2", {}), ("swav", {}), ("swav", {"options": {"swav": {"n_small": 2}}})):
+        passes, clusterer = resolved(name, **extra)
+        crops = clusterer.crops()
+        assert passes == kmeans_passes * (crops.n_large + crops.n_small)
+        assert passes // (crops.n_large + crops.n_small) == kmeans_passes
+    assert resolved("dcv2", passes=2)[0] == 2

@@ -41,7 +41,7 @@ class RunConfig(BaseModel):
     epochs: int | None = setting(None, "clustering rounds (default: the dataset's)", short="-e", ge=1)
     passes: int | None = setting(
         None, "backbone passes over the data per clustering round (online clusterers: divided by their views "
-        "per image)", ge=1)
+        "per image; default: the dataset's, times those views for online clusterers)", ge=1)
     batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
     lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
     lr_schedule: Literal["cosine", "constant"] = setting(
