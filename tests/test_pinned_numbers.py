@@ -41,9 +41,10 @@ def _config(name: str) -> RunConfig:
     extra = {}
     if clusterer == "swav":
         extra["passes"] = 2
+        options["swav"] = {"proj_dim": 8}  # the width these numbers were recorded with (the auto rule then)
     if name == "swav_queue":
         extra["epochs"] = 3
-        options["swav"] = {"queue_length": 64, "queue_start_epoch": 1}
+        options["swav"].update(queue_length=64, queue_start_epoch=1)
     if name == "kmeans_constant":
         extra["lr_schedule"] = "constant"
     base = dict(clusterer=clusterer, backbone=backbone, dataset="digits", k=None if clusterer == "pic" else 10,

@@ -349,12 +349,11 @@ def test_swav_rejects_bad_views_and_options():
 
 
 def test_swav_small_data_defaults(caplog):
-    # Digits defaults (see the option comments): no full-size "small" crops, eps 0.02, and a
-    # projection narrower than the prototype count so no embedding can score them all alike.
+    # Digits defaults (see the option comments): no full-size "small" crops, eps 0.02, and SwAV's
+    # 128-d projection whatever k (a k-dependent narrower one lost trained runs).
     assert SwAV().crops().n_small == 0 and SwAV().params["epsilon"] == 0.02
-    assert SwAV(k=100).proj_dim == 33 and SwAV(k=3000).proj_dim == 128 and SwAV(k=10).proj_dim == 8
-    assert SwAV(k=100, proj_dim=64).proj_dim == 64
-    assert SwAV(k=100).build_head(TrainSpec(16, 1000)).prototypes.weight.shape == (100, 33)
+    assert SwAV(k=100).build_head(TrainSpec(16, 1000)).prototypes.weight.shape == (100, 128)
+    assert SwAV(k=10, proj_dim=64).build_head(TrainSpec(16, 1000)).prototypes.weight.shape == (10, 64)
     swav = SwAV(k=40, hidden_dim=0)
     head = swav.build_head(TrainSpec(6, 1000))
     with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):

@@ -93,12 +93,11 @@ class SwAV(OnlineClusterer):
         Option("epsilon", float, 0.02, "Sinkhorn entropy eps (SwAV: 0.05; raise it for large K and batch)", min=1e-4),
         Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
-        # auto = min(128, k // 3), not always SwAV's 128: with fewer prototypes than dimensions
-        # (K=100 < 128) an embedding orthogonal to every prototype scores all of them alike, the
-        # uniform prediction that matches near-uniform codes. SwAV has K=3000 >> 128. Measured on
-        # digits (eps 0.02, 56 steps): proj 32 NMI 0.41 / k-means probe 0.39, proj 128 0.34 / 0.24.
-        Option("proj_dim", int, None, "projection / prototype dimension; auto = min(128, k // 3) (SwAV: 128)",
-               min=1, nullable=True),
+        # SwAV's 128. A smaller auto rule, min(128, k // 3), won the first 56 steps on digits
+        # (proj 32: k-means probe 0.39 vs 0.24) but loses trained runs: digits, 10 rounds of 3
+        # passes, seeds 0-2: best block 0.890, 0.874, 0.869 at 128 vs 0.874, 0.845, 0.821 at 33
+        # (docs/recipes.md, "Clusterers compared").
+        Option("proj_dim", int, 128, "projection / prototype dimension (SwAV: 128)", min=1),
         Option(
             "hidden_dim", int, None,
             "projection MLP hidden width; 0 = a single Linear; auto = feature dim clipped to [proj_dim, 2048] "
@@ -141,12 +140,6 @@ class SwAV(OnlineClusterer):
         self._hinted_queue = False
         self._reset_stats()
 
-    @property
-    def proj_dim(self) -> int:
-        """The projection width: the option, or min(128, k // 3) (at least 8) when it is auto."""
-        d = self.params["proj_dim"]
-        return d if d is not None else min(128, max(8, self.params["k"] // 3))
-
     # ------------------------------------------------------------------ engine hooks
 
     def crops(self) -> CropSpec:
@@ -163,7 +156,7 @@ class SwAV(OnlineClusterer):
         """The projection MLP + unit-norm prototypes; its parameters join the backbone's optimiser."""
         p = self.params
         feature_dim, num_samples = spec.feature_dim, spec.num_samples
-        proj = self.proj_dim
+        proj = p["proj_dim"]
         hidden = p["hidden_dim"]
         if hidden is None:
             hidden = min(max(feature_dim, proj), 2048)
