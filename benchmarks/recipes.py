@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "crop_small": ({"crop_scale": 0.2}, "crops down to 20% of the area"),
     "crop_large": ({"crop_scale": 0.8}, "crops of at least 80% of the area"),
     "k_classes": ({"k_per_class": 1}, "k = #classes"),
+    "k_2x": ({"k_per_class": 2}, "k = 2 x #classes"),
     "k_30x": ({"k_per_class": 30}, "k = 30 x #classes"),
     "fc_small": ({"options": {"alexnet": {"fc_dim": 256}}}, "fc6/fc7 of 256 units"),
     "dropout": ({"options": {"alexnet": {"dropout": 0.5}}}, "fc dropout 0.5 (paper)"),
@@ -49,11 +50,39 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "lr_0.02": ({"lr": 0.02}, "learning rate 0.02"),
     "epochs_x2": ({"epochs_factor": 2}, "twice the epochs"),
     "width_0.5": ({"width": 0.5}, "a network twice as wide"),
-    "dcv2": ({"clusterer": "dcv2"}, "DeepCluster-v2 instead of k-means"),
-    "swav": ({"clusterer": "swav"}, "SwAV instead of k-means"),
+    "dcv2": ({"clusterer": "dcv2"}, "DeepCluster-v2 instead of k-means (its defaults)"),
+    "swav": ({"clusterer": "swav"}, "SwAV instead of k-means (its defaults)"),
     "sinkhorn": ({"clusterer": "sinkhorn"}, "SeLa instead of k-means"),
     "pic": ({"clusterer": "pic"}, "PIC instead of k-means"),
     "k_5x": ({"k_per_class": 5}, "k = 5 x #classes"),
+    "wd_5e-4": ({"weight_decay": 5e-4}, "weight decay 5e-4"),
+    "warp_1.5": ({"warp": 1.5}, "affine and elastic warps 1.5x as strong"),
+    "warp_2": ({"warp": 2.0}, "affine and elastic warps twice as strong"),
+    "dcv2_passes6": ({"clusterer": "dcv2", "passes": 6}, "DeepCluster-v2, 3 passes of its 2 views per epoch"),
+    "dcv2_1view": ({"clusterer": "dcv2", "options": {"dcv2": {"n_large": 1}}},
+                   "DeepCluster-v2 with one view: 3 passes per epoch, as k-means"),
+    "swav_passes6": ({"clusterer": "swav", "passes": 6, "options": {"swav": {"proj_dim": 33}}},
+                     "SwAV (33-d projection), 3 passes of its 2 views per epoch"),
+    "cluster_conv5": ({"cluster_layer": "conv5"}, "k-means on conv5 instead of fc7"),
+    "cluster_conv4": ({"cluster_layer": "conv4"}, "k-means on conv4 instead of fc7"),
+    "swav_k30": ({"clusterer": "swav", "passes": 6, "k": 30, "options": {"swav": {"proj_dim": 33}}},
+                 "SwAV (33-d projection), 30 prototypes (< batch 64), 3 passes of 2 views"),
+    "swav_queue": ({"clusterer": "swav", "passes": 6,
+                    "options": {"swav": {"proj_dim": 33, "queue_length": 512, "queue_start_epoch": 1}}},
+                   "SwAV (33-d projection), 512-row queue from epoch 1, 3 passes of 2 views"),
+    "swav_passes12": ({"clusterer": "swav", "passes": 12, "options": {"swav": {"proj_dim": 33}}},
+                      "SwAV (33-d projection), 6 passes of 2 views per epoch"),
+    "swav_t02": ({"clusterer": "swav", "passes": 6, "options": {"swav": {"proj_dim": 33, "temperature": 0.2}}},
+                 "SwAV (33-d projection), temperature 0.2, 3 passes of 2 views"),
+    "swav_proj128": ({"clusterer": "swav", "passes": 6, "options": {"swav": {"proj_dim": 128}}},
+                     "SwAV, 128-d projection (SwAV's), 3 passes of 2 views"),
+    "dcv2_equal": ({"clusterer": "dcv2", "passes": 3},
+                   "DeepCluster-v2 at k-means' compute: 1 pass of its 2 views per epoch (the former default)"),
+    "swav_equal": ({"clusterer": "swav", "passes": 3}, "SwAV at k-means' compute: 1 pass of its 2 views per epoch "
+                   "(the former default)"),
+    "swav_proj33": ({"clusterer": "swav", "options": {"swav": {"proj_dim": 33}}},
+                    "SwAV, 33-d projection (the former default min(128, k // 3) at k = 100)"),
+    "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
 }
 
 
@@ -69,6 +98,8 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
     options = cfg.setdefault("options", {})
     for plugin, opts in settings.pop("options", {}).items():
         options.setdefault(plugin, {}).update(opts)
+    if "clusterer" in settings:
+        cfg["clusterer"] = settings.pop("clusterer")
     keep_head = settings.pop("keep_head", False)
     if keep_head:
         cfg["clusterer"] = "kmeans"
