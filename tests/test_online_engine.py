@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from dcx.core.config import RunConfig
@@ -53,6 +54,18 @@ def test_online_clusterers_see_each_image_as_often_as_kmeans_by_default():
     for name, extra in (("dcv2", {}), ("swav", {}), ("swav", {"options": {"swav": {"n_small": 2}}})):
         passes, clusterer = resolved(name, **extra)
         crops = clusterer.crops()
-        assert passes == kmeans_passes * (crops.n_large + crops.n_small)
-        assert passes // (crops.n_large + crops.n_small) == kmeans_passes
+        assert passes == kmeans_passes * crops.views
+        assert passes // crops.views == kmeans_passes
     assert resolved("dcv2", passes=2)[0] == 2
+
+
+def test_a_checkpoint_that_no_longer_fits_the_config_is_one_clear_error(tiny_config):
+    """A plugin default that changed shape (e.g. swav.proj_dim) must not end a resume in a traceback."""
+    from dcx.core.errors import RunDirError
+
+    tiny_config.clusterer, tiny_config.epochs = "swav", 1
+    tiny_config.options = {**tiny_config.options, "swav": {"proj_dim": 8}}
+    state = Engine(setup(tiny_config)).state(0)
+    tiny_config.options["swav"] = {"proj_dim": 16}
+    with pytest.raises(RunDirError, match="does not fit the network this run's config.toml builds"):
+        Engine(setup(tiny_config)).restore(state)

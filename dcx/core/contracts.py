@@ -208,6 +208,11 @@ class CropSpec:
     small_scale: tuple[float, float] = (0.05, 0.14)
     small_size_ratio: float = 96 / 224  # SwAV: 224-px large and 96-px small crops
 
+    @property
+    def views(self) -> int:
+        """Crops of each image one training step sees."""
+        return self.n_large + self.n_small
+
 
 @dataclass
 class StepContext:

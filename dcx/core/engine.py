@@ -70,7 +70,7 @@ class Engine:
                                         blank=self.cfg.image_size)
         if self.online:
             crops = s.clusterer.crops()
-            self.views = crops.n_large + crops.n_small
+            self.views = crops.views
             train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size,
                                   self.cfg.augment, self.cfg.warp)
         else:
@@ -167,7 +167,17 @@ class Engine:
                 f"checkpoint format {state.get('format', 1)} is not this dcx's ({CHECKPOINT_FORMAT}): "
                 "finish or evaluate the run with the dcx version that wrote it, or start a new run"
             )
-        self.s.model.load_state_dict(state["model"])
+        try:
+            self.s.model.load_state_dict(state["model"])
+            if self.head is not None and state["head"]:
+                self.head.load_state_dict(state["head"])
+        except RuntimeError as exc:  # shapes differ: the config no longer builds the network it saved
+            first = str(exc).splitlines()[-1].strip() if str(exc) else type(exc).__name__
+            raise RunDirError(
+                f"the checkpoint does not fit the network this run's config.toml builds ({first}); a plugin "
+                "default may have changed since it was written: set that option in config.toml to its old "
+                "value, or finish the run with the dcx version that wrote it"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -179,8 +189,6 @@ class Engine:
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * schedule(self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        if self.head is not None and state["head"]:
-            self.head.load_state_dict(state["head"])
         self.s.clusterer.load_state_dict(state.get("clusterer", {}))
         self.labels = state["labels"].numpy() if state["labels"].numel() else None
         torch.set_rng_state(state["torch_rng"])

@@ -18,6 +18,8 @@ from dcx.core.network import FeatureNet
 FEATURES = "features"
 #: Block outputs are average-pooled to at most this many dims (paper: ~9-10k per conv layer).
 MAX_DIMS = 9216
+
+
 def pooled_side(channels: int, height: int, width: int, max_dims: int = MAX_DIMS) -> int | None:
     """Side of the adaptive average pooling bringing C x H x W to <= ``max_dims`` (None: keep as is)."""
     if channels * height * width <= max_dims:

@@ -144,10 +144,7 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         # passes // views image passes: by default it sees every image as often per round as
         # k-means does, at views x the compute. Compute-equal (one image pass of two views),
         # DeepCluster-v2 on digits scored 0.06 NMI below k-means (docs/recipes.md).
-        views = 1
-        if isinstance(clusterer, OnlineClusterer):
-            crops = clusterer.crops()
-            views = crops.n_large + crops.n_small
+        views = clusterer.crops().views if isinstance(clusterer, OnlineClusterer) else 1
         cfg.passes = d.passes * views
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml

@@ -39,7 +39,7 @@ def _views(plugin: OnlineClusterer, x: np.ndarray, step: int) -> tuple[list[torc
     gen = torch.Generator().manual_seed(100 + step)
     feats = torch.from_numpy(x)[idx]
     views = [(feats + 0.05 * torch.randn(feats.shape, generator=gen)).requires_grad_(True)
-             for _ in range(crops.n_large + crops.n_small)]
+             for _ in range(crops.views)]
     return views, idx
 
 

@@ -7,7 +7,8 @@ after "l2" and after the paper's "pca256-whiten-l2": whitening can reverse a lea
 comparison on conv features, docs/algorithms "lessons").
 
 Modules: ``data`` (what to evaluate on, and the split), ``extraction`` (pooled block features;
-which layer and how it is pooled: ``dcx.core.layers``), ``protocols`` (pure functions), ``runs`` (a network or a run directory -> eval.json), ``tables``.
+which layer and how it is pooled: ``dcx.core.layers``), ``protocols`` (pure functions), ``runs``
+(a network or a run directory -> eval.json), ``tables``.
 """
 
 from dcx.core.evaluate.data import LABELLED, SPLIT_SEED, TEST_FRACTION, EvalData, load_eval_data, stratified_split
