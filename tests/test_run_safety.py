@@ -161,3 +161,17 @@ def test_the_checkpoint_records_its_config_and_api(finished):
     state = RunDir(finished).load_checkpoint()
     assert state["api"].startswith("2.") and state["config"]["k"] == 10
     assert tomllib.loads((finished / "config.toml").read_text())["k"] == 10
+
+
+def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
+    """Runs written before a setting existed (e.g. --warp) resume; an edited setting still does not."""
+    from dcx.core.errors import RunDirError
+    from dcx.core.runner import _check_checkpoint, read_run_config
+
+    run_dir, stored = RunDir(finished), read_run_config(finished)
+    state = run_dir.load_checkpoint()
+    for added in ("warp", "cluster_layer"):
+        del state["config"][added]
+    _check_checkpoint(run_dir, state, stored)  # absent = ran at the default: no error
+    with pytest.raises(RunDirError, match="differs from the checkpoint in warp"):
+        _check_checkpoint(run_dir, state, stored.model_copy(update={"warp": 2.0}))

@@ -175,8 +175,8 @@ class Engine:
             first = str(exc).splitlines()[-1].strip() if str(exc) else type(exc).__name__
             raise RunDirError(
                 f"the checkpoint does not fit the network this run's config.toml builds ({first}); a plugin "
-                "default may have changed since it was written: set that option in config.toml to its old "
-                "value, or finish the run with the dcx version that wrote it"
+                "default may have changed since it was written: finish the run with the dcx version that "
+                "wrote it, or start a new run"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

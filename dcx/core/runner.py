@@ -148,7 +148,9 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
         return
     ignore = set(RESUMABLE) | {"out"}
     ours = {k: v for k, v in stored.to_dict().items() if k not in ignore}
-    theirs = {k: v for k, v in saved.items() if k not in ignore}
+    # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default.
+    defaults = RunConfig().to_dict()
+    theirs = {k: v for k, v in {**{k: defaults.get(k) for k in ours}, **saved}.items() if k not in ignore}
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if diff:
         raise RunDirError(
