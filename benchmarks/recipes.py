@@ -82,6 +82,12 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                    "(the former default)"),
     "swav_proj33": ({"clusterer": "swav", "options": {"swav": {"proj_dim": 33}}},
                     "SwAV, 33-d projection (the former default min(128, k // 3) at k = 100)"),
+    "smooth_0.1": ({"label_smoothing": 0.1}, "label smoothing 0.1 on the pseudo-labels"),
+    "smooth_0.3": ({"label_smoothing": 0.3}, "label smoothing 0.3 on the pseudo-labels"),
+    "swav_eps05": ({"clusterer": "swav", "options": {"swav": {"epsilon": 0.05}}},
+                   "SwAV, Sinkhorn epsilon 0.05 (SwAV's) instead of 0.02"),
+    "no_whiten": ({"whiten": False}, "PCA-256 and L2 without whitening before k-means"),
+    "size_48": ({"image_size": 48}, "48-px inputs instead of 32"),
     "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
 }
 

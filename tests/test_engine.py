@@ -137,3 +137,41 @@ def test_cluster_layer_mistakes_are_input_errors(tiny_config, layer, clusterer, 
     tiny_config.cluster_layer, tiny_config.clusterer = layer, clusterer
     with pytest.raises(InputError, match=message):
         setup(tiny_config)
+
+
+def test_label_smoothing_softens_the_pseudo_label_loss():
+    """--label-smoothing e: (1 - e) x cross-entropy to the pseudo-label + e x the mean over all k."""
+    from torch import nn
+
+    from dcx.core.contracts import StepContext, TrainingHead
+    from dcx.core.objective import PartitionObjective
+
+    torch.manual_seed(0)
+    head, feats = nn.Linear(6, 4), torch.randn(5, 6)
+    targets = np.array([0, 3, 1, 2, 3, 0, 1])
+    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.tensor([1, 2, 4, 5, 6]))
+    hard, _ = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu")).loss([feats], step)
+    soft, _ = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu"),
+                                 label_smoothing=0.2).loss([feats], step)
+    logp = torch.log_softmax(head(feats), dim=1)
+    y = torch.as_tensor(targets[[1, 2, 4, 5, 6]])
+    nll = -logp[torch.arange(5), y].mean()
+    assert hard.item() == pytest.approx(nll.item(), rel=1e-6)
+    assert soft.item() == pytest.approx((0.8 * nll - 0.2 * logp.mean(dim=1).mean()).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_the_clusterer_gets_pca_whitened_or_only_pca_rows(tiny_config, whiten):
+    """--no-whiten: the clusterer receives PCA + L2 rows without the eigenvalue scaling."""
+    from dcx.core.features import preprocess
+
+    tiny_config.whiten, tiny_config.pca_dim = whiten, 16
+    s = setup(tiny_config)
+    engine = Engine(s)
+    feats = engine.extract_features()
+    seen = []
+    fit = s.clusterer.fit
+    s.clusterer.fit = lambda x, ctx: seen.append(np.array(x)) or fit(x, ctx)
+    engine._cluster(feats, 0)
+    assert np.allclose(seen[0], preprocess(feats, 16, whiten=whiten), atol=1e-5)
+    assert not np.allclose(seen[0], preprocess(feats, 16, whiten=not whiten), atol=1e-3)

@@ -64,7 +64,11 @@ class RunConfig(BaseModel):
     cluster_layer: str = setting(
         "features", "what offline clusterers cluster: features (the network's output, the paper's fc7) or a block "
         "(conv5, ...; average-pooled as dcx eval pools it)")
+    label_smoothing: float = setting(
+        0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
+        "paper's hard labels)", ge=0, lt=1)
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
+    whiten: bool = setting(True, "whiten the PCA components before offline clustering (paper: yes)")
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (distributed: each rank takes cuda:LOCAL_RANK)",
                           cli="run")

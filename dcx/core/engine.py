@@ -350,7 +350,8 @@ class Engine:
         if self.world.distributed:  # every rank starts the head from rank 0's weights
             for p in head.module.parameters():
                 self.world.broadcast(p.data)
-        return PartitionObjective(head, self.cfg.lr, self.cfg.weight_decay, self.device)
+        return PartitionObjective(head, self.cfg.lr, self.cfg.weight_decay, self.device,
+                                  label_smoothing=self.cfg.label_smoothing)
 
     def _epoch_context(self, epoch: int) -> EpochContext:
         return EpochContext(
@@ -456,14 +457,14 @@ class Engine:
         x = feats
         whitened = None
         if self.s.clusterer.wants_preprocessing:
-            pca = PCAWhitening(dim=self.cfg.pca_dim)
+            pca = PCAWhitening(dim=self.cfg.pca_dim, whiten=self.cfg.whiten)
             if world.distributed:
                 block = world.block(self.n)
                 pca.fit(feats, rows=block, all_reduce=world.all_reduce)
                 x = world.all_gather_rows(pca.transform(feats, rows=block), self._collective_device())
             else:
                 x = pca.fit_transform(feats)
-            whitened = x
+            whitened = x if self.cfg.whiten else None  # the diagnostics' whitened probe whitens itself
         timings["time_preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         clusterer = self.s.clusterer

@@ -47,13 +47,14 @@ class PartitionObjective(Objective):
     """
 
     def __init__(self, training_head: TrainingHead, lr: float, weight_decay: float, device: torch.device,
-                 make_sampler: Callable[[np.ndarray, int, int], torch.utils.data.Sampler] | None = None) -> None:
+                 make_sampler: Callable[[np.ndarray, int, int], torch.utils.data.Sampler] | None = None,
+                 label_smoothing: float = 0.0) -> None:
         self.head = training_head.module
         self.targets_np = np.asarray(training_head.targets, dtype=np.int64)
         self.targets = torch.as_tensor(self.targets_np)
         self.device = device
         self.optimizers = [torch.optim.SGD(self.head.parameters(), lr=lr, weight_decay=weight_decay)]
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._make_sampler = make_sampler or (lambda t, n, s: UniformLabelSampler(t, n, s))
 
     def sampler(self, n_total: int, seed: int) -> torch.utils.data.Sampler:
