@@ -88,6 +88,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                    "SwAV, Sinkhorn epsilon 0.05 (SwAV's) instead of 0.02"),
     "no_whiten": ({"whiten": False}, "PCA-256 and L2 without whitening before k-means"),
     "size_48": ({"image_size": 48}, "48-px inputs instead of 32"),
+    "warm_kmeans": ({"options": {"kmeans": {"init": "previous"}}},
+                    "k-means started from the previous round's clusters (labels carry over)"),
+    "warm_keep_head": ({"options": {"kmeans": {"init": "previous", "keep_head": True}}},
+                       "k-means started from the previous round's clusters, and the head kept"),
     "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
 }
 

@@ -25,6 +25,9 @@ class KMeans(Clusterer):
         Option("seed", int, None, "fixed seed for every epoch; default: derived from the run seed per epoch", nullable=True),
         Option("sample", int, None, "train on this many random rows, then assign all (default: all rows, as the "
                "reference)", nullable=True, min=1),
+        Option("init", str, "random", "starting centroids of each round: random rows (the reference) or previous "
+               "(the means of this round's features over the previous round's clusters: labels carry over)",
+               choices=("random", "previous")),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -58,11 +61,28 @@ class KMeans(Clusterer):
 
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         seed = self.params["seed"] if self.params["seed"] is not None else context.seed
+        init = None
+        if self.params["init"] == "previous" and context.previous_labels is not None:
+            init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
         res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device,
-                     rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"])
+                     rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],
             centroids=res.centroids,
             stats={"objective": res.objective, "iterations": len(res.history), "empty_splits": res.empty_splits, "backend": res.backend},
         )
+
+
+def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(k, d) means of the rows of ``x`` per label; a label with no rows starts at a seeded random row."""
+    x = np.asarray(x, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x)
+    counts = np.bincount(labels, minlength=k)[:k]
+    means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        means[empty] = x[np.random.default_rng(seed).choice(len(x), len(empty), replace=False)]
+    return means
