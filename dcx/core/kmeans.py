@@ -2,7 +2,7 @@
 
 Two backends: faiss (CPU, or GPU when faiss has GPUs and a CUDA device is asked for) and a torch
 Lloyd with explicit empty-cluster splitting (paper §3.3), for machines without faiss or for
-CUDA through torch. Both: random initial centroids drawn from the data, no subsampling
+CUDA through torch. Both: random initial centroids drawn from the data (or given ones), no subsampling
 (reference ``max_points_per_centroid=10_000_000``), final assignment to the nearest centroid.
 """
 
