@@ -175,3 +175,48 @@ def test_the_clusterer_gets_pca_whitened_or_only_pca_rows(tiny_config, whiten):
     engine._cluster(feats, 0)
     assert np.allclose(seen[0], preprocess(feats, 16, whiten=whiten), atol=1e-5)
     assert not np.allclose(seen[0], preprocess(feats, 16, whiten=not whiten), atol=1e-3)
+
+
+def test_several_views_train_every_crop_towards_the_image_label():
+    """--views 2: the loss is the mean of each view's cross-entropy to the image's pseudo-label."""
+    from torch import nn
+
+    from dcx.core.contracts import StepContext, TrainingHead
+    from dcx.core.objective import PartitionObjective
+
+    torch.manual_seed(0)
+    head, a, b = nn.Linear(6, 4), torch.randn(3, 6), torch.randn(3, 6)
+    targets = np.array([2, 0, 3, 1])
+    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.tensor([3, 0, 2]))
+    objective = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu"))
+    both, _ = objective.loss([a, b], step)
+    one_a, _ = objective.loss([a], step)
+    one_b, _ = objective.loss([b], step)
+    assert both.item() == pytest.approx((one_a.item() + one_b.item()) / 2, rel=1e-6)
+    y = torch.tensor([1, 2, 3])
+    assert one_a.item() == pytest.approx(nn.functional.cross_entropy(head(a), y).item(), rel=1e-6)
+
+
+def test_offline_views_give_each_step_several_crops_at_the_same_image_passes(tiny_config):
+    tiny_config.views, tiny_config.passes = 2, None
+    s = setup(tiny_config)
+    assert s.config.views == 2 and s.config.passes == 2 * s.dataset.run_defaults(s.images).passes
+    engine = Engine(s)
+    crops, i, ok = engine.train_set[5]
+    assert ok and i == 5 and len(crops) == 2 and crops[0].shape == crops[1].shape
+    assert not torch.equal(crops[0], crops[1])  # independent draws of the augmentation
+    one = Engine(setup(tiny_config.model_copy(update={"views": None})))
+    assert one.views == 1 and engine.images_per_epoch() == one.images_per_epoch()
+    before = _params(s.model)
+    summary = engine.run()
+    assert not torch.equal(before, _params(s.model)) and np.isfinite(summary["final_loss"])
+
+
+def test_online_clusterers_take_their_views_from_their_crops(tiny_config, caplog):
+    tiny_config.clusterer = "swav"
+    s = setup(tiny_config)
+    assert s.config.views == s.clusterer.crops().views == 2
+    tiny_config.views = 1  # e.g. a k-means run's config.toml reused for swav
+    assert setup(tiny_config).config.views == 2
+    assert "swav takes 2 crops of each image from its own options (dcx list --options): --views 1 is ignored" \
+        in caplog.text

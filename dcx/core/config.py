@@ -67,6 +67,10 @@ class RunConfig(BaseModel):
     label_smoothing: float = setting(
         0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
         "paper's hard labels)", ge=0, lt=1)
+    views: int | None = setting(
+        None, "crops of each image per training step, all trained towards its label (offline clusterers: "
+        "default 1, the paper's; DeepCluster-v2 trains on 2; online clusterers: their crops, set by their "
+        "options); --passes counts views, as for online clusterers", ge=1, le=16)
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
     whiten: bool = setting(True, "whiten the PCA components before offline clustering (paper: yes)")
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)

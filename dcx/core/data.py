@@ -66,6 +66,17 @@ class MultiCrop:
         return [t(img) for t in self.transforms]
 
 
+class SameCrops:
+    """``views`` independent draws of one training transform (offline clusterers' ``--views``)."""
+
+    def __init__(self, transform: Callable, views: int) -> None:
+        self.transform = transform
+        self.views = views
+
+    def __call__(self, img) -> list[torch.Tensor]:
+        return [self.transform(img) for _ in range(self.views)]
+
+
 class IndexedImages(torch.utils.data.Dataset):
     """(transformed image, index, readable) triples; the index looks up pseudo-labels that change
     per epoch.

@@ -74,10 +74,12 @@ class Engine:
             train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size,
                                   self.cfg.augment, self.cfg.warp)
         else:
-            self.views = 1
+            self.views = self.cfg.views or 1
             min_scale = self.cfg.crop_scale or MIN_CROP_SCALE[self.cfg.image_size > 64]
             train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment,
                                         warp=self.cfg.warp)
+            if self.views > 1:  # every view of an image is trained towards its one pseudo-label
+                train_t = D.SameCrops(train_t, self.views)
         self.train_set = D.IndexedImages(s.images, train_t)
         model = s.model
         self.cuda = self.device.type == "cuda"
@@ -133,8 +135,9 @@ class Engine:
 
     def images_per_epoch(self) -> int:
         """Images drawn per epoch: ``passes`` backbone passes over the data. An online clusterer
-        sees every image in several views per step, so it gets passes // views image passes (at
-        least one): the same backbone budget as an offline run, which keeps ``dcx compare`` fair."""
+        sees every image in several views per step (as does an offline one with ``--views``), so it
+        gets passes // views image passes (at least one): the same backbone budget per pass, which
+        keeps ``dcx compare`` fair."""
         return self.n * max(1, self.cfg.passes // self.views)
 
     def _steps_per_epoch(self) -> int:

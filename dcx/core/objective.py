@@ -40,7 +40,8 @@ class Objective:
 
 class PartitionObjective(Objective):
     """An offline clusterer's epoch: cross-entropy of ``head(features)`` against targets fixed at
-    the start of the epoch, images drawn uniformly over the targets (paper §3.3).
+    the start of the epoch, images drawn uniformly over the targets (paper §3.3); with several
+    views of each image, every view is trained towards the image's target.
 
     The head has its own SGD without momentum at the constant base rate (the reference's
     ``optimizer_tl``), recreated every epoch; the backbone follows the run's schedule.
@@ -62,7 +63,11 @@ class PartitionObjective(Objective):
 
     def loss(self, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
         y = self.targets[step.indices].to(self.device, non_blocking=True)
-        return self.criterion(self.head(views[0]), y), {}
+        if len(views) == 1:
+            return self.criterion(self.head(views[0]), y), {}
+        # Several views of each image (--views): the mean of their losses towards its one label.
+        logits = self.head(torch.cat(list(views)))
+        return self.criterion(logits, y.repeat(len(views))), {}
 
 
 class OnlineObjective(Objective):

@@ -139,13 +139,19 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     elif cfg.k is not None and not clusterer_cls.uses_k:
         log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
     clusterer = registry.create("clusterer", refs["clusterer"].qualified, c_opts)
+    if isinstance(clusterer, OnlineClusterer):
+        views = clusterer.crops().views
+        if cfg.views not in (None, views):  # e.g. a k-means run's config.toml reused for swav
+            log.warning("%s takes %d crops of each image from its own options (dcx list --options): --views %d "
+                        "is ignored", config.clusterer, views, cfg.views)
+        cfg.views = views
+    cfg.views = cfg.views or 1
     if cfg.passes is None:
-        # An online clusterer's step sees `views` crops of each image and the engine gives it
-        # passes // views image passes: by default it sees every image as often per round as
-        # k-means does, at views x the compute. Compute-equal (one image pass of two views),
-        # DeepCluster-v2 on digits scored 0.06 NMI below k-means (docs/recipes.md).
-        views = clusterer.crops().views if isinstance(clusterer, OnlineClusterer) else 1
-        cfg.passes = d.passes * views
+        # A step sees `views` crops of each image and the engine gives it passes // views image
+        # passes: by default every image is seen as often per round as in a one-view k-means run,
+        # at views x the compute. Compute-equal (one image pass of two views), DeepCluster-v2
+        # on digits scored 0.06 NMI below k-means (docs/recipes.md).
+        cfg.passes = d.passes * cfg.views
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml
     # reproduces the run even if a default changes later. None ("auto") is left out.
