@@ -149,9 +149,12 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
     ignore = set(RESUMABLE) | {"out"}
     ours = {k: v for k, v in stored.to_dict().items() if k not in ignore}
     # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default.
+    # A default of None is resolved by setup (e.g. --views from the clusterer) and written as its value
+    # in config.toml on the first resume: any value matches it there.
     defaults = RunConfig().to_dict()
     theirs = {k: v for k, v in {**{k: defaults.get(k) for k in ours}, **saved}.items() if k not in ignore}
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    resolved = {k for k in ours if k not in saved and defaults.get(k) is None}
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in resolved)
     if diff:
         raise RunDirError(
             f"{run_dir.path / CONFIG} differs from the checkpoint in {', '.join(diff)}: it was edited after the run "
