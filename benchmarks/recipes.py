@@ -92,6 +92,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                        "k-means started from the previous round's clusters, and the head kept"),
     "swav_warp_1.5": ({"clusterer": "swav", "warp": 1.5}, "SwAV, affine and elastic warps 1.5x as strong"),
     "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
+    "pic_smooth_0.1": ({"clusterer": "pic", "label_smoothing": 0.1}, "PIC, label smoothing 0.1 on its pseudo-labels"),
+    "sinkhorn_smooth_0.1": ({"clusterer": "sinkhorn", "label_smoothing": 0.1},
+                            "SeLa, label smoothing 0.1 on its pseudo-labels"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
