@@ -95,6 +95,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "pic_smooth_0.1": ({"clusterer": "pic", "label_smoothing": 0.1}, "PIC, label smoothing 0.1 on its pseudo-labels"),
     "sinkhorn_smooth_0.1": ({"clusterer": "sinkhorn", "label_smoothing": 0.1},
                             "SeLa, label smoothing 0.1 on its pseudo-labels"),
+    "jitter_0.4": ({"jitter": 0.4}, "photometric jitter 0.4 (brightness, contrast; colour: saturation, hue) + blur"),
+    "jitter_0.8": ({"jitter": 0.8}, "photometric jitter 0.8 (SwAV's strength) + blur"),
+    "swav_jitter_0.8": ({"clusterer": "swav", "jitter": 0.8}, "SwAV with its paper's photometric distortion (jitter 0.8 + blur)"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 

@@ -92,3 +92,26 @@ def test_warp_scales_the_affine_and_elastic_magnitudes():
     assert base == (12.0, 0.08, 8.0, 32.0)
     assert strong == pytest.approx(tuple(2 * m for m in base))
     assert magnitudes(0.0) == (0.0, 0.0, 0.0, 0.0)  # no warp at all, crops only in effect
+
+
+def test_jitter_changes_brightness_and_contrast_and_colour_only_when_asked():
+    """--jitter 0 is the reference pipeline; above 0 a flat crop's intensity moves (brightness /
+    contrast), colour images also change hue, and grayscale ones never get colour ops."""
+    from dcx.core.data import train_transform
+
+    def kinds(t):
+        return [type(s).__name__ if type(s).__name__ != "RandomApply" else type(s.transforms[0]).__name__
+                for s in t.transforms]
+
+    assert "ColorJitter" not in kinds(train_transform(32, 3, flip=False, min_scale=1.0))
+    gray = train_transform(32, 1, flip=False, min_scale=1.0, augment="crop", jitter=0.8)
+    jitter = next(s.transforms[0] for s in gray.transforms if kinds(type(gray)([s])) == ["ColorJitter"])
+    assert jitter.saturation is None and jitter.hue is None and jitter.brightness == pytest.approx((0.2, 1.8))
+    assert "GaussianBlur" in kinds(gray)
+    colour = train_transform(32, 3, flip=False, min_scale=1.0, augment="crop", jitter=0.8)
+    img = Image.new("RGB", (32, 32), (200, 60, 60))
+    torch.manual_seed(0)
+    means = torch.stack([colour(img).mean(dim=(1, 2)) for _ in range(20)])
+    assert means.std(dim=0).min() > 0.02  # every channel's level varies between draws
+    reference = train_transform(32, 3, flip=False, min_scale=1.0, augment="crop")
+    assert torch.stack([reference(img).mean(dim=(1, 2)) for _ in range(5)]).std(dim=0).max() < 1e-6

@@ -59,6 +59,9 @@ class RunConfig(BaseModel):
         "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
     warp: float = setting(1.0, "strength of the affine and elastic warps (1 = rotations up to 12 degrees, "
                                "shifts 8%, zoom 10%, shear 8 degrees, elastic alpha = image side)", ge=0, le=4)
+    jitter: float = setting(0.0, "photometric jitter: brightness and contrast by up to this fraction (colour "
+                                 "images: saturation too, hue by a quarter of it) with p 0.8, and Gaussian blur "
+                                 "with p 0.5 (SwAV's colour distortion is 0.8; 0 = none, the reference)", ge=0, le=1)
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
     cluster_layer: str = setting(

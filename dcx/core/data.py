@@ -31,12 +31,13 @@ AUGMENTS = ("crop", "affine", "elastic")
 
 
 def train_transform(image_size: int, channels: int, flip: bool, min_scale: float, augment: str = "crop",
-                    max_scale: float = 1.0, warp: float = 1.0) -> Callable:
+                    max_scale: float = 1.0, warp: float = 1.0, jitter: float = 0.0) -> Callable:
     """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference.
 
     ``augment``: "crop" (the reference), "affine" (+ small rotations, shifts, zoom and shear:
     the variation of handwriting, for characters and digits), "elastic" (+ elastic warps too);
-    ``warp`` scales the affine and elastic magnitudes.
+    ``warp`` scales the affine and elastic magnitudes; ``jitter`` > 0 adds SimCLR/SwAV's photometric
+    distortion at that strength (colour jitter with p 0.8, Gaussian blur with p 0.5).
     """
     steps: list = [T.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
     if augment in ("affine", "elastic"):
@@ -47,6 +48,12 @@ def train_transform(image_size: int, channels: int, flip: bool, min_scale: float
         steps.append(T.RandomApply([T.ElasticTransform(alpha=image_size * warp, sigma=image_size / 8)], p=0.5))
     if flip:
         steps.append(T.RandomHorizontalFlip())
+    if jitter > 0:
+        colour = dict(saturation=jitter, hue=min(jitter / 4, 0.5)) if channels == 3 else {}
+        steps.append(T.RandomApply([T.ColorJitter(brightness=jitter, contrast=jitter, **colour)], p=0.8))
+        # SimCLR's blur: a kernel of ~10% of the side (odd, at least 3), sigma in [0.1, 2].
+        kernel = max(3, image_size // 10 | 1)
+        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
     return T.Compose([*steps, *_tail(channels)])
 
 
@@ -54,11 +61,13 @@ class MultiCrop:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
 
     def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8,
-                 augment: str = "crop", warp: float = 1.0) -> None:
+                 augment: str = "crop", warp: float = 1.0, jitter: float = 0.0) -> None:
         # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
         small = max(min_size, int(round(image_size * spec.small_size_ratio)))
-        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1], warp)
-        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1], warp)
+        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1], warp,
+                                   jitter)
+        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1], warp,
+                                   jitter)
         self.transforms = [large_t] * spec.n_large + [small_t] * spec.n_small
         self.n_large = spec.n_large
 

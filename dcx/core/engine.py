@@ -72,12 +72,12 @@ class Engine:
             crops = s.clusterer.crops()
             self.views = crops.views
             train_t = D.MultiCrop(crops, self.cfg.image_size, channels, s.flip, s.backbone.min_image_size,
-                                  self.cfg.augment, self.cfg.warp)
+                                  self.cfg.augment, self.cfg.warp, self.cfg.jitter)
         else:
             self.views = self.cfg.views or 1
             min_scale = self.cfg.crop_scale or MIN_CROP_SCALE[self.cfg.image_size > 64]
             train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment,
-                                        warp=self.cfg.warp)
+                                        warp=self.cfg.warp, jitter=self.cfg.jitter)
             if self.views > 1:  # every view of an image is trained towards its one pseudo-label
                 train_t = D.SameCrops(train_t, self.views)
         self.train_set = D.IndexedImages(s.images, train_t)
