@@ -97,7 +97,10 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                             "SeLa, label smoothing 0.1 on its pseudo-labels"),
     "jitter_0.4": ({"jitter": 0.4}, "photometric jitter 0.4 (brightness, contrast; colour: saturation, hue) + blur"),
     "jitter_0.8": ({"jitter": 0.8}, "photometric jitter 0.8 (SwAV's strength) + blur"),
+    "jitter_0.4_smooth_0.1": ({"jitter": 0.4, "label_smoothing": 0.1}, "photometric jitter 0.4 + blur, and label smoothing 0.1"),
     "swav_jitter_0.8": ({"clusterer": "swav", "jitter": 0.8}, "SwAV with its paper's photometric distortion (jitter 0.8 + blur)"),
+    "swav_jitter_0.4": ({"clusterer": "swav", "jitter": 0.4}, "SwAV with photometric jitter 0.4 + blur"),
+    "dcv2_jitter_0.4": ({"clusterer": "dcv2", "jitter": 0.4}, "DeepCluster-v2 with photometric jitter 0.4 + blur"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 

@@ -515,6 +515,13 @@ class ChannelsLie(GoodDataset):
         return ImageSet(images.images, images.labels, images.classes, channels=3)
 
 
+class JitterPastOne(GoodDataset):
+    """Declares a photometric jitter strength --jitter would refuse."""
+
+    name = "jitterpastone"
+    defaults = RunDefaults(image_size=16, k=9, epochs=1, batch_size=16, width=0.25, jitter=2.0)
+
+
 GOOD = [GoodOffline, SelaLike, Counting, GoodOnline, GoodBackbone, GoodDataset]
 
 #: (plugin, the check that must catch its bug)
@@ -558,6 +565,7 @@ BROKEN = [
     (LabelsPastClasses, "check_dataset_labels"),
     (TestSplitMissing, "check_dataset_splits_loadable"),
     (ShuffledLabels, "check_dataset_labels_match_images"),
+    (JitterPastOne, "check_dataset_run_defaults"),
     (ReshuffledEachLoad, "check_dataset_load_reproducible"),
     (ChannelsLie, "check_dataset_images"),
 ]

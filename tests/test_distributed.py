@@ -48,7 +48,7 @@ def _config(**extra) -> RunConfig:
                 image_size=32, width=0.125, seed=0, probe=False, device="cpu",
                 # crops only: on 160 images, 2 epochs, elastic warps drawn per rank move epoch 1's
                 # labels further than the 0.1 NMI this test allows for rank-local augmentation
-                augment="crop",
+                augment="crop", jitter=0.0,
                 options={"digits": {"limit": 160}, "alexnet": {"fc_dim": 32}, "kmeans": {"backend": "torch"}})
     base.update(extra)
     return RunConfig(**base)

@@ -220,3 +220,24 @@ def test_online_clusterers_take_their_views_from_their_crops(tiny_config, caplog
     assert setup(tiny_config).config.views == 2
     assert "swav takes 2 crops of each image from its own options (dcx list --options): --views 1 is ignored" \
         in caplog.text
+
+
+def _jitter_of(transform):
+    return [s.transforms[0] for s in getattr(transform, "transforms", []) if type(s).__name__ == "RandomApply"
+            and type(s.transforms[0]).__name__ == "ColorJitter"]
+
+
+def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(tiny_config):
+    """Digits and characters declare jitter 0.4 (intensity never decides their class); datasets that
+    declare nothing train with the reference's none; --jitter overrides either."""
+    from dcx.datasets.textures import Textures
+
+    s = setup(tiny_config)
+    assert s.config.jitter == 0.4 and s.dataset.defaults.jitter == 0.4 and Textures.defaults.jitter == 0.0
+    (jitter,) = _jitter_of(Engine(s).train_set.transform)
+    assert jitter.brightness == pytest.approx((0.6, 1.4))
+    off = setup(tiny_config.model_copy(update={"jitter": 0.0}))
+    assert off.config.jitter == 0.0 and not _jitter_of(Engine(off).train_set.transform)
+    tiny_config.clusterer = "swav"  # online clusterers' multi-crop gets it too
+    crops = Engine(setup(tiny_config)).train_set.transform.transforms
+    assert all(_jitter_of(t) for t in crops)

@@ -170,7 +170,7 @@ def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
 
     run_dir, stored = RunDir(finished), read_run_config(finished)
     state = run_dir.load_checkpoint()
-    for added in ("warp", "cluster_layer", "whiten", "label_smoothing", "views", "jitter"):
+    for added in ("warp", "cluster_layer", "whiten", "label_smoothing", "views"):  # jitter: below
         del state["config"][added]
     _check_checkpoint(run_dir, state, stored)  # absent = ran at the default: no error
     # --views defaults to None, resolved by setup: an older run's config.toml lacks it or (once
@@ -179,3 +179,21 @@ def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
     _check_checkpoint(run_dir, state, stored.model_copy(update={"views": None}))
     with pytest.raises(RunDirError, match="differs from the checkpoint in warp"):
         _check_checkpoint(run_dir, state, stored.model_copy(update={"warp": 2.0}))
+
+
+def test_a_run_from_before_jitter_resumes_without_the_jitter_its_dataset_now_declares(finished, tmp_path):
+    """--jitter came with a dataset default (digits: 0.4); a run whose files lack the setting
+    trained without jitter and resumes without it, while a new run records the 0.4 it used."""
+    import torch
+
+    run = _copy(finished, tmp_path / "run")
+    toml = (run / "config.toml").read_text()
+    assert "jitter = 0.4" in toml
+    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith("jitter")))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["config"]["jitter"]
+    torch.save(state, run / "checkpoint.pt")
+    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
+    assert result.exit_code == 0, result.output
+    assert "jitter = 0.0" in (run / "config.toml").read_text()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["jitter"] == 0.0

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dcx.core.errors import InputError
 
 LR_SCHEDULES = ("cosine", "constant")
+#: Settings that a run directory written before they existed lacks, with the value that run trained
+#: at, where today's default would resolve to something else (the dataset's --jitter).
+RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0}
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None, cli: str = "train",
@@ -59,9 +62,11 @@ class RunConfig(BaseModel):
         "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
     warp: float = setting(1.0, "strength of the affine and elastic warps (1 = rotations up to 12 degrees, "
                                "shifts 8%, zoom 10%, shear 8 degrees, elastic alpha = image side)", ge=0, le=4)
-    jitter: float = setting(0.0, "photometric jitter: brightness and contrast by up to this fraction (colour "
-                                 "images: saturation too, hue by a quarter of it) with p 0.8, and Gaussian blur "
-                                 "with p 0.5 (SwAV's colour distortion is 0.8; 0 = none, the reference)", ge=0, le=1)
+    jitter: float | None = setting(
+        None, "photometric jitter: brightness and contrast by up to this fraction (colour images: saturation too, "
+        "hue by a quarter of it) with p 0.8, and Gaussian blur with p 0.5 (SwAV's colour distortion is 0.8) "
+        "(default: the dataset's: 0.4 for digits and characters, whose class never depends on intensity; else 0, "
+        "the reference)", ge=0, le=1)
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
     cluster_layer: str = setting(
@@ -129,6 +134,14 @@ class RunConfig(BaseModel):
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"config file {path} is not valid TOML ({exc}); fix or regenerate it") from None
         return cls.from_dict(data, f"config file {path}")
+
+    @classmethod
+    def load_run(cls, path: Path) -> "RunConfig":
+        """A run directory's config.toml: a setting it lacks was added to dcx after the run was
+        written, and takes the value the run trained at (``RAN_AT_WHEN_ABSENT``, else the default)."""
+        cfg = cls.load(path)
+        absent = {k: v for k, v in RAN_AT_WHEN_ABSENT.items() if k not in cfg.model_fields_set}
+        return cfg.model_copy(update=absent)
 
     def merged(self, overrides: dict[str, Any], source: str = "flags") -> "RunConfig":
         """A copy with the non-None ``overrides`` applied; plugin options merge per plugin."""

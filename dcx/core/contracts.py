@@ -331,6 +331,10 @@ class RunDefaults:
     #: Training augmentation ("crop", "affine", "elastic"; see ``dcx.core.data.train_transform``);
     #: None: the engine's rule by image size (``dcx.core.setup.default_augment``).
     augment: str | None = None
+    #: Photometric jitter strength (``--jitter``): 0 (the reference) unless intensity and colour
+    #: never decide a class here (glyphs: +0.011 on digits, +0.028 on characters; docs/recipes.md
+    #: "Photometric jitter").
+    jitter: float = 0.0
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dcx.core.callbacks import Callback
-from dcx.core.config import RunConfig, flag_of
+from dcx.core.config import RAN_AT_WHEN_ABSENT, RunConfig, flag_of
 from dcx.core.contracts import API_VERSION
 from dcx.core.engine import Engine
 from dcx.core.errors import DcxError, InputError, RunDirError
@@ -83,7 +83,7 @@ def read_run_config(path: Path) -> RunConfig:
         raise RunDirError(f"{run_dir.path} is not a folder: pass the run directory to resume")
     if not run_dir.is_run():
         raise RunDirError(f"{run_dir.path} is not a dcx run (no {CONFIG}): pass a folder written by dcx run")
-    return RunConfig.load(run_dir.path / CONFIG)
+    return RunConfig.load_run(run_dir.path / CONFIG)
 
 
 def resume_config(run: RunConfig, given: dict[str, Any], options: dict[str, dict[str, Any]]) -> RunConfig:
@@ -151,7 +151,7 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
     # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default.
     # A default of None is resolved by setup (e.g. --views from the clusterer) and written as its value
     # in config.toml on the first resume: any value matches it there.
-    defaults = RunConfig().to_dict()
+    defaults = {**RunConfig().to_dict(), **RAN_AT_WHEN_ABSENT}
     theirs = {k: v for k, v in {**{k: defaults.get(k) for k in ours}, **saved}.items() if k not in ignore}
     resolved = {k for k in ours if k not in saved and defaults.get(k) is None}
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in resolved)

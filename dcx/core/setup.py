@@ -129,6 +129,7 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
     cfg.flip = flip
     cfg.augment = cfg.augment or d.augment or default_augment(cfg.image_size)
+    cfg.jitter = d.jitter if cfg.jitter is None else cfg.jitter
     if cfg.image_size < backbone.min_image_size:
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.

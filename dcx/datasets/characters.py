@@ -171,7 +171,7 @@ class Characters(Dataset):
 
     name = "characters"
     flip_invariant = False
-    defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3)
+    defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3, jitter=0.4)
     options = (
         Option("alphabet", str, DIGITS, "the characters, one class each"),
         Option("per_class", int, 240, "training images per character", min=1),

@@ -123,10 +123,13 @@ def check_dataset_labels_match_images(p: PluginUnderTest) -> None:
         "with the images? (a dataset whose labels are not visible in small thumbnails can skip this check)")
 
 
-@check("defaults and run_defaults(images) are RunDefaults; flip_invariant is a bool", applies=is_dataset)
+@check("defaults and run_defaults(images) are RunDefaults with jitter in [0, 1]; flip_invariant is a bool",
+       applies=is_dataset)
 def check_dataset_run_defaults(p: PluginUnderTest) -> None:
     dataset: Dataset = p.new()
     assert isinstance(dataset.flip_invariant, bool), f"flip_invariant is {dataset.flip_invariant!r}"
     assert isinstance(dataset.defaults, RunDefaults), f"defaults is a {type(dataset.defaults).__name__}"
     d = dataset.run_defaults(_load(p))
     assert isinstance(d, RunDefaults), f"run_defaults returned a {type(d).__name__}"
+    for which, rd in (("defaults", dataset.defaults), ("run_defaults", d)):
+        assert 0 <= rd.jitter <= 1, f"{which}.jitter is {rd.jitter!r}, not in [0, 1] (--jitter's range)"

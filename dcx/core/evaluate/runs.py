@@ -155,7 +155,7 @@ def load_run(
     run = RunDir(Path(run_dir))
     if not (run.path / CONFIG).is_file():
         raise RunDirError(f"{run.path} has no {CONFIG}: pass a run directory written by dcx run")
-    cfg = RunConfig.load(run.path / CONFIG)
+    cfg = RunConfig.load_run(run.path / CONFIG)
     if device is not None:
         cfg = cfg.merged({"device": device})
     registry = registry or Registry()
