@@ -96,7 +96,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "sinkhorn_smooth_0.1": ({"clusterer": "sinkhorn", "label_smoothing": 0.1},
                             "SeLa, label smoothing 0.1 on its pseudo-labels"),
     "jitter_0.4": ({"jitter": 0.4}, "photometric jitter 0.4 (brightness, contrast; colour: saturation, hue) + blur"),
-    "jitter_0.8": ({"jitter": 0.8}, "photometric jitter 0.8 (SwAV's strength) + blur"),
     "jitter_0.4_smooth_0.1": ({"jitter": 0.4, "label_smoothing": 0.1}, "photometric jitter 0.4 + blur, and label smoothing 0.1"),
     "swav_jitter_0.8": ({"clusterer": "swav", "jitter": 0.8}, "SwAV with its paper's photometric distortion (jitter 0.8 + blur)"),
     "swav_jitter_0.4": ({"clusterer": "swav", "jitter": 0.4}, "SwAV with photometric jitter 0.4 + blur"),

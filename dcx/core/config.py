@@ -74,7 +74,7 @@ class RunConfig(BaseModel):
         "(conv5, ...; average-pooled as dcx eval pools it)")
     label_smoothing: float = setting(
         0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
-        "paper's hard labels; k-means gained +0.009 at 0.1 over 3 datasets, docs/recipes.md)", ge=0, lt=1)
+        "paper's hard labels; 0.1 recommended for k-means and PIC, docs/recipes.md)", ge=0, lt=1)
     views: int | None = setting(
         None, "crops of each image per training step, all trained towards its label (offline clusterers: "
         "default 1, the paper's; DeepCluster-v2 trains on 2; online clusterers: their crops, set by their "

@@ -148,7 +148,8 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
         return
     ignore = set(RESUMABLE) | {"out"}
     ours = {k: v for k, v in stored.to_dict().items() if k not in ignore}
-    # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default.
+    # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default
+    # (or at RAN_AT_WHEN_ABSENT's value, where the default now resolves to something else).
     # A default of None is resolved by setup (e.g. --views from the clusterer) and written as its value
     # in config.toml on the first resume: any value matches it there.
     defaults = {**RunConfig().to_dict(), **RAN_AT_WHEN_ABSENT}
