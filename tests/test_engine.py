@@ -160,6 +160,18 @@ def test_label_smoothing_softens_the_pseudo_label_loss():
     assert soft.item() == pytest.approx((0.8 * nll - 0.2 * logp.mean(dim=1).mean()).item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("head_lr, expected", [(None, 0.05), (0.5, 0.5)])
+def test_head_lr_sets_only_the_fresh_heads_rate(tiny_config, head_lr, expected):
+    """--head-lr: the offline head's SGD runs at it (default --lr, as the reference's optimizer_tl);
+    the backbone keeps --lr."""
+    tiny_config.head_lr, tiny_config.lr = head_lr, 0.05
+    engine = Engine(setup(tiny_config))
+    part, _, _ = engine._cluster(engine.extract_features(), 0)
+    objective = engine._partition_objective(part)
+    assert [g["lr"] for g in objective.optimizers[0].param_groups] == [expected]
+    assert {g["initial_lr"] for g in engine.optimizer.param_groups} == {0.05}
+
+
 @pytest.mark.parametrize("whiten", [True, False])
 def test_the_clusterer_gets_pca_whitened_or_only_pca_rows(tiny_config, whiten):
     """--no-whiten: the clusterer receives PCA + L2 rows without the eigenvalue scaling."""

@@ -75,6 +75,9 @@ class RunConfig(BaseModel):
     label_smoothing: float = setting(
         0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
         "paper's hard labels; 0.1 recommended for k-means and PIC, docs/recipes.md)", ge=0, lt=1)
+    head_lr: float | None = setting(
+        None, "learning rate of the offline clusterers' classifier head, a fresh one each round (default: --lr, as "
+        "the reference's optimizer_tl)", gt=0)
     views: int | None = setting(
         None, "crops of each image per training step, all trained towards its label (offline clusterers: "
         "default 1, the paper's; DeepCluster-v2 trains on 2; online clusterers: their crops, set by their "

@@ -353,7 +353,8 @@ class Engine:
         if self.world.distributed:  # every rank starts the head from rank 0's weights
             for p in head.module.parameters():
                 self.world.broadcast(p.data)
-        return PartitionObjective(head, self.cfg.lr, self.cfg.weight_decay, self.device,
+        head_lr = self.cfg.lr if self.cfg.head_lr is None else self.cfg.head_lr
+        return PartitionObjective(head, head_lr, self.cfg.weight_decay, self.device,
                                   label_smoothing=self.cfg.label_smoothing)
 
     def _epoch_context(self, epoch: int) -> EpochContext:
