@@ -34,3 +34,11 @@ def test_imagefolder_passes_every_check(tmp_path):
 def test_digits_loads_whole():
     images = check_dataset(REG.load("dataset", "digits"))
     assert len(images) == 1797 and images.num_classes == 10
+
+
+def test_kmeans_with_several_heads_passes_every_clusterer_check():
+    """(N, heads) targets and a (B, outputs, heads) head are within the contract the kit checks."""
+    from dcx.testing import check_clusterer
+    from dcx.testing.base import PluginUnderTest
+
+    check_clusterer(PluginUnderTest(REG.load("clusterer", "kmeans"), {"heads": 3}))

@@ -3,6 +3,7 @@ import importlib.metadata as md
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 from interrupts import run_until_ctrl_c
 
 from dcx.core.engine import Engine
@@ -158,6 +159,36 @@ def test_label_smoothing_softens_the_pseudo_label_loss():
     nll = -logp[torch.arange(5), y].mean()
     assert hard.item() == pytest.approx(nll.item(), rel=1e-6)
     assert soft.item() == pytest.approx((0.8 * nll - 0.2 * logp.mean(dim=1).mean()).item(), rel=1e-6)
+
+
+def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
+    """kmeans.heads=3: three clusterings of the round's features (the first is the run's labels),
+    one fresh head each, and the loss is the mean of the three cross-entropies."""
+    from dcx.core.contracts import StepContext
+
+    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3}}
+    engine = Engine(setup(tiny_config))
+    part, _, _ = engine._cluster(engine.extract_features(), 0)
+    assert part.more_labels.shape == (300, 2)
+    one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {}}})))
+    assert np.array_equal(part.labels, one._cluster(one.extract_features(), 0)[0].labels)
+    assert all(normalized_mutual_info_score(part.labels, col) < 1 for col in part.more_labels.T)
+    objective = engine._partition_objective(part)
+    feats, idx = torch.randn(5, engine.spec.feature_dim), torch.tensor([3, 1, 4, 159, 26])
+    logits = objective.head(feats)
+    assert logits.shape == (5, 20, 3)
+    targets = np.column_stack([part.labels, part.more_labels])[idx.numpy()]
+    expected = np.mean([torch.nn.functional.cross_entropy(logits[:, :, h], torch.as_tensor(targets[:, h])).item()
+                        for h in range(3)])
+    loss, _ = objective.loss([feats], StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(engine.run()["final_loss"])
+
+
+def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
+    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
+    with pytest.raises(InputError, match="kmeans.heads > 1"):
+        setup(tiny_config)
 
 
 @pytest.mark.parametrize("head_lr, expected", [(None, 0.05), (0.5, 0.5)])

@@ -77,6 +77,9 @@ class Partition:
     n_clusters: int
     centroids: np.ndarray | None = None
     stats: Mapping[str, Any] = field(default_factory=dict)
+    #: (n, h - 1) labels of further clusterings of the same rows (several heads, as DeepCluster-v2),
+    #: ids in the same 0..n_clusters-1; None: one clustering.
+    more_labels: np.ndarray | None = None
 
     def validate(self, n: int, owner: str) -> "Partition":
         """Check the contract for ``n`` input rows; raise ContractError naming ``owner``."""
@@ -91,7 +94,16 @@ class Partition:
             raise ContractError(
                 f"clusterer '{owner}' returned labels outside 0..{self.n_clusters - 1}: fix the plugin"
             )
-        return Partition(labels.astype(np.int64, copy=False), int(self.n_clusters), self.centroids, dict(self.stats))
+        more = None
+        if self.more_labels is not None:
+            more = np.asarray(self.more_labels)
+            if more.ndim != 2 or more.shape[0] != n or not np.issubdtype(more.dtype, np.integer) or (
+                    n and more.size and (more.min() < 0 or more.max() >= self.n_clusters)):
+                raise ContractError(f"clusterer '{owner}' returned more_labels of shape {more.shape} ({more.dtype}), "
+                                    f"expected ({n}, h) integers in 0..{self.n_clusters - 1}: fix the plugin")
+            more = more.astype(np.int64, copy=False)
+        return Partition(labels.astype(np.int64, copy=False), int(self.n_clusters), self.centroids, dict(self.stats),
+                         more)
 
 
 @dataclass(frozen=True)
@@ -121,11 +133,32 @@ def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -
     return nn.Sequential(nn.ReLU(), linear) if preactivation else nn.Sequential(linear)
 
 
+def linear_heads(feature_dim: int, n_outputs: int, heads: int, preactivation: bool = False) -> nn.Module:
+    """``heads`` independent DeepCluster top layers in one Linear: output (B, n_outputs, heads), the
+    layout cross-entropy takes for (B, heads) targets. Same init as ``linear_head``."""
+    from torch import nn
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU() if preactivation else nn.Identity()
+            self.linear = nn.Linear(feature_dim, n_outputs * heads)
+            nn.init.normal_(self.linear.weight, 0.0, 0.01)
+            nn.init.zeros_(self.linear.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(self.relu(x)).view(len(x), heads, n_outputs).transpose(1, 2)
+
+    return Heads()
+
+
 @dataclass
 class TrainingHead:
     """What the backbone learns to predict in one offline epoch: a head and a target per image.
 
-    ``targets[i]`` is the head output that image ``i`` is trained towards (0..outputs-1).
+    ``targets[i]`` is the head output that image ``i`` is trained towards (0..outputs-1). With
+    several heads, ``targets`` is (n, h) and the module returns (B, outputs, h); the loss is the
+    mean over heads.
     """
 
     module: nn.Module

@@ -380,20 +380,23 @@ class Engine:
         if not isinstance(head, TrainingHead) or not isinstance(head.module, nn.Module):
             raise ContractError(f"clusterer '{name}': build_head must return a TrainingHead(module, targets): fix the plugin")
         targets = np.asarray(head.targets)
-        if targets.shape != (self.n,) or not np.issubdtype(targets.dtype, np.integer) or (targets < 0).any():
+        if (targets.ndim not in (1, 2) or targets.shape[0] != self.n or not np.issubdtype(targets.dtype, np.integer)
+                or (targets < 0).any()):
             raise ContractError(
                 f"clusterer '{name}': build_head returned targets of shape {targets.shape} ({targets.dtype}), "
-                f"expected ({self.n},) non-negative integers: fix the plugin"
+                f"expected ({self.n},) or ({self.n}, heads) non-negative integers: fix the plugin"
             )
         with torch.no_grad():
             was = head.module.training
             head.module.eval()
             out = head.module(torch.zeros(2, self.spec.feature_dim, device=self.device))
             head.module.train(was)
-        if out.ndim != 2 or int(targets.max()) >= out.shape[1]:
+        expected = (2, out.shape[1]) + targets.shape[1:] if out.ndim >= 2 else None
+        if out.ndim != targets.ndim + 1 or tuple(out.shape) != expected or int(targets.max()) >= out.shape[1]:
+            want = "(batch, outputs)" if targets.ndim == 1 else f"(batch, outputs, {targets.shape[1]})"
             raise ContractError(
-                f"clusterer '{name}': build_head's head has {tuple(out.shape)[1:]} outputs but targets reach "
-                f"{int(targets.max())}: fix the plugin"
+                f"clusterer '{name}': build_head's head returns {tuple(out.shape)[1:]} per batch for targets reaching "
+                f"{int(targets.max())}, expected {want}: fix the plugin"
             )
 
     # ------------------------------------------------------------------ extraction

@@ -59,15 +59,19 @@ class PartitionObjective(Objective):
         self._make_sampler = make_sampler or (lambda t, n, s: UniformLabelSampler(t, n, s))
 
     def sampler(self, n_total: int, seed: int) -> torch.utils.data.Sampler:
-        return self._make_sampler(self.targets_np, n_total, seed)
+        # Several heads: uniform over the first head's clusters.
+        first = self.targets_np if self.targets_np.ndim == 1 else self.targets_np[:, 0]
+        return self._make_sampler(first, n_total, seed)
 
     def loss(self, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
+        # (B,) targets and (B, k) logits, or (B, h) and (B, k, h) with h heads: cross-entropy's
+        # K-dimensional form averages over heads as over images.
         y = self.targets[step.indices].to(self.device, non_blocking=True)
         if len(views) == 1:
             return self.criterion(self.head(views[0]), y), {}
         # Several views of each image (--views): the mean of their losses towards its one label.
         logits = self.head(torch.cat(list(views)))
-        return self.criterion(logits, y.repeat(len(views))), {}
+        return self.criterion(logits, y.repeat(len(views), *([1] * (y.ndim - 1)))), {}
 
 
 class OnlineObjective(Objective):

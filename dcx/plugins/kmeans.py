@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head
+from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head, linear_heads
+from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
 from dcx.core.options import Option
 
@@ -28,6 +29,8 @@ class KMeans(Clusterer):
         Option("init", str, "random", "starting centroids of each round: random rows (the reference) or previous "
                "(the means of this round's features over the previous round's clusters: labels carry over)",
                choices=("random", "previous")),
+        Option("heads", int, 1, "independent k-means clusterings per round, each with its own fresh head; the "
+               "loss is their mean (DeepCluster-v2: 3)", min=1),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -35,8 +38,15 @@ class KMeans(Clusterer):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._head = None
+        if self.params["heads"] > 1 and (self.params["keep_head"] or self.params["init"] == "previous"):
+            raise InputError("kmeans.heads > 1 takes fresh heads and random starts: drop kmeans.keep_head / "
+                             "kmeans.init=previous, or use one head")
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
+        if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
+            targets = np.column_stack([partition.labels, partition.more_labels])
+            head = linear_heads(spec.feature_dim, partition.n_clusters, targets.shape[1], spec.preactivation)
+            return TrainingHead(head.to(spec.device), targets)
         if not self.params["keep_head"]:
             return super().build_head(partition, spec)
         if self._head is None:
@@ -64,13 +74,16 @@ class KMeans(Clusterer):
         init = None
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
-        res = kmeans(features, self.params["k"], self.params["niter"], seed, self.params["backend"], context.device,
-                     rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
+        runs = [kmeans(features, self.params["k"], self.params["niter"], seed + h, self.params["backend"],
+                       context.device, rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"],
+                       init=init) for h in range(self.params["heads"])]
+        res = runs[0]
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],
             centroids=res.centroids,
             stats={"objective": res.objective, "iterations": len(res.history), "empty_splits": res.empty_splits, "backend": res.backend},
+            more_labels=np.column_stack([r.labels for r in runs[1:]]) if len(runs) > 1 else None,
         )
 
 

@@ -133,17 +133,20 @@ def _training_head(p: PluginUnderTest) -> tuple[TrainingHead, Partition]:
     return head, part
 
 
-@check("build_head returns a TrainingHead whose (N,) integer targets lie in 0..outputs-1 of its module",
-       applies=is_offline)
+@check("build_head returns a TrainingHead whose (N,) (or (N, heads)) integer targets lie in 0..outputs-1 of its "
+       "module", applies=is_offline)
 def check_build_head(p: PluginUnderTest) -> None:
     head, _ = _training_head(p)
     targets = np.asarray(head.targets)
-    assert targets.shape == (N,), f"targets have shape {targets.shape}, expected ({N},)"
+    assert targets.ndim in (1, 2) and targets.shape[0] == N, (
+        f"targets have shape {targets.shape}, expected ({N},) or ({N}, heads)")
     assert np.issubdtype(targets.dtype, np.integer), f"targets are {targets.dtype}, expected integers"
     head.module.eval()
     with torch.no_grad():
         out = head.module(torch.zeros(2, D))
-    assert out.ndim == 2 and out.shape[0] == 2, f"the head maps (2, {D}) features to {tuple(out.shape)}"
+    heads = targets.shape[1:]
+    assert out.ndim == 2 + len(heads) and out.shape[0] == 2 and tuple(out.shape[2:]) == heads, (
+        f"the head maps (2, {D}) features to {tuple(out.shape)}, expected (2, outputs{', ' + str(heads[0]) if heads else ''})")
     assert targets.min() >= 0 and targets.max() < out.shape[1], (
         f"targets span {targets.min()}..{targets.max()} but the head has {out.shape[1]} outputs")
 
