@@ -88,9 +88,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "swav_eps05": ({"clusterer": "swav", "options": {"swav": {"epsilon": 0.05}}},
                    "SwAV, Sinkhorn epsilon 0.05 (SwAV's) instead of 0.02"),
     "no_whiten": ({"whiten": False}, "PCA-256 and L2 without whitening before k-means"),
-    "warm_kmeans": ({"options": {"kmeans": {"init": "previous"}}},
+    "warm_kmeans": ({"options": {"kmeans": {"init": "previous", "heads": 1}}},
                     "k-means started from the previous round's clusters (labels carry over)"),
-    "warm_keep_head": ({"options": {"kmeans": {"init": "previous", "keep_head": True}}},
+    "warm_keep_head": ({"options": {"kmeans": {"init": "previous", "keep_head": True, "heads": 1}}},
                        "k-means started from the previous round's clusters, and the head kept"),
     "swav_warp_1.5": ({"clusterer": "swav", "warp": 1.5}, "SwAV, affine and elastic warps 1.5x as strong"),
     "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
@@ -111,6 +111,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "kmeans_heads3": ({"options": {"kmeans": {"heads": 3}}},
                       "three k-means clusterings per round, each with its own head (DeepCluster-v2's 3 heads)"),
     "kmeans_heads5": ({"options": {"kmeans": {"heads": 5}}}, "five k-means clusterings per round, each with its own head"),
+    "kmeans_heads1": ({"options": {"kmeans": {"heads": 1}}}, "one k-means clustering per round (the paper)"),
     "dcv2_heads1": ({"clusterer": "dcv2", "options": {"dcv2": {"heads": 1}}}, "DeepCluster-v2 with one k-means head"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
@@ -133,7 +134,7 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
     keep_head = settings.pop("keep_head", False)
     if keep_head:
         cfg["clusterer"] = "kmeans"
-        options.setdefault("kmeans", {})["keep_head"] = True
+        options.setdefault("kmeans", {}).update(keep_head=True, heads=1)
     probe_cfg = RunConfig(**{k: v for k, v in cfg.items()})
     s = setup(probe_cfg)  # resolve the dataset's defaults once, for the relative settings
     classes = s.images.num_classes or 10

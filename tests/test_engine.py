@@ -170,7 +170,7 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
     engine = Engine(setup(tiny_config))
     part, _, _ = engine._cluster(engine.extract_features(), 0)
     assert part.more_labels.shape == (300, 2)
-    one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {}}})))
+    one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {"heads": 1}}})))
     assert np.array_equal(part.labels, one._cluster(one.extract_features(), 0)[0].labels)
     assert all(normalized_mutual_info_score(part.labels, col) < 1 for col in part.more_labels.T)
     objective = engine._partition_objective(part)
@@ -187,7 +187,7 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
 
 def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
-    with pytest.raises(InputError, match="kmeans.heads > 1"):
+    with pytest.raises(InputError, match="add --opt kmeans.heads=1"):
         setup(tiny_config)
 
 

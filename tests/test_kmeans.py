@@ -68,11 +68,11 @@ def test_init_previous_carries_cluster_ids_over_rounds(blobs):
     first = KMeans(k=6, seed=0).fit(x, FitContext(seed=0))
     moved = x + np.random.default_rng(1).normal(scale=0.05, size=x.shape).astype(np.float32)
     ctx = FitContext(epoch=1, seed=7, previous_labels=first.labels)
-    warm = KMeans(k=6, init="previous").fit(moved, ctx)
+    warm = KMeans(k=6, init="previous", heads=1).fit(moved, ctx)
     cold = KMeans(k=6).fit(moved, ctx)
     assert np.array_equal(warm.labels, first.labels)
     assert not np.array_equal(cold.labels, first.labels)
     # A cluster the previous round left empty starts from a data row, not from NaN.
     prev = first.labels.copy()
     prev[prev == 5] = 4
-    assert len(np.unique(KMeans(k=6, init="previous").fit(moved, FitContext(previous_labels=prev)).labels)) == 6
+    assert len(np.unique(KMeans(k=6, init="previous", heads=1).fit(moved, FitContext(previous_labels=prev)).labels)) == 6

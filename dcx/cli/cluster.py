@@ -95,6 +95,8 @@ def cluster(
         if not any(o.name == "k" for o in cls.options):
             raise InputError(f"clusterer '{clusterer}' chooses its own number of clusters: drop --k")
         options.setdefault("k", k)
+    if any(o.name == "heads" for o in cls.options):
+        options.setdefault("heads", 1)  # one labelling is written: further clusterings only train heads
     algo = registry.create("clusterer", clusterer, options)
     x = open_features(features)
     k_eff = algo.params.get("k")

@@ -29,8 +29,9 @@ class KMeans(Clusterer):
         Option("init", str, "random", "starting centroids of each round: random rows (the reference) or previous "
                "(the means of this round's features over the previous round's clusters: labels carry over)",
                choices=("random", "previous")),
-        Option("heads", int, 1, "independent k-means clusterings per round, each with its own fresh head; the "
-               "loss is their mean (DeepCluster-v2: 3)", min=1),
+        Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
+               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/recipes.md: 3 gained on digits, "
+               "textures and photos)", min=1),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -39,8 +40,8 @@ class KMeans(Clusterer):
         super().__init__(**options)
         self._head = None
         if self.params["heads"] > 1 and (self.params["keep_head"] or self.params["init"] == "previous"):
-            raise InputError("kmeans.heads > 1 takes fresh heads and random starts: drop kmeans.keep_head / "
-                             "kmeans.init=previous, or use one head")
+            raise InputError("kmeans.keep_head and kmeans.init=previous keep one head's labels across rounds: "
+                             "add --opt kmeans.heads=1")
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
         if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
