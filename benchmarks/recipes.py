@@ -40,8 +40,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "k_classes": ({"k_per_class": 1}, "k = #classes"),
     "k_2x": ({"k_per_class": 2}, "k = 2 x #classes"),
     "k_30x": ({"k_per_class": 30}, "k = 30 x #classes"),
-    "fc_large": ({"options": {"alexnet": {"fc_dim": 2048}}}, "fc6/fc7 of 2048 units (twice the width's 1024)"),
-    "image_48": ({"image_size": 48}, "48-px inputs (more spatial resolution in conv3-conv5; 2.25x the pixels)"),
     "fc_small": ({"options": {"alexnet": {"fc_dim": 256}}}, "fc6/fc7 of 256 units"),
     "dropout": ({"options": {"alexnet": {"dropout": 0.5}}}, "fc dropout 0.5 (paper)"),
     "keep_head": ({"keep_head": True}, "keep the classifier head across epochs"),
@@ -112,7 +110,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                       "three k-means clusterings per round, each with its own head (DeepCluster-v2's 3 heads)"),
     "kmeans_heads5": ({"options": {"kmeans": {"heads": 5}}}, "five k-means clusterings per round, each with its own head"),
     "kmeans_heads1": ({"options": {"kmeans": {"heads": 1}}}, "one k-means clustering per round (the paper)"),
-    "dcv2_heads1": ({"clusterer": "dcv2", "options": {"dcv2": {"heads": 1}}}, "DeepCluster-v2 with one k-means head"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
