@@ -197,3 +197,32 @@ def test_a_run_from_before_jitter_resumes_without_the_jitter_its_dataset_now_dec
     assert result.exit_code == 0, result.output
     assert "jitter = 0.0" in (run / "config.toml").read_text()
     assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["jitter"] == 0.0
+
+
+def test_a_run_from_before_kmeans_heads_resumes_with_the_one_head_it_trained_with(finished, tmp_path):
+    """kmeans.heads came with a default of 3; a run whose recorded options lack it trained with one
+    clustering per round and resumes with one, while a new run records the 3 it used."""
+    import torch
+
+    run = _copy(finished, tmp_path / "run")
+    toml = (run / "config.toml").read_text()
+    assert "heads = 3" in toml
+    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith("heads")))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["config"]["options"]["kmeans"]["heads"]
+    torch.save(state, run / "checkpoint.pt")
+    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
+    assert result.exit_code == 0, result.output
+    assert "heads = 1" in (run / "config.toml").read_text()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["options"]["kmeans"]["heads"] == 1
+
+
+def test_only_the_builtin_kmeans_gets_the_one_head_it_ran_with():
+    """A third-party plugin that happens to be named kmeans keeps its own recorded options."""
+    from dcx.core.config import RunConfig, options_ran_at
+
+    builtin = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "dcx", "version": "0.1.0"}})
+    other = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "their-pkg", "version": "1.0"}})
+    assert options_ran_at({"kmeans": {"k": 5}}, builtin.plugin_names()) == {"kmeans": {"k": 5, "heads": 1}}
+    assert options_ran_at({"kmeans": {"k": 5}}, other.plugin_names()) == {"kmeans": {"k": 5}}
+    assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3}}

@@ -20,6 +20,19 @@ LR_SCHEDULES = ("cosine", "constant")
 #: Settings that a run directory written before they existed lacks, with the value that run trained
 #: at, where today's default would resolve to something else (the dataset's --jitter).
 RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0}
+#: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
+#: at this value (kmeans.heads: one clustering per round before the option came with a default of 3).
+OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1}}
+
+
+def options_ran_at(options: dict[str, dict[str, Any]], plugins: set[str]) -> dict[str, dict[str, Any]]:
+    """``options`` of a run that used ``plugins``, with OPTION_RAN_AT_WHEN_ABSENT's values where absent."""
+    out = {p: dict(o) for p, o in options.items()}
+    for plugin, values in OPTION_RAN_AT_WHEN_ABSENT.items():
+        if plugin in plugins:
+            for key, value in values.items():
+                out.setdefault(plugin, {}).setdefault(key, value)
+    return out
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None, cli: str = "train",
@@ -144,7 +157,21 @@ class RunConfig(BaseModel):
         written, and takes the value the run trained at (``RAN_AT_WHEN_ABSENT``, else the default)."""
         cfg = cls.load(path)
         absent = {k: v for k, v in RAN_AT_WHEN_ABSENT.items() if k not in cfg.model_fields_set}
+        absent["options"] = options_ran_at(cfg.options, cfg.plugin_names())
         return cfg.model_copy(update=absent)
+
+    def plugin_names(self) -> set[str]:
+        """The names of the run's built-in plugins (clusterer, backbone, dataset): those dcx provided
+        when the run recorded its providers, else those not qualified by another package."""
+        names = set()
+        for kind in ("clusterer", "backbone", "dataset"):
+            given = getattr(self, kind)
+            provider = self.plugins.get(kind, {}).get("package")
+            if provider is None:
+                provider = given.split(":", 1)[0] if ":" in given else "dcx"
+            if provider == "dcx":
+                names.add(given.rsplit(":", 1)[-1])
+        return names
 
     def merged(self, overrides: dict[str, Any], source: str = "flags") -> "RunConfig":
         """A copy with the non-None ``overrides`` applied; plugin options merge per plugin."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dcx.core.callbacks import Callback
-from dcx.core.config import RAN_AT_WHEN_ABSENT, RunConfig, flag_of
+from dcx.core.config import RAN_AT_WHEN_ABSENT, RunConfig, flag_of, options_ran_at
 from dcx.core.contracts import API_VERSION
 from dcx.core.engine import Engine
 from dcx.core.errors import DcxError, InputError, RunDirError
@@ -153,6 +153,7 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
     # A default of None is resolved by setup (e.g. --views from the clusterer) and written as its value
     # in config.toml on the first resume: any value matches it there.
     defaults = {**RunConfig().to_dict(), **RAN_AT_WHEN_ABSENT}
+    saved = {**saved, "options": options_ran_at(saved.get("options", {}), stored.plugin_names())}
     theirs = {k: v for k, v in {**{k: defaults.get(k) for k in ours}, **saved}.items() if k not in ignore}
     resolved = {k for k in ours if k not in saved and defaults.get(k) is None}
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in resolved)
