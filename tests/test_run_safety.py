@@ -181,40 +181,34 @@ def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
         _check_checkpoint(run_dir, state, stored.model_copy(update={"warp": 2.0}))
 
 
-def test_a_run_from_before_jitter_resumes_without_the_jitter_its_dataset_now_declares(finished, tmp_path):
-    """--jitter came with a dataset default (digits: 0.4); a run whose files lack the setting
-    trained without jitter and resumes without it, while a new run records the 0.4 it used."""
+@pytest.mark.parametrize("path, written, ran_at", [
+    (("jitter",), "jitter = 0.4", 0.0),  # --jitter came with a dataset default (digits: 0.4)
+    (("options", "kmeans", "heads"), "heads = 3", 1),  # kmeans.heads came with a default of 3
+], ids=["jitter", "kmeans.heads"])
+def test_a_run_from_before_a_setting_resumes_at_what_it_trained_with(finished, tmp_path, path, written, ran_at):
+    """A run whose files lack a setting added later trained at that setting's earlier value and
+    resumes at it (written back to config.toml and the checkpoint), not at today's default, which
+    a new run records."""
     import torch
 
     run = _copy(finished, tmp_path / "run")
     toml = (run / "config.toml").read_text()
-    assert "jitter = 0.4" in toml
-    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith("jitter")))
+    assert written in toml
+    key = path[-1]
+    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith(key)))
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    del state["config"]["jitter"]
+    saved = state["config"]
+    for part in path[:-1]:
+        saved = saved[part]
+    del saved[key]
     torch.save(state, run / "checkpoint.pt")
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
     assert result.exit_code == 0, result.output
-    assert "jitter = 0.0" in (run / "config.toml").read_text()
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["jitter"] == 0.0
-
-
-def test_a_run_from_before_kmeans_heads_resumes_with_the_one_head_it_trained_with(finished, tmp_path):
-    """kmeans.heads came with a default of 3; a run whose recorded options lack it trained with one
-    clustering per round and resumes with one, while a new run records the 3 it used."""
-    import torch
-
-    run = _copy(finished, tmp_path / "run")
-    toml = (run / "config.toml").read_text()
-    assert "heads = 3" in toml
-    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith("heads")))
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    del state["config"]["options"]["kmeans"]["heads"]
-    torch.save(state, run / "checkpoint.pt")
-    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
-    assert result.exit_code == 0, result.output
-    assert "heads = 1" in (run / "config.toml").read_text()
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["options"]["kmeans"]["heads"] == 1
+    assert f"{key} = {ran_at}" in (run / "config.toml").read_text()
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    for part in path:
+        saved = saved[part]
+    assert saved == ran_at
 
 
 def test_only_the_builtin_kmeans_gets_the_one_head_it_ran_with():

@@ -391,8 +391,7 @@ class Engine:
             head.module.eval()
             out = head.module(torch.zeros(2, self.spec.feature_dim, device=self.device))
             head.module.train(was)
-        expected = (2, out.shape[1]) + targets.shape[1:] if out.ndim >= 2 else None
-        if out.ndim != targets.ndim + 1 or tuple(out.shape) != expected or int(targets.max()) >= out.shape[1]:
+        if out.ndim != targets.ndim + 1 or tuple(out.shape[2:]) != targets.shape[1:] or int(targets.max()) >= out.shape[1]:
             want = "(batch, outputs)" if targets.ndim == 1 else f"(batch, outputs, {targets.shape[1]})"
             raise ContractError(
                 f"clusterer '{name}': build_head's head returns {tuple(out.shape)[1:]} per batch for targets reaching "
