@@ -110,6 +110,14 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                       "three k-means clusterings per round, each with its own head (DeepCluster-v2's 3 heads)"),
     "kmeans_heads5": ({"options": {"kmeans": {"heads": 5}}}, "five k-means clusterings per round, each with its own head"),
     "kmeans_heads1": ({"options": {"kmeans": {"heads": 1}}}, "one k-means clustering per round (the paper)"),
+    "epochs_x1.5": ({"epochs_factor": 1.5}, "1.5 times the epochs (clustering rounds)"),
+    "wd_1e-3": ({"weight_decay": 1e-3}, "weight decay 1e-3"),
+    "wd_2e-4": ({"weight_decay": 2e-4}, "weight decay 2e-4"),
+    "wd_1e-5": ({"weight_decay": 1e-5}, "weight decay 1e-5 (the reference)"),
+    "swav_wd_5e-4": ({"clusterer": "swav", "weight_decay": 5e-4}, "SwAV, weight decay 5e-4"),
+    "dcv2_wd_5e-4": ({"clusterer": "dcv2", "weight_decay": 5e-4}, "DeepCluster-v2, weight decay 5e-4"),
+    "pic_wd_5e-4": ({"clusterer": "pic", "weight_decay": 5e-4}, "PIC, weight decay 5e-4"),
+    "sinkhorn_wd_5e-4": ({"clusterer": "sinkhorn", "weight_decay": 5e-4}, "SeLa, weight decay 5e-4"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
@@ -138,7 +146,7 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
     if "k_per_class" in settings:
         cfg["k"] = classes * settings.pop("k_per_class")
     if "epochs_factor" in settings:
-        cfg["epochs"] = s.config.epochs * settings.pop("epochs_factor")
+        cfg["epochs"] = round(s.config.epochs * settings.pop("epochs_factor"))
     cfg.update(settings)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
