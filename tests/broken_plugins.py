@@ -9,8 +9,8 @@ from PIL import Image
 from torch import nn
 
 from dcx.core.contracts import (
-    Backbone, BackboneNet, Clusterer, Dataset, ImageSet, OnlineClusterer, Partition, RunDefaults, TrainingHead,
-    linear_head,
+    Backbone, BackboneNet, Clusterer, CropSpec, Dataset, ImageSet, OnlineClusterer, Partition, RunDefaults,
+    TrainingHead, linear_head,
 )
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
@@ -348,6 +348,15 @@ class TensorStats(GoodOnline):
         return {"usage": torch.from_numpy(self._usage)}
 
 
+class NegativeJitterScale(GoodOnline):
+    """Asks for a negative photometric jitter on its views."""
+
+    name = "negativejitter"
+
+    def crops(self):
+        return CropSpec(jitter_scale=-1.0)
+
+
 class NanLoss(GoodOnline):
     name = "nanloss"
 
@@ -555,6 +564,7 @@ BROKEN = [
     (OnlineStateNotRestored, "check_online_state_dict_round_trip"),
     (TensorStats, "check_online_stats_serialisable"),
     (NanLoss, "check_online_loss"),
+    (NegativeJitterScale, "check_online_head"),
     (NotAtMinSize, "check_backbone_min_image_size"),
     (ThreeChannelsOnly, "check_backbone_channels"),
     (ThreeChannelsOnly, "check_backbone_sobel"),

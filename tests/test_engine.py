@@ -284,3 +284,19 @@ def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(ti
     tiny_config.clusterer = "swav"  # online clusterers' multi-crop gets it too
     crops = Engine(setup(tiny_config)).train_set.transform.transforms
     assert all(_jitter_of(t) for t in crops)
+
+
+def test_swav_views_take_twice_the_datasets_jitter_unless_jitter_is_given(tiny_config):
+    """SwAV's colour distortion is 0.8 where digits declares 0.4 for k-means; a dataset that declares
+    none stays at none, and --jitter or swav.jitter_scale decide when given."""
+    swav = tiny_config.model_copy(update={"clusterer": "swav"})
+    s = setup(swav)
+    assert s.config.jitter == pytest.approx(0.8) and s.config.options["swav"]["jitter_scale"] == 2.0
+    assert all(j.brightness == pytest.approx((0.2, 1.8))
+               for t in Engine(s).train_set.transform.transforms for j in _jitter_of(t))
+    assert setup(swav.model_copy(update={"jitter": 0.3})).config.jitter == 0.3
+    own = swav.model_copy(update={"options": {**swav.options, "swav": {"jitter_scale": 1.0}}})
+    assert setup(own).config.jitter == pytest.approx(0.4)
+    assert setup(tiny_config.model_copy(update={"clusterer": "dcv2"})).config.jitter == pytest.approx(0.4)
+    textures = swav.model_copy(update={"dataset": "textures", "options": {"textures": {"limit": 40}}})
+    assert setup(textures, load_images=False).config.jitter == 0.0

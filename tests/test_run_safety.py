@@ -211,7 +211,7 @@ def test_a_run_from_before_a_setting_resumes_at_what_it_trained_with(finished, t
     assert saved == ran_at
 
 
-def test_only_the_builtin_kmeans_gets_the_one_head_it_ran_with():
+def test_only_builtin_plugins_get_the_options_they_ran_with():
     """A third-party plugin that happens to be named kmeans keeps its own recorded options."""
     from dcx.core.config import RunConfig, options_ran_at
 
@@ -220,3 +220,6 @@ def test_only_the_builtin_kmeans_gets_the_one_head_it_ran_with():
     assert options_ran_at({"kmeans": {"k": 5}}, builtin.plugin_names()) == {"kmeans": {"k": 5, "heads": 1}}
     assert options_ran_at({"kmeans": {"k": 5}}, other.plugin_names()) == {"kmeans": {"k": 5}}
     assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3}}
+    # SwAV's views took the dataset's jitter as it was before swav.jitter_scale came with a default of 2.
+    swav = RunConfig(clusterer="swav", plugins={"clusterer": {"name": "swav", "package": "dcx", "version": "0.1.0"}})
+    assert options_ran_at({"swav": {"k": 5}}, swav.plugin_names()) == {"swav": {"k": 5, "jitter_scale": 1.0}}

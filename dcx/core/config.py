@@ -21,8 +21,9 @@ LR_SCHEDULES = ("cosine", "constant")
 #: at, where today's default would resolve to something else (the dataset's --jitter).
 RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0}
 #: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
-#: at this value (kmeans.heads: one clustering per round before the option came with a default of 3).
-OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1}}
+#: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
+#: swav.jitter_scale: its views took the dataset's jitter as it was).
+OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1}, "swav": {"jitter_scale": 1.0}}
 
 
 def options_ran_at(options: dict[str, dict[str, Any]], plugins: set[str]) -> dict[str, dict[str, Any]]:
@@ -79,7 +80,7 @@ class RunConfig(BaseModel):
         None, "photometric jitter: brightness and contrast by up to this fraction (colour images: saturation too, "
         "hue by a quarter of it) with p 0.8, and Gaussian blur with p 0.5 (SwAV's colour distortion is 0.8) "
         "(default: the dataset's: 0.4 for digits and characters, whose class never depends on intensity; else 0, "
-        "the reference)", ge=0, le=1)
+        "the reference; swav's views take twice it: swav.jitter_scale)", ge=0, le=1)
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
     cluster_layer: str = setting(

@@ -240,6 +240,9 @@ class CropSpec:
     large_scale: tuple[float, float] = (0.14, 1.0)
     small_scale: tuple[float, float] = (0.05, 0.14)
     small_size_ratio: float = 96 / 224  # SwAV: 224-px large and 96-px small crops
+    #: The views' photometric jitter as a multiple of the dataset's declared strength, used when
+    #: --jitter is not given (a dataset that declares none, whose class is intensity, stays at none).
+    jitter_scale: float = 1.0
 
     @property
     def views(self) -> int:

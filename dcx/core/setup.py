@@ -129,7 +129,6 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
     cfg.flip = flip
     cfg.augment = cfg.augment or d.augment or default_augment(cfg.image_size)
-    cfg.jitter = d.jitter if cfg.jitter is None else cfg.jitter
     if cfg.image_size < backbone.min_image_size:
         raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
@@ -140,6 +139,9 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     elif cfg.k is not None and not clusterer_cls.uses_k:
         log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
     clusterer = registry.create("clusterer", refs["clusterer"].qualified, c_opts)
+    if cfg.jitter is None:
+        scale = clusterer.crops().jitter_scale if isinstance(clusterer, OnlineClusterer) else 1.0
+        cfg.jitter = min(1.0, d.jitter * scale)
     if isinstance(clusterer, OnlineClusterer):
         views = clusterer.crops().views
         if cfg.views not in (None, views):  # e.g. a k-means run's config.toml reused for swav

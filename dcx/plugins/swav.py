@@ -123,6 +123,11 @@ class SwAV(OnlineClusterer):
             "optimiser steps the prototypes stay fixed; auto = the first epoch (SwAV: 313 = one ImageNet epoch)",
             min=0, nullable=True,
         ),
+        # 2: SwAV's colour distortion is 0.8 (SimCLR's strength 1), twice the 0.4 that digits and
+        # characters declare for k-means; on digits SwAV gains at 0.8 (docs/recipes.md, "Photometric
+        # jitter"), k-means loses. Datasets that declare none (their class is intensity) stay at none.
+        Option("jitter_scale", float, 2.0, "the views' photometric jitter as a multiple of the dataset's declared "
+               "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
     )
@@ -150,6 +155,7 @@ class SwAV(OnlineClusterer):
             large_scale=(p["large_min_scale"], 1.0),
             small_scale=(p["small_min_scale"], p["small_max_scale"]),
             small_size_ratio=p["small_size_ratio"],
+            jitter_scale=p["jitter_scale"],
         )
 
     def build_head(self, spec: TrainSpec) -> nn.Module:
