@@ -139,11 +139,11 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     elif cfg.k is not None and not clusterer_cls.uses_k:
         log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
     clusterer = registry.create("clusterer", refs["clusterer"].qualified, c_opts)
-    if cfg.jitter is None:
-        scale = clusterer.crops().jitter_scale if isinstance(clusterer, OnlineClusterer) else 1.0
-        cfg.jitter = min(1.0, d.jitter * scale)
-    if isinstance(clusterer, OnlineClusterer):
-        views = clusterer.crops().views
+    crops = clusterer.crops() if isinstance(clusterer, OnlineClusterer) else None
+    if cfg.jitter is None:  # an online clusterer's views may take a multiple of the dataset's strength
+        cfg.jitter = min(1.0, d.jitter * (crops.jitter_scale if crops else 1.0))
+    if crops is not None:
+        views = crops.views
         if cfg.views not in (None, views):  # e.g. a k-means run's config.toml reused for swav
             log.warning("%s takes %d crops of each image from its own options (dcx list --options): --views %d "
                         "is ignored", config.clusterer, views, cfg.views)
