@@ -185,37 +185,6 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
     assert np.isfinite(engine.run()["final_loss"])
 
 
-def test_centroid_head_scores_features_by_cosine_to_the_rounds_centroids(tiny_config):
-    """kmeans.head=centroids: features mapped as k-means saw them (PCA-whitening, L2), cosine to each
-    unit centroid / T; nothing in the head trains unless train_projection."""
-    from dcx.core.features import PCAWhitening
-
-    tiny_config.pca_dim = 16
-    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "head": "centroids", "temperature": 0.5}}
-    engine = Engine(setup(tiny_config))
-    feats = engine.extract_features()
-    part, _, _ = engine._cluster(feats, 0)
-    head = engine._partition_objective(part).head
-    x = PCAWhitening(dim=16).fit_transform(feats)
-    c = part.centroids / np.linalg.norm(part.centroids, axis=1, keepdims=True)
-    with torch.no_grad():
-        scores = head(torch.from_numpy(np.ascontiguousarray(feats[:50]))).numpy()
-    assert scores.shape == (50, 20, 2)
-    np.testing.assert_allclose(scores[:, :, 0], x[:50] @ c.T / 0.5, atol=1e-3)
-    assert (scores[:, :, 0].argmax(1) == part.labels[:50]).mean() > 0.8  # cosine vs Euclidean nearest
-    assert not any(p.requires_grad for p in head.parameters())
-    tiny_config.options["kmeans"]["train_projection"] = True
-    trained = Engine(setup(tiny_config))
-    part, _, _ = trained._cluster(trained.extract_features(), 0)
-    assert [n for n, p in trained._partition_objective(part).head.named_parameters() if p.requires_grad] == [
-        "projection.weight", "projection.bias"]
-    assert np.isfinite(trained.run()["final_loss"])
-    tiny_config.cluster_layer = "conv2"
-    conv = Engine(setup(tiny_config))
-    with pytest.raises(InputError, match="--cluster-layer features"):
-        conv._cluster(conv.extract_features(), 0)
-
-
 def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
     with pytest.raises(InputError, match="add --opt kmeans.heads=1"):

@@ -182,12 +182,6 @@ class FitContext:
     world_size: int = 1
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
     rows: slice | None = None
-    #: The fitted map from the network's features to the rows ``fit`` receives (``PCAWhitening``:
-    #: ``mean_``, ``components_`` (d, dim), then L2 when ``l2``); None when the clusterer takes the
-    #: features as they are. With ``cluster_layer == "features"`` it applies to the head's input, so
-    #: a head can score the features against the centroids (DeepCluster-v2's prototypes).
-    preprocessing: Any = None
-    cluster_layer: str = "features"
 
 
 class StatefulPlugin(Plugin):

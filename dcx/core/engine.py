@@ -461,7 +461,7 @@ class Engine:
         world = self.world
         t = time.perf_counter()
         x = feats
-        whitened = pca = None
+        whitened = None
         if self.s.clusterer.wants_preprocessing:
             pca = PCAWhitening(dim=self.cfg.pca_dim, whiten=self.cfg.whiten)
             if world.distributed:
@@ -475,8 +475,7 @@ class Engine:
         t = time.perf_counter()
         clusterer = self.s.clusterer
         ctx = FitContext(epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), device=self.device,
-                         previous_labels=self.labels, rank=world.rank, world_size=world.size,
-                         preprocessing=pca, cluster_layer=self.cfg.cluster_layer)
+                         previous_labels=self.labels, rank=world.rank, world_size=world.size)
         if world.distributed and clusterer.distributed:
             ctx.rows, ctx.all_reduce = world.block(self.n), world.all_reduce
         part = None

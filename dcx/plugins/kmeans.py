@@ -32,12 +32,6 @@ class KMeans(Clusterer):
         Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
                "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/recipes.md: 3 gained on digits, "
                "textures and photos)", min=1),
-        Option("head", str, "linear", "what each round trains towards: a fresh linear classifier (the paper) or the "
-               "centroids themselves, the features mapped as k-means saw them (PCA, whitening, L2) and scored by cosine "
-               "at `temperature` (DeepCluster-v2's prototypes)", choices=("linear", "centroids")),
-        Option("temperature", float, 0.1, "softmax temperature of the centroid head (DeepCluster-v2: 0.1)", min=1e-4),
-        Option("train_projection", bool, False, "centroid head: let the PCA-whitening map learn within the round "
-               "(DeepCluster-v2's projection is trained; its prototypes never are)"),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -45,14 +39,11 @@ class KMeans(Clusterer):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._head = None
-        self._fitted: tuple[Any, list[np.ndarray]] | None = None  # (preprocessing, centroids per head)
         if self.params["heads"] > 1 and (self.params["keep_head"] or self.params["init"] == "previous"):
             raise InputError("kmeans.keep_head and kmeans.init=previous keep one head's labels across rounds: "
                              "add --opt kmeans.heads=1")
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
-        if self.params["head"] == "centroids":
-            return self._centroid_head(partition, spec)
         if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
             targets = np.column_stack([partition.labels, partition.more_labels])
             head = linear_heads(spec.feature_dim, partition.n_clusters, targets.shape[1], spec.preactivation)
@@ -63,17 +54,6 @@ class KMeans(Clusterer):
             self._head = linear_head(spec.feature_dim, partition.n_clusters, spec.preactivation)
         self._head = self._head.to(spec.device)
         return TrainingHead(self._head, partition.labels)
-
-    def _centroid_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
-        if self._fitted is None:
-            raise InputError("kmeans.head=centroids needs this round's fit (with preprocessing) before build_head")
-        pre, centroids = self._fitted
-        targets = partition.labels if partition.more_labels is None else np.column_stack(
-            [partition.labels, partition.more_labels])
-        head = centroid_heads(pre.mean_, pre.components_, np.stack(centroids), self.params["temperature"],
-                              l2=getattr(pre, "l2", True), train_projection=self.params["train_projection"],
-                              squeeze=targets.ndim == 1)
-        return TrainingHead(head.to(spec.device), np.asarray(targets, dtype=np.int64))
 
     def state_dict(self) -> dict[str, Any]:
         return {"head": self._head.state_dict()} if self._head is not None else {}
@@ -99,11 +79,6 @@ class KMeans(Clusterer):
                        context.device, rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"],
                        init=init) for h in range(self.params["heads"])]
         res = runs[0]
-        if self.params["head"] == "centroids":
-            if context.preprocessing is None or context.cluster_layer != "features":
-                raise InputError("kmeans.head=centroids scores the network's output against the centroids: "
-                                 "cluster the features (--cluster-layer features) after PCA (--pca-dim)")
-            self._fitted = (context.preprocessing, [r.centroids for r in runs])
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],
@@ -128,35 +103,3 @@ def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.n
     if len(empty):
         means[empty] = x[np.random.default_rng(seed).choice(len(x), len(empty), replace=False)]
     return means
-
-
-def centroid_heads(mean: np.ndarray, components: np.ndarray, centroids: np.ndarray, temperature: float,
-                   l2: bool = True, train_projection: bool = False, squeeze: bool = False):
-    """A head that scores features against k-means centroids where k-means saw them: ``(x - mean)
-    @ components``, L2, cosine to each unit centroid / temperature (DeepCluster-v2's fixed
-    prototypes, SwAV paper §4). ``centroids`` is (heads, k, dim); output (B, k, heads), or (B, k)
-    with ``squeeze`` and one head. The centroids never train; the projection only if asked."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class CentroidHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.projection = nn.Linear(components.shape[0], components.shape[1])
-            with torch.no_grad():
-                w = torch.as_tensor(components, dtype=torch.float32).t().contiguous()
-                self.projection.weight.copy_(w)
-                self.projection.bias.copy_(-(w @ torch.as_tensor(mean, dtype=torch.float32)))
-            self.projection.requires_grad_(train_projection)
-            c = torch.as_tensor(centroids, dtype=torch.float32)
-            self.register_buffer("centroids", F.normalize(c, dim=2))  # (heads, k, dim)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.projection(x)
-            if l2:
-                z = F.normalize(z, dim=1)
-            scores = torch.einsum("bd,hkd->bkh", z, self.centroids.to(z.dtype)) / temperature
-            return scores[:, :, 0] if squeeze else scores
-
-    return CentroidHeads()
