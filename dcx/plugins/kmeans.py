@@ -32,6 +32,9 @@ class KMeans(Clusterer):
         Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
                "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/recipes.md: 3 gained on digits, "
                "textures and photos)", min=1),
+        Option("head_scale", float, 1.0, "head h clusters into k * head_scale**h clusters: 1 gives every head k "
+               "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/recipes.md: "
+               "level with 1 over three datasets)", min=0.01, max=1.0),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -75,7 +78,8 @@ class KMeans(Clusterer):
         init = None
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
-        runs = [kmeans(features, self.params["k"], self.params["niter"], seed + h, self.params["backend"],
+        ks = [max(2, round(self.params["k"] * self.params["head_scale"] ** h)) for h in range(self.params["heads"])]
+        runs = [kmeans(features, ks[h], self.params["niter"], seed + h, self.params["backend"],
                        context.device, rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"],
                        init=init) for h in range(self.params["heads"])]
         res = runs[0]
