@@ -37,6 +37,16 @@ def test_seed_makes_it_deterministic_and_plugin_reports_stats(blobs):
     assert a.n_clusters == 12
 
 
+@pytest.mark.parametrize("k, heads, scale, sizes", [(1, 1, 1.0, [1]), (1, 3, 0.5, [1, 1, 1]), (3, 3, 0.5, [3, 2, 2]),
+                                                    (12, 3, 0.5, [12, 6, 3]), (12, 2, 1.0, [12, 12])])
+def test_first_head_has_exactly_k_clusters_and_further_ones_k_times_the_scale(blobs, k, heads, scale, sizes):
+    """head_scale shrinks only the further heads (never below 2, nor above k): k = 1 stays one cluster."""
+    x, _ = blobs
+    part = KMeans(k=k, niter=5, heads=heads, head_scale=scale).fit(x, FitContext(seed=0)).validate(len(x), "kmeans")
+    labels = part.labels[:, None] if part.more_labels is None else np.column_stack([part.labels, part.more_labels])
+    assert [len(np.unique(col)) for col in labels.T] == sizes and part.n_clusters == k
+
+
 @pytest.mark.parametrize(
     "x, k, match",
     [

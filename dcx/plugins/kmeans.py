@@ -78,7 +78,8 @@ class KMeans(Clusterer):
         init = None
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
-        ks = [max(2, round(self.params["k"] * self.params["head_scale"] ** h)) for h in range(self.params["heads"])]
+        k = self.params["k"]  # the first head clusters into exactly k; further ones into at least 2 (or k < 2)
+        ks = [max(min(k, 2), round(k * self.params["head_scale"] ** h)) for h in range(self.params["heads"])]
         runs = [kmeans(features, ks[h], self.params["niter"], seed + h, self.params["backend"],
                        context.device, rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"],
                        init=init) for h in range(self.params["heads"])]
