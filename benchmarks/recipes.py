@@ -111,6 +111,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "kmeans_heads5": ({"options": {"kmeans": {"heads": 5}}}, "five k-means clusterings per round, each with its own head"),
     "heads_coarser": ({"options": {"kmeans": {"heads": 3, "head_scale": 0.5}}},
                       "three k-means heads at k, k/2 and k/4 clusters (coarser partitions beside the first)"),
+    "pca128_heads_coarser": ({"pca_dim": 128, "options": {"kmeans": {"heads": 3, "head_scale": 0.5}}},
+                             "PCA to 128 dims and three k-means heads at k, k/2 and k/4 clusters"),
     "epochs_x0.7": ({"epochs_factor": 0.7}, "0.7 times the epochs (clustering rounds)"),
     "epochs_x0.5": ({"epochs_factor": 0.5}, "half the epochs (clustering rounds)"),
     "warmup_1": ({"warmup_epochs": 1.0}, "linear learning-rate warm-up over the first epoch"),
