@@ -185,14 +185,13 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
     assert np.isfinite(engine.run()["final_loss"])
 
 
-def test_head_scale_makes_each_further_head_coarser(tiny_config):
-    """kmeans.head_scale=0.5 with 3 heads: k, k/2 and k/4 clusters; the first is the one-head labels,
-    every head one (B, k) slice of the module, and the run trains."""
+def test_head_scale_trains_coarser_heads_beside_the_runs_labels(tiny_config):
+    """kmeans.head_scale=0.5 with 3 heads (cluster counts: test_kmeans): the first clustering is the
+    one-head labels, every head one (B, k) slice of the module, and the run trains."""
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "head_scale": 0.5}}
     engine = Engine(setup(tiny_config))
     part, _, _ = engine._cluster(engine.extract_features(), 0)
-    sizes = [len(np.unique(col)) for col in np.column_stack([part.labels, part.more_labels]).T]
-    assert 15 <= sizes[0] <= 20 and 8 <= sizes[1] <= 10 and sizes[2] == 5
+    assert int(part.more_labels[:, 1].max()) < 5  # the k/4 head's ids stay within its 5 clusters
     one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {"heads": 1}}})))
     assert np.array_equal(part.labels, one._cluster(one.extract_features(), 0)[0].labels)
     assert engine._partition_objective(part).head(torch.randn(4, engine.spec.feature_dim)).shape == (4, 20, 3)

@@ -48,6 +48,7 @@ class KMeans(Clusterer):
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
         if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
+            # A coarser head (head_scale < 1) keeps k outputs; the ones no target reaches only learn to stay low.
             targets = np.column_stack([partition.labels, partition.more_labels])
             head = linear_heads(spec.feature_dim, partition.n_clusters, targets.shape[1], spec.preactivation)
             return TrainingHead(head.to(spec.device), targets)
@@ -79,10 +80,10 @@ class KMeans(Clusterer):
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
         k = self.params["k"]  # the first head clusters into exactly k; further ones into at least 2 (or k < 2)
-        ks = [max(min(k, 2), round(k * self.params["head_scale"] ** h)) for h in range(self.params["heads"])]
-        runs = [kmeans(features, ks[h], self.params["niter"], seed + h, self.params["backend"],
-                       context.device, rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"],
-                       init=init) for h in range(self.params["heads"])]
+        runs = [kmeans(features, max(min(k, 2), round(k * self.params["head_scale"] ** h)), self.params["niter"],
+                       seed + h, self.params["backend"], context.device, rows=context.rows,
+                       all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
+                for h in range(self.params["heads"])]
         res = runs[0]
         return Partition(
             labels=res.labels,
