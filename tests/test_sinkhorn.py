@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dcx.core.contracts import FitContext, Partition, StepContext, TrainSpec
@@ -359,3 +360,34 @@ def test_swav_small_data_defaults(caplog):
     with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
         swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], StepContext(0, 0, 1))
     assert any("batch 16 < k=40" in r.message for r in caplog.records)
+
+
+def test_swav_prototype_sets_average_the_one_set_losses():
+    """heads=3: the loss is the mean of the swapped losses a one-set SwAV gives with each set's
+    prototypes on the same projection; every set stays frozen in the first epoch; the first labels."""
+    torch.manual_seed(0)
+    three = SwAV(k=12, proj_dim=8, hidden_dim=0, n_small=1, heads=3)
+    head = three.build_head(TrainSpec(6, 1000))
+    sets = head.prototype_sets()
+    assert len(sets) == 3 and not torch.allclose(sets[0].weight, sets[1].weight)
+    assert set(SwAV(k=12, hidden_dim=0).build_head(TrainSpec(6, 100)).state_dict()) == {
+        "projection.weight", "projection.bias", "prototypes.weight"}  # one set: the keys it always had
+    views = [torch.randn(24, 6) for _ in range(3)]
+    step = StepContext(epoch=0, step=0, steps_per_epoch=5)
+    loss, _ = three.loss(head, views, step)
+    singles = []
+    for protos in sets:
+        one = SwAV(k=12, proj_dim=8, hidden_dim=0, n_small=1)
+        single = one.build_head(TrainSpec(6, 1000))
+        single.load_state_dict({"projection.weight": head.projection.weight, "projection.bias": head.projection.bias,
+                                "prototypes.weight": protos.weight})
+        singles.append(one.loss(single, views, step)[0])
+    assert torch.allclose(loss, torch.stack(singles).mean(), atol=1e-6)
+    assert not torch.allclose(singles[0], singles[1])
+    loss.backward()
+    assert all(p.weight.grad is not None for p in sets)
+    three.after_backward(head, step)
+    assert all(p.weight.grad is None for p in sets)  # frozen through the first epoch, every set
+    z = torch.randn(40, 6)
+    expected = (F.normalize(head.projection(z), dim=1) @ F.normalize(sets[0].weight, dim=1).t()).argmax(dim=1)
+    assert torch.equal(three.assign(head, z), expected)

@@ -29,9 +29,9 @@ _NEAR_LN_K = 0.95
 
 
 class SwAVHead(nn.Module):
-    """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> prototypes (no bias)."""
+    """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype sets (no bias)."""
 
-    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int = 1) -> None:
         super().__init__()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
@@ -43,17 +43,22 @@ class SwAVHead(nn.Module):
         else:
             self.projection = nn.Linear(feature_dim, proj_dim)
         self.prototypes = nn.Linear(proj_dim, k, bias=False)
+        # Further sets apart from the first, so a one-set head keeps the state-dict keys it always had.
+        self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, k, bias=False) for _ in range(heads - 1))
         self.normalize_prototypes()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit embeddings (B, proj_dim), prototype scores (B, K))."""
+    def prototype_sets(self) -> list[nn.Linear]:
+        return [self.prototypes, *self.more_prototypes]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set)."""
         z = F.normalize(self.projection(x), dim=1)
-        return z, self.prototypes(z)
+        return z, [protos(z) for protos in self.prototype_sets()]
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
-        w = self.prototypes.weight
-        w.copy_(F.normalize(w, dim=1))
+        for protos in self.prototype_sets():
+            protos.weight.copy_(F.normalize(protos.weight, dim=1))
 
 
 def _unwrap(head: nn.Module) -> SwAVHead:
@@ -91,6 +96,9 @@ class SwAV(OnlineClusterer):
         # ln K and the features collapse (mean cosine of embeddings 0.35 -> 0.65, digits NMI 0.24
         # after 56 steps); eps 0.02 gives entropy ~2, cosine 0.17, NMI 0.41 (0.01: NMI 0.41, worse probe).
         Option("epsilon", float, 0.02, "Sinkhorn entropy eps (SwAV: 0.05; raise it for large K and batch)", min=1e-4),
+        # DeepCluster-v2's 3 prototype sets (SwAV's MultiPrototypes), the k-means clusterer's 3 heads.
+        Option("heads", int, 1, "prototype sets, each with its own Sinkhorn codes; the loss is their mean "
+               "(SwAV: 1; DeepCluster-v2: 3)", min=1),
         Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
         # SwAV's 128. A smaller auto rule, min(128, k // 3), won the first 56 steps on digits
@@ -168,7 +176,7 @@ class SwAV(OnlineClusterer):
             hidden = min(max(feature_dim, proj), 2048)
         if p["k"] > num_samples:
             log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
-        return SwAVHead(feature_dim, hidden, proj, p["k"])
+        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"])
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         """L2-normalise the prototypes (SwAV does this before every forward pass)."""
@@ -177,11 +185,13 @@ class SwAV(OnlineClusterer):
     def after_backward(self, head: nn.Module, step: StepContext) -> None:
         """Drop the prototypes' gradient while frozen, so the optimiser skips them (SwAV)."""
         if self._global_step(step) < self._freeze_steps(step):
-            _unwrap(head).prototypes.weight.grad = None
+            for protos in _unwrap(head).prototype_sets():
+                protos.weight.grad = None
 
     def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
         """Swapped prediction: for each large crop s, cross-entropy of its codes q_s against
-        softmax(scores_t / T) of every other view t, averaged over t, then over s (main_swav.py)."""
+        softmax(scores_t / T) of every other view t, averaged over t, then over s (main_swav.py), then
+        over the prototype sets (DeepCluster-v2's heads)."""
         p = self.params
         n_views, n_large = len(views), p["n_large"]
         if n_views < max(2, n_large):
@@ -191,15 +201,21 @@ class SwAV(OnlineClusterer):
             raise InputError(f"swav: views have batch sizes {[v.shape[0] for v in views]}; all must be equal")
         # One pass over all crops, as SwAV: the projection's BatchNorm sees every view together.
         z, scores = head(torch.cat(list(views)))
-        logp = F.log_softmax(scores.float() / p["temperature"], dim=1).view(n_views, bs, -1)
-        logp_total = logp.sum(dim=0)
-
-        codes = self._codes(_unwrap(head), z.detach(), scores.detach(), bs, step)
-        loss = scores.new_zeros((), dtype=torch.float32)
-        for s, q in enumerate(codes):
-            # sum over t != s of -<q_s, log p_t>, averaged over the batch and the n_views - 1 views
-            loss = loss - (q * (logp_total - logp[s])).sum(dim=1).mean() / (n_views - 1)
-        loss = loss / n_large
+        queue = self._queue_for(step, z)
+        loss = z.new_zeros((), dtype=torch.float32)
+        for h, head_scores in enumerate(scores):
+            logp = F.log_softmax(head_scores.float() / p["temperature"], dim=1).view(n_views, bs, -1)
+            logp_total = logp.sum(dim=0)
+            head_codes = self._codes(_unwrap(head).prototype_sets()[h], queue, head_scores.detach(), bs, step)
+            for s, q in enumerate(head_codes):
+                # sum over t != s of -<q_s, log p_t>, averaged over the batch and the n_views - 1 views
+                loss = loss - (q * (logp_total - logp[s])).sum(dim=1).mean() / (n_views - 1)
+            if h == 0:
+                codes = head_codes  # the first set's codes feed the epoch's statistics
+        loss = loss / (n_large * len(scores))
+        if queue is not None:  # after every set's codes: each scored the same queue
+            with torch.no_grad():
+                self._push(queue, z.detach(), bs)
 
         with torch.no_grad():
             q_all = torch.cat(codes)
@@ -225,7 +241,7 @@ class SwAV(OnlineClusterer):
         was_training = h.training
         h.eval()
         try:
-            z = F.normalize(h.projection(features.to(dev)), dim=1)
+            z = F.normalize(h.projection(features.to(dev)), dim=1)  # the first prototype set labels
             w = F.normalize(h.prototypes.weight, dim=1)
             return (z @ w.t()).argmax(dim=1).to(features.device)
         finally:
@@ -277,8 +293,10 @@ class SwAV(OnlineClusterer):
 
     # ------------------------------------------------------------------ internals
 
-    def _codes(self, head: SwAVHead, z: torch.Tensor, scores: torch.Tensor, bs: int, step: StepContext) -> list[torch.Tensor]:
-        """Sinkhorn codes (B, K) of each large crop, with the queue's embeddings prepended once it is full."""
+    def _codes(self, prototypes: nn.Linear, queue: torch.Tensor | None, scores: torch.Tensor, bs: int,
+               step: StepContext) -> list[torch.Tensor]:
+        """Sinkhorn codes (B, K) of one prototype set for each large crop, with the queue's embeddings
+        prepended once it is full."""
         p = self.params
         reduce_sum, reduce_max = _distributed_hooks(step)
         if not self._hinted_queue and p["queue_length"] == 0 and bs * step.world_size < p["k"]:
@@ -289,7 +307,6 @@ class SwAV(OnlineClusterer):
                         "lower --k to the batch size or set swav.queue_length (SwAV: 3840)",
                         bs * step.world_size, p["k"])
             self._hinted_queue = True
-        queue = self._queue_for(step, z)
         codes = []
         with torch.no_grad():
             for s in range(p["n_large"]):
@@ -298,12 +315,10 @@ class SwAV(OnlineClusterer):
                     if not self._queue_used:
                         log.info("swav: feature queue of %d full; codes now use it", queue.shape[1])
                         self._queue_used = True
-                    out = torch.cat([queue[s] @ head.prototypes.weight.t().float(), out])
+                    out = torch.cat([queue[s] @ prototypes.weight.t().float(), out])
                 q = swav_codes(out, eps=p["epsilon"], n_iter=p["sinkhorn_iters"],
                                all_reduce=reduce_sum, all_reduce_max=reduce_max)
                 codes.append(q[-bs:])
-            if queue is not None:
-                self._push(queue, z, bs)
         return codes
 
     def _queue_for(self, step: StepContext, z: torch.Tensor) -> torch.Tensor | None:
