@@ -117,6 +117,12 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "epochs_x0.5": ({"epochs_factor": 0.5}, "half the epochs (clustering rounds)"),
     "warmup_1": ({"warmup_epochs": 1.0}, "linear learning-rate warm-up over the first epoch"),
     "epochs_x1.5": ({"epochs_factor": 1.5}, "1.5 times the epochs (clustering rounds)"),
+    "swav_heads3": ({"clusterer": "swav", "options": {"swav": {"heads": 3}}},
+                    "SwAV with three prototype sets, each with its own codes (DeepCluster-v2's 3 heads)"),
+    "cluster_views_2": ({"cluster_views": 2}, "k-means on each image's features averaged over the plain image "
+                        "and one training-augmented view"),
+    "cluster_views_3": ({"cluster_views": 3}, "k-means on each image's features averaged over the plain image "
+                        "and two training-augmented views"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 

@@ -268,6 +268,35 @@ def test_offline_views_give_each_step_several_crops_at_the_same_image_passes(tin
     assert not torch.equal(before, _params(s.model)) and np.isfinite(summary["final_loss"])
 
 
+def test_cluster_views_cluster_the_mean_of_plain_and_augmented_features(tiny_config, caplog):
+    """--cluster-views 2: each row is the mean of the plain image's features and one augmented
+    view's, drawn from a seed of the epoch's own, leaving training's random stream as it was."""
+    from torchvision.transforms import functional as TF
+
+    from dcx.core import data as D
+
+    tiny_config.cluster_views = 2
+    s = setup(tiny_config)
+    assert s.config.cluster_views == 2 and setup(tiny_config.model_copy(update={"cluster_views": None})).config.cluster_views == 1
+    engine = Engine(s)
+    plain = engine.extract_features()
+    state = torch.get_rng_state()
+    mixed = engine.extract_features(cluster_epoch=0)
+    assert torch.equal(state, torch.get_rng_state())  # the training stream is untouched
+    assert np.array_equal(mixed, engine.extract_features(cluster_epoch=0))  # seeded by the epoch
+    assert not np.allclose(mixed, plain) and not np.array_equal(mixed, engine.extract_features(cluster_epoch=1))
+    # The mean itself, with a deterministic "augmentation" (a flip) in place of the random one.
+    eval_t = engine.eval_set.transform
+    engine.cluster_set = D.IndexedImages(s.images, D.PlainAndAugmented(eval_t, lambda im: TF.hflip(eval_t(im)), 2))
+    engine.eval_set = D.IndexedImages(s.images, lambda im: TF.hflip(eval_t(im)))
+    flipped = engine.extract_features()
+    np.testing.assert_allclose(engine.extract_features(cluster_epoch=0), (plain + flipped) / 2, rtol=1e-5, atol=1e-6)
+
+    tiny_config.clusterer = "swav"  # online clusterers label their own crops
+    assert setup(tiny_config).config.cluster_views == 1
+    assert "swav labels its own crops in each step: --cluster-views 2 is ignored" in caplog.text
+
+
 def test_online_clusterers_take_their_views_from_their_crops(tiny_config, caplog):
     tiny_config.clusterer = "swav"
     s = setup(tiny_config)

@@ -19,7 +19,7 @@ from dcx.core.errors import InputError
 LR_SCHEDULES = ("cosine", "constant")
 #: Settings that a run directory written before they existed lacks, with the value that run trained
 #: at, where today's default would resolve to something else (the dataset's --jitter).
-RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0}
+RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
 #: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
 #: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
 #: swav.jitter_scale: its views took the dataset's jitter as it was).
@@ -86,6 +86,10 @@ class RunConfig(BaseModel):
     cluster_layer: str = setting(
         "features", "what offline clusterers cluster: features (the network's output, the paper's fc7) or a block "
         "(conv5, ...; average-pooled as dcx eval pools it)")
+    cluster_views: int | None = setting(
+        None, "offline clusterers cluster each image's features averaged over the plain image and "
+        "cluster_views - 1 training-augmented views of it (default 1, the paper's plain image; MixMatch "
+        "averages K = 2 augmentations' predictions into its guessed labels)", ge=1, le=16)
     label_smoothing: float = setting(
         0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
         "paper's hard labels; 0.1 recommended for k-means and PIC, docs/recipes.md)", ge=0, lt=1)

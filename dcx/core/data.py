@@ -86,6 +86,18 @@ class SameCrops:
         return [self.transform(img) for _ in range(self.views)]
 
 
+class PlainAndAugmented:
+    """[the plain view, ``views - 1`` training-augmented views] of one image: ``--cluster-views``."""
+
+    def __init__(self, plain: Callable, augmented: Callable, views: int) -> None:
+        self.plain = plain
+        self.augmented = augmented
+        self.views = views
+
+    def __call__(self, img) -> list[torch.Tensor]:
+        return [self.plain(img), *(self.augmented(img) for _ in range(self.views - 1))]
+
+
 class IndexedImages(torch.utils.data.Dataset):
     """(transformed image, index, readable) triples; the index looks up pseudo-labels that change
     per epoch.

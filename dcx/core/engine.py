@@ -68,6 +68,7 @@ class Engine:
         channels = s.images.channels
         self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels),
                                         blank=self.cfg.image_size)
+        self.cluster_set = self.eval_set  # what offline clusterers' features are extracted from
         if self.online:
             crops = s.clusterer.crops()
             self.views = crops.views
@@ -78,6 +79,10 @@ class Engine:
             min_scale = self.cfg.crop_scale or MIN_CROP_SCALE[self.cfg.image_size > 64]
             train_t = D.train_transform(self.cfg.image_size, channels, s.flip, min_scale, self.cfg.augment,
                                         warp=self.cfg.warp, jitter=self.cfg.jitter)
+            if self.cfg.cluster_views > 1:  # what is clustered: plain + augmented views, averaged
+                self.cluster_set = D.IndexedImages(
+                    s.images, D.PlainAndAugmented(self.eval_set.transform, train_t, self.cfg.cluster_views),
+                    blank=self.cfg.image_size)
             if self.views > 1:  # every view of an image is trained towards its one pseudo-label
                 train_t = D.SameCrops(train_t, self.views)
         self.train_set = D.IndexedImages(s.images, train_t)
@@ -245,7 +250,7 @@ class Engine:
             objective = self._online_objective(epoch)
             row: dict[str, Any] = {"epoch": epoch, "phase": "train"}
         else:
-            feats = self.extract_features(f"extract epoch {epoch}")
+            feats = self.extract_features(f"extract epoch {epoch}", cluster_epoch=epoch)
             t_extract = time.perf_counter() - t0
             part, timings, whitened = self._cluster(feats, epoch)
             row = {"epoch": epoch, "phase": "train", **self._diagnose(part.labels, part.n_clusters, feats, epoch, whitened)}
@@ -424,17 +429,23 @@ class Engine:
             self._tmp.cleanup()
             self._tmp = None
 
-    def extract_features(self, desc: str = "extract") -> np.ndarray:
+    def extract_features(self, desc: str = "extract", cluster_epoch: int | None = None) -> np.ndarray:
         """(N, d) features of every image, in dataset order, on every rank: the network's output, or
         ``cluster_layer`` for offline clusterers. Each rank extracts its block; blocks meet in a
-        shared memory map or by an all-gather."""
+        shared memory map or by an all-gather. For ``cluster_epoch``'s clustering they are averaged
+        over ``cluster_views`` views, augmented from a seed of their own (training's stream is kept)."""
         world = self.world
         block = world.block(self.n)
         out = self._feature_array(self._cluster_dim)
         batch = max(self.cfg.batch_size // world.size, 128)
-        batches = D.loader(self.eval_set, batch, self.cfg.workers, pin_memory=self.cuda,
-                           sampler=list(range(block.start, block.stop)))
-        with self.progress.task(desc, block.stop - block.start) as advance, self._autocast():
+        augmented = cluster_epoch is not None and self.cluster_set is not self.eval_set
+        seed = D.derive_seed(self.cfg.seed, cluster_epoch, 4, world.rank) if augmented else 0
+        batches = D.loader(self.cluster_set if augmented else self.eval_set, batch, self.cfg.workers,
+                           pin_memory=self.cuda, seed=seed, sampler=list(range(block.start, block.stop)))
+        with self.progress.task(desc, block.stop - block.start) as advance, self._autocast(), \
+                torch.random.fork_rng(devices=[], enabled=augmented):
+            if augmented:
+                torch.manual_seed(seed)  # views augmented in this process (no loader workers)
             feats = extract(self.s.model, batches, self.n, self.device, forward=self._cluster_input, on_batch=advance,
                             on_failed=self._note_unreadable, out=out, expected=block.stop - block.start)
         if world.distributed:

@@ -50,7 +50,8 @@ def extract(
     expected: int | None = None,
 ) -> np.ndarray:
     """Run ``model`` in eval mode over ``batches`` of (images, indices, failed indices) and stack
-    the outputs (N, d), row i for dataset index i.
+    the outputs (N, d), row i for dataset index i; a batch of several views of each image gives
+    the mean of their outputs.
 
     The model's train/eval state is restored afterwards. ``forward`` replaces ``model(x)``
     (e.g. to take an intermediate block); ``on_batch`` receives the batch size (progress);
@@ -69,8 +70,9 @@ def extract(
     try:
         for batch in batches:
             x, idx = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-            y = (forward or model)(x.to(device, non_blocking=True))
-            y = y.reshape(len(y), -1).float().cpu().numpy()
+            views = x if isinstance(x, (list, tuple)) else [x]  # several views of each image: their mean
+            y = sum((forward or model)(v.to(device, non_blocking=True)).reshape(len(v), -1).float() for v in views)
+            y = (y / len(views)).cpu().numpy()
             if out is None:
                 out = np.empty((n, y.shape[1]), dtype=np.float32)
             if idx is None:

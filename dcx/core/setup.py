@@ -54,6 +54,8 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
+#: Views averaged into the features offline clusterers cluster (--cluster-views; docs/recipes.md).
+CLUSTER_VIEWS = 1
 #: Largest input side that gets elastic warps by default (measured up to 32 px; docs/recipes.md).
 ELASTIC_MAX_SIDE = 64
 
@@ -148,7 +150,12 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
             log.warning("%s takes %d crops of each image from its own options (dcx list --options): --views %d "
                         "is ignored", config.clusterer, views, cfg.views)
         cfg.views = views
+        if cfg.cluster_views not in (None, 1):
+            log.warning("%s labels its own crops in each step: --cluster-views %d is ignored", config.clusterer,
+                        cfg.cluster_views)
+        cfg.cluster_views = 1
     cfg.views = cfg.views or 1
+    cfg.cluster_views = cfg.cluster_views or CLUSTER_VIEWS
     if cfg.passes is None:
         # A step sees `views` crops of each image and the engine gives it passes // views image
         # passes: by default every image is seen as often per round as in a one-view k-means run,
