@@ -123,6 +123,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                         "and one training-augmented view"),
     "cluster_views_3": ({"cluster_views": 3}, "k-means on each image's features averaged over the plain image "
                         "and two training-augmented views"),
+    "swav_freeze_0": ({"clusterer": "swav", "options": {"swav": {"freeze_prototypes_steps": 0}}},
+                      "SwAV with its prototypes trained from the first step (not frozen for the first epoch)"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 

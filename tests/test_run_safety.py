@@ -170,7 +170,7 @@ def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
 
     run_dir, stored = RunDir(finished), read_run_config(finished)
     state = run_dir.load_checkpoint()
-    for added in ("warp", "cluster_layer", "whiten", "label_smoothing", "views"):  # jitter: below
+    for added in ("warp", "cluster_layer", "whiten", "label_smoothing", "views", "cluster_views"):  # jitter: below
         del state["config"][added]
     _check_checkpoint(run_dir, state, stored)  # absent = ran at the default: no error
     # --views defaults to None, resolved by setup: an older run's config.toml lacks it or (once
