@@ -125,6 +125,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                         "and two training-augmented views"),
     "swav_freeze_0": ({"clusterer": "swav", "options": {"swav": {"freeze_prototypes_steps": 0}}},
                       "SwAV with its prototypes trained from the first step (not frozen for the first epoch)"),
+    "pca128_cluster_views_2": ({"pca_dim": 128, "cluster_views": 2},
+                               "PCA to 128 dims, and k-means on features averaged over the plain image and one "
+                               "augmented view"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
