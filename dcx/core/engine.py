@@ -68,7 +68,8 @@ class Engine:
         channels = s.images.channels
         self.eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, channels),
                                         blank=self.cfg.image_size)
-        self.cluster_set = self.eval_set  # what offline clusterers' features are extracted from
+        #: What offline clusterers' features come from when --cluster-views > 1 (else the eval set).
+        self.cluster_set: D.IndexedImages | None = None
         if self.online:
             crops = s.clusterer.crops()
             self.views = crops.views
@@ -250,6 +251,7 @@ class Engine:
             objective = self._online_objective(epoch)
             row: dict[str, Any] = {"epoch": epoch, "phase": "train"}
         else:
+            # With --cluster-views the rows (and this epoch's diagnostics of them) are view averages.
             feats = self.extract_features(f"extract epoch {epoch}", cluster_epoch=epoch)
             t_extract = time.perf_counter() - t0
             part, timings, whitened = self._cluster(feats, epoch)
@@ -438,7 +440,7 @@ class Engine:
         block = world.block(self.n)
         out = self._feature_array(self._cluster_dim)
         batch = max(self.cfg.batch_size // world.size, 128)
-        augmented = cluster_epoch is not None and self.cluster_set is not self.eval_set
+        augmented = cluster_epoch is not None and self.cluster_set is not None
         seed = D.derive_seed(self.cfg.seed, cluster_epoch, 4, world.rank) if augmented else 0
         batches = D.loader(self.cluster_set if augmented else self.eval_set, batch, self.cfg.workers,
                            pin_memory=self.cuda, seed=seed, sampler=list(range(block.start, block.stop)))
