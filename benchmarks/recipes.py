@@ -30,6 +30,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "passes1": ({"passes": 1}, "1 pass per clustering round"),
     "passes6": ({"passes": 6}, "6 passes per clustering round"),
     "constant_lr": ({"lr_schedule": "constant"}, "constant learning rate (reference)"),
+    "cosine_restarts": ({"lr_schedule": "cosine-restarts"}, "a cosine to 0 within every round, its peak on the run's cosine"),
     "flip": ({"flip": True}, "horizontal flips"),
     "no_flip": ({"flip": False}, "no horizontal flips"),
     "crop_only": ({"augment": "crop"}, "random resized crops only (the reference)"),

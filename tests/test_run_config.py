@@ -26,7 +26,7 @@ runner = CliRunner()
         (["--workers", "-1"], ["--workers must be >= 0"]),
         (["--epochs", "two"], ["--epochs must be an integer"]),
         (["--lr", "nan"], ["--lr must be a finite number"]),
-        (["--lr-schedule", "linear"], ["--lr-schedule must be one of cosine or constant"]),
+        (["--lr-schedule", "linear"], ["--lr-schedule must be one of cosine-restarts, cosine or constant"]),
         (["--device", "tpu"], ["--device must be cpu, cuda, cuda:N or auto"]),
         (["--opt", "pic.nnn=3"], ["options given for 'pic'", "not part of this run"]),
         (["--opt", "kmeans.niter=0"], ["kmeans", "'niter'", ">= 1"]),

@@ -1,8 +1,11 @@
 """Learning-rate schedules per optimiser step, as ``torch.optim.lr_scheduler.LambdaLR`` factors.
 
 Linear warm-up from 0 (SwAV / DeepCluster-v2: 10 epochs), then constant (the DeepCluster
-reference) or a cosine decay to 0 at the end of the run. The factor is a picklable object whose
-settings travel in the scheduler's ``state_dict``, so a checkpoint restores the schedule too.
+reference), a cosine decay to 0 at the end of the run, or "cosine-restarts": a cosine to 0 within
+every epoch (clustering round) from a peak that follows the run's cosine, so each round's
+clustering sees a network settled on the previous round's labels (SGDR's warm restarts, one per
+re-clustering; docs/recipes.md "Restarts at each clustering"). The factor is a picklable object
+whose settings travel in the scheduler's ``state_dict``, so a checkpoint restores the schedule too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 class StepSchedule:
     """Factor of the base learning rate at optimiser step ``step`` (0-based, counted over the run)."""
 
-    kind: str  # "cosine" | "constant"
+    kind: str  # "cosine" | "constant" | "cosine-restarts"
     epochs: int
     steps_per_epoch: int
     warmup_epochs: float = 0.0
@@ -32,6 +35,14 @@ class StepSchedule:
             return (step + 1) / warm
         if self.kind == "constant":
             return 1.0
+        if self.kind == "cosine-restarts":
+            within = step % self.steps_per_epoch
+            decay = 0.5 * (1 + math.cos(math.pi * within / self.steps_per_epoch))
+            return decay * self._cosine(max(step - within, warm))  # peak: the run's cosine at the round's start
+        return self._cosine(step)
+
+    def _cosine(self, step: int) -> float:
+        warm = self.warmup_steps
         # Progress in epochs after the warm-up, as epoch + i / steps (bit-identical to the
         # per-epoch formula a run without warm-up used before schedules went through torch).
         s = step - warm
