@@ -53,6 +53,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "lr_0.02": ({"lr": 0.02}, "learning rate 0.02"),
     "epochs_x2": ({"epochs_factor": 2}, "twice the epochs"),
     "width_0.5": ({"width": 0.5}, "a network twice as wide"),
+    "width_0.375": ({"width": 0.375}, "a network 1.5 times as wide"),
+    "width_0.5_epochs_x0.7": ({"width": 0.5, "epochs_factor": 0.7}, "a network twice as wide, 0.7 times the epochs"),
     "dcv2": ({"clusterer": "dcv2"}, "DeepCluster-v2 instead of k-means (its defaults)"),
     "swav": ({"clusterer": "swav"}, "SwAV instead of k-means (its defaults)"),
     "sinkhorn": ({"clusterer": "sinkhorn"}, "SeLa instead of k-means"),

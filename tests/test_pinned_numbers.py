@@ -88,8 +88,7 @@ def _config(name: str) -> RunConfig:
     base = dict(clusterer=clusterer, backbone=backbone, dataset="digits", k=None if clusterer == "pic" else 10,
                 epochs=2, passes=1, batch_size=32, image_size=32, width=0.125, seed=0, probe=False, options=options,
                 augment="crop",  # the augmentation these numbers were recorded with (the default then)
-                jitter=0.0,  # no photometric jitter, as recorded (digits' default was none then)
-                lr_schedule="cosine")  # one cosine over the run, as recorded (the offline default restarts now)
+                jitter=0.0)  # no photometric jitter, as recorded (digits' default was none then)
     base.update(extra)
     return RunConfig(**base)
 

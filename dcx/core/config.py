@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dcx.core.errors import InputError
 
-LR_SCHEDULES = ("cosine-restarts", "cosine", "constant")
+LR_SCHEDULES = ("cosine", "cosine-restarts", "constant")
 #: Settings that a run directory written before they existed lacks, with the value that run trained
 #: at, where today's default would resolve to something else (the dataset's --jitter).
 RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
@@ -61,10 +61,9 @@ class RunConfig(BaseModel):
         "per image; default: the dataset's, times those views for online clusterers)", ge=1)
     batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
     lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
-    lr_schedule: Literal["cosine-restarts", "cosine", "constant"] | None = setting(
-        None, "backbone learning-rate schedule: cosine-restarts (a cosine to 0 within every clustering round, its "
-        "peak decaying over the run as the cosine), cosine (decays to 0 over the run) or constant (the reference) "
-        "(default: cosine)")
+    lr_schedule: Literal["cosine", "cosine-restarts", "constant"] = setting(
+        "cosine", "backbone learning-rate schedule: cosine (decays to 0 over the run), cosine-restarts (a cosine to "
+        "0 within every clustering round, its peak following the run's cosine) or constant (the reference)")
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs (SwAV: 10)", ge=0)
     momentum: float = setting(0.9, "SGD momentum (reference: 0.9)", ge=0, lt=1)
     weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)

@@ -4,7 +4,7 @@ Linear warm-up from 0 (SwAV / DeepCluster-v2: 10 epochs), then constant (the Dee
 reference), a cosine decay to 0 at the end of the run, or "cosine-restarts": a cosine to 0 within
 every epoch (clustering round) from a peak that follows the run's cosine, so each round's
 clustering sees a network settled on the previous round's labels (SGDR's warm restarts, one per
-re-clustering; docs/recipes.md "Restarts at each clustering"). The factor is a picklable object
+re-clustering; measured in docs/recipes.md's decision table: not the default). The factor is a picklable object
 whose settings travel in the scheduler's ``state_dict``, so a checkpoint restores the schedule too.
 """
 
@@ -20,7 +20,7 @@ import torch
 class StepSchedule:
     """Factor of the base learning rate at optimiser step ``step`` (0-based, counted over the run)."""
 
-    kind: str  # "cosine" | "constant" | "cosine-restarts"
+    kind: str  # "cosine" | "cosine-restarts" | "constant"
     epochs: int
     steps_per_epoch: int
     warmup_epochs: float = 0.0

@@ -54,8 +54,6 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-#: Offline clusterers' learning-rate schedule when none is given (online ones: cosine, as SwAV).
-OFFLINE_LR_SCHEDULE = "cosine"
 #: Views averaged into the features offline clusterers cluster (--cluster-views; docs/recipes.md).
 CLUSTER_VIEWS = 1
 #: Largest input side that gets elastic warps by default (measured up to 32 px; docs/recipes.md).
@@ -158,8 +156,6 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         cfg.cluster_views = 1
     cfg.views = cfg.views or 1
     cfg.cluster_views = cfg.cluster_views or CLUSTER_VIEWS
-    if cfg.lr_schedule is None:
-        cfg.lr_schedule = "cosine" if crops is not None else OFFLINE_LR_SCHEDULE
     if cfg.passes is None:
         # A step sees `views` crops of each image and the engine gives it passes // views image
         # passes: by default every image is seen as often per round as in a one-view k-means run,
