@@ -124,8 +124,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                     "SwAV with three prototype sets, each with its own codes (DeepCluster-v2's 3 heads)"),
     "cluster_views_2": ({"cluster_views": 2}, "k-means on each image's features averaged over the plain image "
                         "and one training-augmented view"),
-    "cluster_views_3": ({"cluster_views": 3}, "k-means on each image's features averaged over the plain image "
-                        "and two training-augmented views"),
     "swav_freeze_0": ({"clusterer": "swav", "options": {"swav": {"freeze_prototypes_steps": 0}}},
                       "SwAV with its prototypes trained from the first step (not frozen for the first epoch)"),
     "pca128_cluster_views_2": ({"pca_dim": 128, "cluster_views": 2},

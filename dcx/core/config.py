@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dcx.core.errors import InputError
 
-LR_SCHEDULES = ("cosine", "cosine-restarts", "constant")
 #: Settings that a run directory written before they existed lacks, with the value that run trained
 #: at, where today's default would resolve to something else (the dataset's --jitter).
 RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
