@@ -13,6 +13,7 @@ gives every block's k-means(#classes) NMI learned and at random init. Rows are a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "recipes"
@@ -129,8 +131,30 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "pca128_cluster_views_2": ({"pca_dim": 128, "cluster_views": 2},
                                "PCA to 128 dims, and k-means on features averaged over the plain image and one "
                                "augmented view"),
+    "size_40": ({"image_size": 40}, "40-px inputs (1.4x the training time on digits)"),
+    "size_48": ({"image_size": 48}, "48-px inputs (2.1x the training time on digits)"),
+    "true_labels": ({"true_labels": True, "options": {"kmeans": {"heads": 1}}},
+                    "trained on the true classes instead of k-means' clusters: this network's and probe's ceiling"),
+    "fc_2048": ({"options": {"alexnet": {"fc_dim": 2048}}}, "fc6/fc7 of 2048 units (twice the default at width 0.25)"),
+    "warp_0.5": ({"warp": 0.5}, "affine and elastic warps half as strong"),
+    "jitter_0.2": ({"jitter": 0.2}, "photometric jitter 0.2 + blur"),
+    "batch_128_lr_0.1": ({"batch_size": 128, "lr": 0.1}, "batch 128 at lr 0.1 (half the steps, the rate scaled with the batch)"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
+
+
+@contextlib.contextmanager
+def _true_labels(labels):
+    """k-means' rounds return the dataset's classes (rows are in dataset order): supervised training
+    through the same engine, augmentations and probe - the ceiling a clusterer's labels could reach."""
+    import numpy as np
+
+    from dcx.core.contracts import Partition
+    from dcx.plugins.kmeans import KMeans
+
+    truth = np.asarray(labels, dtype=np.int64)
+    with mock.patch.object(KMeans, "fit", lambda self, features, context: Partition(truth, int(truth.max()) + 1)):
+        yield
 
 
 def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
@@ -158,8 +182,10 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
         cfg["k"] = classes * settings.pop("k_per_class")
     if "epochs_factor" in settings:
         cfg["epochs"] = round(s.config.epochs * settings.pop("epochs_factor"))
+    true_labels = settings.pop("true_labels", False)
     cfg.update(settings)
-    with tempfile.TemporaryDirectory() as tmp:
+    labelled = _true_labels(s.images.labels) if true_labels else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, labelled:
         t = time.perf_counter()
         summary = execute(new_run(RunConfig(**cfg), Path(tmp) / "run"))
         seconds = time.perf_counter() - t
