@@ -133,6 +133,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                                "augmented view"),
     "size_40": ({"image_size": 40}, "40-px inputs (1.4x the training time on digits)"),
     "size_48": ({"image_size": 48}, "48-px inputs (2.1x the training time on digits)"),
+    "pca128_size_40": ({"pca_dim": 128, "image_size": 40}, "PCA to 128 dims before k-means, and 40-px inputs"),
     "true_labels": ({"true_labels": True, "options": {"kmeans": {"heads": 1}}},
                     "trained on the true classes instead of k-means' clusters: this network's and probe's ceiling"),
     "fc_2048": ({"options": {"alexnet": {"fc_dim": 2048}}}, "fc6/fc7 of 2048 units (twice the default at width 0.25)"),
