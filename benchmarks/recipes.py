@@ -140,6 +140,12 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "warp_0.5": ({"warp": 0.5}, "affine and elastic warps half as strong"),
     "jitter_0.2": ({"jitter": 0.2}, "photometric jitter 0.2 + blur"),
     "batch_128_lr_0.1": ({"batch_size": 128, "lr": 0.1}, "batch 128 at lr 0.1 (half the steps, the rate scaled with the batch)"),
+    "merged_0.5": ({"options": {"kmeans": {"heads": 1, "merged_heads": 2, "merge_scale": 0.5}}},
+                   "heads 2 and 3 merge head 1's k clusters along the kNN graph into k/2 and k/4 groups"),
+    "merged_0.316": ({"options": {"kmeans": {"heads": 1, "merged_heads": 2, "merge_scale": 0.316}}},
+                     "heads 2 and 3 merge head 1's k clusters along the kNN graph into k/3.2 and k/10 groups"),
+    "heads3_merged_0.25": ({"options": {"kmeans": {"merged_heads": 1}}},
+                           "the three k-means heads and a fourth: head 1's k clusters merged along the kNN graph into k/4 groups"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 

@@ -42,3 +42,4 @@ def test_kmeans_with_several_heads_passes_every_clusterer_check():
     from dcx.testing.base import PluginUnderTest
 
     check_clusterer(PluginUnderTest(REG.load("clusterer", "kmeans"), {"heads": 3}))
+    check_clusterer(PluginUnderTest(REG.load("clusterer", "kmeans"), {"heads": 1, "merged_heads": 2}))

@@ -121,6 +121,34 @@ def test_distributed_kmeans_gives_the_single_process_partition(tmp_path, blobs):
         assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
 
 
+def _merged_heads(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
+    from dcx.core.contracts import FitContext
+    from dcx.plugins.kmeans import KMeans
+
+    _join(rank, world, port)
+    w = world_from_env()
+    try:
+        ctx = FitContext(seed=3, rank=rank, world_size=world, rows=w.block(len(x)), all_reduce=w.all_reduce)
+        part = KMeans(k=12, niter=10, backend="torch", heads=1, merged_heads=2, merge_scale=0.5).fit(x, ctx)
+    finally:
+        distributed.shutdown()
+    np.save(Path(results) / f"rank{rank}.npy", np.column_stack([part.labels, part.more_labels]))
+
+
+def test_merged_heads_reach_every_rank_as_one_process_computes_them(tmp_path, blobs):
+    """Rank 0 merges the clusters; the others receive its labels (kmeans.merged_heads)."""
+    from dcx.core.contracts import FitContext
+    from dcx.plugins.kmeans import KMeans
+
+    x, _ = blobs
+    _spawn(_merged_heads, x, str(tmp_path))
+    part = KMeans(k=12, niter=10, backend="torch", heads=1, merged_heads=2, merge_scale=0.5).fit(x, FitContext(seed=3))
+    single = np.column_stack([part.labels, part.more_labels])
+    assert [len(np.unique(c)) for c in single.T] == [12, 6, 3]
+    for r in range(2):
+        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
+
+
 def _codes(rank: int, world: int, port: int, scores: torch.Tensor, results: str) -> None:
     _join(rank, world, port)
     dist = torch.distributed

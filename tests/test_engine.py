@@ -198,6 +198,19 @@ def test_head_scale_trains_coarser_heads_beside_the_runs_labels(tiny_config):
     assert np.isfinite(engine.run()["final_loss"])
 
 
+def test_merged_heads_train_on_the_runs_clusters_merged(tiny_config):
+    """kmeans.merged_heads=1 beside one k-means head: the second target column groups the run's
+    labels (each cluster inside one of k/4 groups), one more (B, k) slice, and the run trains."""
+    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 1, "merged_heads": 1}}
+    engine = Engine(setup(tiny_config))
+    part, _, _ = engine._cluster(engine.extract_features(), 0)
+    groups = part.more_labels[:, 0]
+    assert len(np.unique(groups)) == 5
+    assert all(len(np.unique(groups[part.labels == c])) == 1 for c in np.unique(part.labels))
+    assert engine._partition_objective(part).head(torch.randn(4, engine.spec.feature_dim)).shape == (4, 20, 2)
+    assert np.isfinite(engine.run()["final_loss"])
+
+
 def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
     with pytest.raises(InputError, match="add --opt kmeans.heads=1"):

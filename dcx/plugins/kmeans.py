@@ -35,6 +35,11 @@ class KMeans(Clusterer):
         Option("head_scale", float, 1.0, "head h clusters into k * head_scale**h clusters: 1 gives every head k "
                "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/recipes.md: "
                "level with 1 over three datasets)", min=0.01, max=1.0),
+        Option("merged_heads", int, 0, "further heads beside the k-means ones, each the first clustering's k clusters "
+               "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
+               "partitions purer than k-means into as few (docs/recipes.md, \"Merged heads\")", min=0),
+        Option("merge_scale", float, 0.25, "merged head j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
+        Option("neighbours", int, 10, "kNN graph degree the merged heads use", min=1),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -45,10 +50,12 @@ class KMeans(Clusterer):
         if self.params["heads"] > 1 and (self.params["keep_head"] or self.params["init"] == "previous"):
             raise InputError("kmeans.keep_head and kmeans.init=previous keep one head's labels across rounds: "
                              "add --opt kmeans.heads=1")
+        if self.params["merged_heads"] and self.params["keep_head"]:
+            raise InputError("kmeans.keep_head keeps one head across rounds: drop --opt kmeans.merged_heads")
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
         if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
-            # A coarser head (head_scale < 1) keeps k outputs; the ones no target reaches only learn to stay low.
+            # A coarser head (head_scale < 1, a merged head) keeps k outputs; the ones no target reaches only learn to stay low.
             targets = np.column_stack([partition.labels, partition.more_labels])
             head = linear_heads(spec.feature_dim, partition.n_clusters, targets.shape[1], spec.preactivation)
             return TrainingHead(head.to(spec.device), targets)
@@ -80,18 +87,49 @@ class KMeans(Clusterer):
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
         k = self.params["k"]  # the first head clusters into exactly k; further ones into at least 2 (or k < 2)
-        runs = [kmeans(features, max(min(k, 2), round(k * self.params["head_scale"] ** h)), self.params["niter"],
-                       seed + h, self.params["backend"], context.device, rows=context.rows,
-                       all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
-                for h in range(self.params["heads"])]
+        sizes = [max(min(k, 2), round(k * self.params["head_scale"] ** h)) for h in range(self.params["heads"])]
+
+        def run(h: int, size: int):
+            return kmeans(features, size, self.params["niter"], seed + h, self.params["backend"], context.device,
+                          rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
+
+        runs = [run(h, size) for h, size in enumerate(sizes)]
+        groups = [max(min(k, 2), round(k * self.params["merge_scale"] ** j))
+                  for j in range(1, self.params["merged_heads"] + 1)]
+        more = [r.labels for r in runs[1:]] + self._merged(features, runs[0].labels, groups, seed, context)
         res = runs[0]
         return Partition(
             labels=res.labels,
             n_clusters=self.params["k"],
             centroids=res.centroids,
             stats={"objective": res.objective, "iterations": len(res.history), "empty_splits": res.empty_splits, "backend": res.backend},
-            more_labels=np.column_stack([r.labels for r in runs[1:]]) if len(runs) > 1 else None,
+            more_labels=np.column_stack(more) if more else None,
         )
+
+    def _merged(self, features: np.ndarray, labels: np.ndarray, sizes: list[int], seed: int,
+                context: FitContext) -> list[np.ndarray]:
+        """Each merged head's labels: the first head's clusters merged into ``size`` groups along the kNN graph.
+
+        In a multi-process run rank 0 builds the graph and merges, and the sum over ranks hands
+        every rank its labels (the others contribute zeros).
+        """
+        if not sizes:
+            return []
+        out = np.zeros((len(sizes), len(labels)), dtype=np.int64)
+        if context.rank == 0:
+            from dcx.core.knn import knn_graph
+            from dcx.core.merge import merge_clusters
+
+            neighbours = min(self.params["neighbours"], len(features) - 1)
+            if neighbours >= 1:
+                graph = knn_graph(features, neighbours, metric="l2", seed=seed)
+                for i, size in enumerate(sizes):
+                    out[i] = merge_clusters(labels, graph.indices, self.params["k"], size)[labels]
+        if context.all_reduce is not None:
+            import torch
+
+            out = context.all_reduce(torch.from_numpy(out).to(context.device)).cpu().numpy()
+        return list(out)
 
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

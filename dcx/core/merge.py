@@ -1,0 +1,53 @@
+"""Coarser partitions from a fine one: its clusters merged along the kNN graph between them.
+
+k-means with k ~ 10x the classes gives nearly pure clusters (most of a class's images sharing
+their cluster with their own class only), but k-means with k ~ the classes on the same
+PCA-whitened features does not: on digits after five rounds, k-means(25) is 0.78 pure and
+k-means(10) 0.57, while the k-means(100) clusters merged by average linkage over the kNN edges
+between them are 0.95 pure at 25 groups and 0.86 at 10 (docs/recipes.md, "Merged heads"). A
+class is a chain of neighbouring clusters, not one convex blob.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cluster_affinity(labels: np.ndarray, neighbours: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) kNN edges between every two clusters over the geometric mean of their sizes, zero diagonal.
+
+    ``labels`` (N,) cluster ids in [0, k); ``neighbours`` (N, m) row indices of each row's neighbours.
+    Symmetric: an edge counts for both of its ends' clusters.
+    """
+    from scipy.sparse import coo_matrix
+
+    labels = np.asarray(labels, dtype=np.int64)
+    m = neighbours.shape[1]
+    ends = labels[np.asarray(neighbours, dtype=np.int64)].ravel()
+    # Sparse counts summed into one dense (k, k): no np.add.at over N * m entries (k = 10,000: 800 MB).
+    edges = coo_matrix((np.ones(len(ends), np.float64), (np.repeat(labels, m), ends)), shape=(k, k)).toarray()
+    edges += edges.T
+    sizes = np.bincount(labels, minlength=k).astype(np.float64)
+    affinity = edges / np.maximum(np.sqrt(np.outer(sizes, sizes)), 1.0)
+    np.fill_diagonal(affinity, 0.0)
+    return affinity
+
+
+def merge_clusters(labels: np.ndarray, neighbours: np.ndarray, k: int, groups: int) -> np.ndarray:
+    """(k,) group of each of the ``k`` clusters: ``groups`` groups by average linkage on their kNN affinity.
+
+    Average linkage on 1 - affinity / max (scikit-learn's AgglomerativeClustering): two groups
+    merge when their clusters share many edges on average, so chains of neighbouring clusters
+    join before distant ones. Clusters without edges to others (or empty ones) join last.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    groups = min(groups, k)
+    if groups >= k:
+        return np.arange(k, dtype=np.int64)
+    affinity = cluster_affinity(labels, neighbours, k)
+    top = affinity.max()
+    distance = 1.0 - affinity / top if top > 0 else np.ones_like(affinity)
+    np.fill_diagonal(distance, 0.0)
+    model = AgglomerativeClustering(n_clusters=groups, metric="precomputed", linkage="average")
+    return model.fit_predict(distance).astype(np.int64)
