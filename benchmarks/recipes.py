@@ -95,7 +95,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "no_whiten": ({"whiten": False}, "PCA-256 and L2 without whitening before k-means"),
     "warm_kmeans": ({"options": {"kmeans": {"init": "previous", "heads": 1}}},
                     "k-means started from the previous round's clusters (labels carry over)"),
-    "warm_keep_head": ({"options": {"kmeans": {"init": "previous", "keep_head": True, "heads": 1}}},
+    "warm_keep_head": ({"options": {"kmeans": {"init": "previous", "keep_head": True, "heads": 1, "merged_heads": 0}}},
                        "k-means started from the previous round's clusters, and the head kept"),
     "swav_warp_1.5": ({"clusterer": "swav", "warp": 1.5}, "SwAV, affine and elastic warps 1.5x as strong"),
     "batch_32": ({"batch_size": 32}, "batch 32 (twice the steps)"),
@@ -145,7 +145,9 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "merged_0.316": ({"options": {"kmeans": {"heads": 1, "merged_heads": 2, "merge_scale": 0.316}}},
                      "heads 2 and 3 merge head 1's k clusters along the kNN graph into k/3.2 and k/10 groups"),
     "heads3_merged_0.25": ({"options": {"kmeans": {"merged_heads": 1}}},
-                           "the three k-means heads and a fourth: head 1's k clusters merged along the kNN graph into k/4 groups"),
+                           "the defaults since v19: the three k-means heads and a fourth: head 1's k clusters merged along the kNN graph into k/4 groups"),
+    "heads3_only": ({"options": {"kmeans": {"merged_heads": 0}}},
+                    "the defaults before v19: the three k-means heads, no merged head (the `baseline` rows of *-v19)"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
@@ -181,7 +183,7 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
     keep_head = settings.pop("keep_head", False)
     if keep_head:
         cfg["clusterer"] = "kmeans"
-        options.setdefault("kmeans", {}).update(keep_head=True, heads=1)
+        options.setdefault("kmeans", {}).update(keep_head=True, heads=1, merged_heads=0)
     probe_cfg = RunConfig(**{k: v for k, v in cfg.items()})
     s = setup(probe_cfg)  # resolve the dataset's defaults once, for the relative settings
     classes = s.images.num_classes or 10

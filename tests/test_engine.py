@@ -166,7 +166,7 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
     one fresh head each, and the loss is the mean of the three cross-entropies."""
     from dcx.core.contracts import StepContext
 
-    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3}}
+    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "merged_heads": 0}}
     engine = Engine(setup(tiny_config))
     part, _, _ = engine._cluster(engine.extract_features(), 0)
     assert part.more_labels.shape == (300, 2)
@@ -188,7 +188,7 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
 def test_head_scale_trains_coarser_heads_beside_the_runs_labels(tiny_config):
     """kmeans.head_scale=0.5 with 3 heads (cluster counts: test_kmeans): the first clustering is the
     one-head labels, every head one (B, k) slice of the module, and the run trains."""
-    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "head_scale": 0.5}}
+    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "head_scale": 0.5, "merged_heads": 0}}
     engine = Engine(setup(tiny_config))
     part, _, _ = engine._cluster(engine.extract_features(), 0)
     assert int(part.more_labels[:, 1].max()) < 5  # the k/4 head's ids stay within its 5 clusters
@@ -213,7 +213,7 @@ def test_merged_heads_train_on_the_runs_clusters_merged(tiny_config):
 
 def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
-    with pytest.raises(InputError, match="add --opt kmeans.heads=1"):
+    with pytest.raises(InputError, match="add --opt kmeans.heads=1 --opt kmeans.merged_heads=0"):
         setup(tiny_config)
 
 

@@ -42,7 +42,7 @@ def test_seed_makes_it_deterministic_and_plugin_reports_stats(blobs):
 def test_first_head_has_exactly_k_clusters_and_further_ones_k_times_the_scale(blobs, k, heads, scale, sizes):
     """head_scale shrinks only the further heads (never below 2, nor above k): k = 1 stays one cluster."""
     x, _ = blobs
-    part = KMeans(k=k, niter=5, heads=heads, head_scale=scale).fit(x, FitContext(seed=0)).validate(len(x), "kmeans")
+    part = KMeans(k=k, niter=5, heads=heads, head_scale=scale, merged_heads=0).fit(x, FitContext(seed=0)).validate(len(x), "kmeans")
     labels = part.labels[:, None] if part.more_labels is None else np.column_stack([part.labels, part.more_labels])
     assert [len(np.unique(col)) for col in labels.T] == sizes and part.n_clusters == k
 

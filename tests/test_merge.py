@@ -55,5 +55,14 @@ def test_merged_heads_are_unions_of_the_first_heads_clusters(blobs):
 
 
 def test_merged_heads_refuse_a_kept_head():
-    with pytest.raises(InputError, match="kmeans.merged_heads"):
+    with pytest.raises(InputError, match="kmeans.merged_heads=0"):
         KMeans(heads=1, merged_heads=1, keep_head=True)
+
+
+def test_init_previous_takes_merged_heads_but_not_more_kmeans_heads(blobs):
+    """Merged heads derive from the round's own first clustering, so they carry nothing across rounds."""
+    x, _ = blobs
+    part = KMeans(k=6, init="previous", heads=1, merged_heads=1).fit(x, FitContext(previous_labels=np.arange(len(x)) % 6))
+    assert part.more_labels.shape == (len(x), 1)
+    with pytest.raises(InputError, match="kmeans.init=previous .* add --opt kmeans.heads=1"):
+        KMeans(init="previous", heads=2)

@@ -82,7 +82,7 @@ def _config(name: str) -> RunConfig:
         extra["epochs"] = 3
         options["swav"].update(queue_length=64, queue_start_epoch=1)
     if clusterer == "kmeans":
-        options["kmeans"] = {"heads": 1}  # one head, as recorded (the default was the paper's then)
+        options["kmeans"] = {"heads": 1, "merged_heads": 0}  # one head, as recorded (the default was the paper's then)
     if name == "kmeans_constant":
         extra["lr_schedule"] = "constant"
     base = dict(clusterer=clusterer, backbone=backbone, dataset="digits", k=None if clusterer == "pic" else 10,

@@ -217,9 +217,9 @@ def test_only_builtin_plugins_get_the_options_they_ran_with():
 
     builtin = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "dcx", "version": "0.1.0"}})
     other = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "their-pkg", "version": "1.0"}})
-    assert options_ran_at({"kmeans": {"k": 5}}, builtin.plugin_names()) == {"kmeans": {"k": 5, "heads": 1}}
+    assert options_ran_at({"kmeans": {"k": 5}}, builtin.plugin_names()) == {"kmeans": {"k": 5, "heads": 1, "merged_heads": 0}}
     assert options_ran_at({"kmeans": {"k": 5}}, other.plugin_names()) == {"kmeans": {"k": 5}}
-    assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3}}
+    assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3, "merged_heads": 0}}
     # SwAV's views took the dataset's jitter as it was before swav.jitter_scale came with a default of 2.
     swav = RunConfig(clusterer="swav", plugins={"clusterer": {"name": "swav", "package": "dcx", "version": "0.1.0"}})
     assert options_ran_at({"swav": {"k": 5}}, swav.plugin_names()) == {"swav": {"k": 5, "jitter_scale": 1.0}}

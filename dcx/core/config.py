@@ -21,8 +21,10 @@ from dcx.core.errors import InputError
 RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
 #: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
 #: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
+#: kmeans.merged_heads: none before it came with a default of 1;
 #: swav.jitter_scale: its views took the dataset's jitter as it was).
-OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1}, "swav": {"jitter_scale": 1.0}}
+OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1, "merged_heads": 0},
+                                                       "swav": {"jitter_scale": 1.0}}
 
 
 def options_ran_at(options: dict[str, dict[str, Any]], plugins: set[str]) -> dict[str, dict[str, Any]]:

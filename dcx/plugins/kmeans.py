@@ -35,9 +35,10 @@ class KMeans(Clusterer):
         Option("head_scale", float, 1.0, "head h clusters into k * head_scale**h clusters: 1 gives every head k "
                "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/recipes.md: "
                "level with 1 over three datasets)", min=0.01, max=1.0),
-        Option("merged_heads", int, 0, "further heads beside the k-means ones, each the first clustering's k clusters "
+        Option("merged_heads", int, 1, "further heads beside the k-means ones, each the first clustering's k clusters "
                "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
-               "partitions purer than k-means into as few (docs/recipes.md, \"Merged heads\")", min=0),
+               "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/recipes.md, "
+               "\"Merged heads\": 1 gained on digits, textures and photos)", min=0),
         Option("merge_scale", float, 0.25, "merged head j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
         Option("neighbours", int, 10, "kNN graph degree the merged heads use", min=1),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
@@ -47,11 +48,11 @@ class KMeans(Clusterer):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._head = None
-        if self.params["heads"] > 1 and (self.params["keep_head"] or self.params["init"] == "previous"):
-            raise InputError("kmeans.keep_head and kmeans.init=previous keep one head's labels across rounds: "
-                             "add --opt kmeans.heads=1")
-        if self.params["merged_heads"] and self.params["keep_head"]:
-            raise InputError("kmeans.keep_head keeps one head across rounds: drop --opt kmeans.merged_heads")
+        if self.params["keep_head"] and (self.params["heads"] > 1 or self.params["merged_heads"]):
+            raise InputError("kmeans.keep_head keeps one head's labels across rounds: add --opt kmeans.heads=1 "
+                             "--opt kmeans.merged_heads=0")
+        if self.params["init"] == "previous" and self.params["heads"] > 1:
+            raise InputError("kmeans.init=previous carries one clustering's ids across rounds: add --opt kmeans.heads=1")
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
         if partition.more_labels is not None:  # several clusterings: all k ids, one column per head
