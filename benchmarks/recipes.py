@@ -147,7 +147,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "heads3_merged_0.25": ({"options": {"kmeans": {"merged_heads": 1}}},
                            "the defaults since v19: the three k-means heads and a fourth: head 1's k clusters merged along the kNN graph into k/4 groups"),
     "heads3_only": ({"options": {"kmeans": {"merged_heads": 0}}},
-                    "the defaults before v19: the three k-means heads, no merged head (the `baseline` rows of *-v19)"),
+                    "the defaults before v19: the three k-means heads, no merged head"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
 }
 
