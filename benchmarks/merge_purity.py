@@ -40,7 +40,7 @@ def score_round(x: np.ndarray, y: np.ndarray, k: int, classes: int, seed: int) -
            f"kmeans_{k}": {"purity": purity(y, fine), "nmi": nmi(y, fine)}}
     for groups in sorted({k // 2, k // 4, classes}, reverse=True):
         direct = kmeans(x, groups, 20, seed).labels
-        merged = merge_clusters(fine, graph.indices, k, groups)[fine]
+        merged = merge_clusters(fine, graph.indices, k, [groups])[0][fine]
         row[f"kmeans_{groups}"] = {"purity": purity(y, direct), "nmi": nmi(y, direct)}
         row[f"merged_{groups}"] = {"purity": purity(y, merged), "nmi": nmi(y, merged),
                                    "largest": float(np.bincount(merged).max() / len(merged))}

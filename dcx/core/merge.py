@@ -10,6 +10,8 @@ docs/recipes.md, "Merged heads"). A class is a chain of neighbouring clusters, n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -33,21 +35,27 @@ def cluster_affinity(labels: np.ndarray, neighbours: np.ndarray, k: int) -> np.n
     return affinity
 
 
-def merge_clusters(labels: np.ndarray, neighbours: np.ndarray, k: int, groups: int) -> np.ndarray:
-    """(k,) group of each of the ``k`` clusters: ``groups`` groups by average linkage on their kNN affinity.
+def merge_clusters(labels: np.ndarray, neighbours: np.ndarray, k: int, groups: Sequence[int]) -> list[np.ndarray]:
+    """For each count in ``groups``, the (k,) group of each of the ``k`` clusters, by average linkage on their kNN affinity.
 
     Average linkage on 1 - affinity / max (scikit-learn's AgglomerativeClustering): two groups
     merge when their clusters share many edges on average, so chains of neighbouring clusters
-    join before distant ones. Clusters without edges to others (or empty ones) join last.
+    join before distant ones. Clusters without edges to others (or empty ones) join last. The
+    affinity is computed once for all counts.
     """
     from sklearn.cluster import AgglomerativeClustering
 
-    groups = min(groups, k)
-    if groups >= k:
-        return np.arange(k, dtype=np.int64)
+    if all(g >= k for g in groups):
+        return [np.arange(k, dtype=np.int64) for _ in groups]
     affinity = cluster_affinity(labels, neighbours, k)
     top = affinity.max()
     distance = 1.0 - affinity / top if top > 0 else np.ones_like(affinity)
     np.fill_diagonal(distance, 0.0)
-    model = AgglomerativeClustering(n_clusters=groups, metric="precomputed", linkage="average")
-    return model.fit_predict(distance).astype(np.int64)
+    out = []
+    for g in groups:
+        if g >= k:
+            out.append(np.arange(k, dtype=np.int64))
+        else:
+            model = AgglomerativeClustering(n_clusters=g, metric="precomputed", linkage="average")
+            out.append(model.fit_predict(distance).astype(np.int64))
+    return out
