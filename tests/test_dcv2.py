@@ -80,3 +80,28 @@ def test_needs_the_batch_indices_and_refuses_more_prototypes_than_images():
         plugin.loss(head, [x[:4], x[:4]], StepContext(epoch=0, step=0, steps_per_epoch=1))
     with pytest.raises(InputError, match="lower --k"):
         DeepClusterV2(k=50).build_head(TrainSpec(feature_dim=12, num_samples=20))
+
+
+def test_merged_set_groups_the_first_heads_clusters_into_classes_with_mean_prototypes():
+    # 5 planted classes clustered into 20: each merged group must be a union of first-head clusters,
+    # and with k/4 = 5 groups the union of a class's clusters (the kNN graph joins them).
+    x, y = _unit_blobs(n=400, d=12, k=5)
+    plugin = DeepClusterV2(k=20, heads=1, proj_dim=12, hidden_dim=0, merged_heads=1)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
+    with torch.no_grad():
+        head.projection.weight.copy_(torch.eye(12))
+        head.projection.bias.zero_()
+    assert [p.weight.shape[0] for p in head.prototype_sets()] == [20, 5]
+    plugin.start_epoch(head, _ctx(x))
+    first, merged = plugin.assignments
+    assert all(len(torch.unique(merged[first == c])) == 1 for c in torch.unique(first))
+    assert nmi(y.numpy(), merged.numpy()) > 0.95 and nmi(y.numpy(), first.numpy()) < 0.9
+    protos = head.merged_prototypes[0].weight
+    for g in range(5):
+        assert torch.allclose(protos[g], F.normalize(plugin.bank[0][merged == g].mean(0), dim=0), atol=1e-5)
+    idx = torch.arange(8)
+    loss, _ = plugin.loss(head, [x[idx], x[idx]], StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
+    loss.backward()
+    plugin.after_backward(head, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
+    assert head.merged_prototypes[0].weight.grad is None and torch.isfinite(loss)

@@ -149,6 +149,41 @@ def test_merged_heads_reach_every_rank_as_one_process_computes_them(tmp_path, bl
         assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
 
 
+def _dcv2_start(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
+    from dcx.core.contracts import EpochContext, TrainSpec
+    from dcx.plugins.dcv2 import DeepClusterV2
+
+    feats = torch.from_numpy(x).float()
+    plugin = DeepClusterV2(k=12, heads=1, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
+    ctx = EpochContext(epoch=0, seed=3, steps_per_epoch=1, num_samples=len(x), device=torch.device("cpu"),
+                       features=lambda: feats)
+    if rank is not None:
+        _join(rank, world, port)
+        w = world_from_env()
+        ctx.rank, ctx.world_size, ctx.all_reduce = rank, world, w.all_reduce
+    try:
+        plugin.start_epoch(head, ctx)
+    finally:
+        if rank is not None:
+            distributed.shutdown()
+    out = plugin.assignments.numpy()
+    if results is not None:
+        np.save(Path(results) / f"rank{rank}.npy", out)
+    return out
+
+
+def test_dcv2_merged_sets_reach_every_rank_as_one_process_computes_them(tmp_path, blobs):
+    """dcv2.merged_heads: rank 0 merges the bank's clusters; every rank trains towards the same targets."""
+    x, _ = blobs
+    _spawn(_dcv2_start, x, str(tmp_path))
+    single = _dcv2_start(None, 1, 0, x, None)
+    assert [len(np.unique(r)) for r in single] == [12, 6, 3]
+    for r in range(2):
+        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
+
+
 def _codes(rank: int, world: int, port: int, scores: torch.Tensor, results: str) -> None:
     _join(rank, world, port)
     dist = torch.distributed

@@ -391,3 +391,22 @@ def test_swav_prototype_sets_average_the_one_set_losses():
     z = torch.randn(40, 6)
     expected = (F.normalize(head.projection(z), dim=1) @ F.normalize(sets[0].weight, dim=1).t()).argmax(dim=1)
     assert torch.equal(three.assign(head, z), expected)
+
+
+def test_swav_coarser_prototype_set_averages_the_one_set_losses_at_its_own_size():
+    """heads=2, head_scale=0.25: a set of k and one of k/4, the loss the mean of each set's one-set loss."""
+    torch.manual_seed(0)
+    two = SwAV(k=12, proj_dim=8, hidden_dim=0, heads=2, head_scale=0.25)
+    head = two.build_head(TrainSpec(6, 1000))
+    assert [p.weight.shape[0] for p in head.prototype_sets()] == [12, 3]
+    views = [torch.randn(24, 6) for _ in range(2)]
+    step = StepContext(epoch=0, step=0, steps_per_epoch=5)
+    singles = []
+    for protos in head.prototype_sets():
+        k = protos.weight.shape[0]
+        one = SwAV(k=k, proj_dim=8, hidden_dim=0)
+        single = one.build_head(TrainSpec(6, 1000))
+        single.load_state_dict({"projection.weight": head.projection.weight, "projection.bias": head.projection.bias,
+                                "prototypes.weight": protos.weight})
+        singles.append(one.loss(single, views, step)[0])
+    assert torch.allclose(two.loss(head, views, step)[0], torch.stack(singles).mean(), atol=1e-6)

@@ -9,13 +9,17 @@ Online k-means pseudo-labels with a memory bank:
 * at the start of epoch e+1 (``start_epoch``) spherical k-means on the bank gives every image an
   assignment per head (each head clusters the bank of one large crop, in turn) and the centroids
   become the prototypes; during the epoch every crop of image i is trained, by cross-entropy at
-  temperature T, to predict i's assignments.
+  temperature T, to predict i's assignments;
+* ``merged_heads`` further prototype sets (not in the reference) take the first head's clusters
+  merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``, the same coarse targets
+  the kmeans plugin trains), with the groups' mean embeddings as prototypes.
 
 Before the first epoch the bank holds the initial network's embeddings of every image. The
 reference fills it with one pass of augmented crops; here ``EpochContext.features()`` gives the
 evaluation-transform features, which the engine extracts anyway (one deterministic pass).
 
-Written with the public plugin contract only (``dcx.core.contracts``), as a third party would.
+Written with the public plugin contract (``dcx.core.contracts``) and dcx.core helpers only, as a third
+party would.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 class DCv2Head(nn.Module):
     """Projection (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype layers."""
 
-    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int,
+                 merged: Sequence[int] = ()) -> None:
         super().__init__()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
@@ -48,14 +53,19 @@ class DCv2Head(nn.Module):
         else:
             self.projection = nn.Linear(feature_dim, proj_dim)
         self.prototypes = nn.ModuleList(nn.Linear(proj_dim, k, bias=False) for _ in range(heads))
+        # A separate list, so a head without merged sets keeps the state-dict keys it always had.
+        self.merged_prototypes = nn.ModuleList(nn.Linear(proj_dim, g, bias=False) for g in merged)
+
+    def prototype_sets(self) -> list[nn.Linear]:
+        return [*self.prototypes, *self.merged_prototypes]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(x), dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(unit embeddings (B, proj_dim), prototype scores per head [(B, K)])."""
+        """(unit embeddings (B, proj_dim), prototype scores per set [(B, K)], the merged sets last)."""
         z = self.embed(x)
-        return z, [p(z) for p in self.prototypes]
+        return z, [p(z) for p in self.prototype_sets()]
 
 
 def _unwrap(head: nn.Module) -> DCv2Head:
@@ -88,6 +98,13 @@ def spherical_kmeans(
     return c, (x @ c.t()).argmax(dim=1)
 
 
+@torch.no_grad()
+def _group_means(x: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Tensor:
+    """(groups, d) unit means of the rows of ``x`` per label; a group without rows gets a zero row."""
+    sums = torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels.to(x.device), x)
+    return F.normalize(sums, dim=1)
+
+
 class DeepClusterV2(OnlineClusterer):
     """DeepCluster-v2: k-means on a memory bank of embeddings every epoch, prototypes = centroids."""
 
@@ -109,6 +126,11 @@ class DeepClusterV2(OnlineClusterer):
         Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
         Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
                min=0.01, max=1.0),
+        Option("merged_heads", int, 0, "further prototype sets: the first head's clusters merged along the "
+               "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
+               "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference)", min=0),
+        Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
+        Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
                "(reference: never; they are the centroids)"),
     )
@@ -136,7 +158,7 @@ class DeepClusterV2(OnlineClusterer):
         if p["k"] > spec.num_samples:
             raise InputError(f"dcv2: k={p['k']} prototypes for {spec.num_samples} images: lower --k")
         hidden = p["hidden_dim"] if p["hidden_dim"] is not None else min(max(spec.feature_dim, p["proj_dim"]), 2048)
-        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"])
+        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"], self._merged_sizes())
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
@@ -155,6 +177,10 @@ class DeepClusterV2(OnlineClusterer):
             centroids, labels = spherical_kmeans(self.bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
             protos.weight.copy_(centroids)
             assignments.append(labels)
+        if len(h.merged_prototypes):
+            for protos, labels in zip(h.merged_prototypes, self._merged_labels(assignments[0], context)):
+                protos.weight.copy_(_group_means(self.bank[0], labels, protos.weight.shape[0]))
+                assignments.append(labels)
         self.assignments = torch.stack(assignments)
         self._filled = torch.zeros(len(self.bank[0]), dtype=torch.bool, device=dev)
 
@@ -193,7 +219,7 @@ class DeepClusterV2(OnlineClusterer):
     def after_backward(self, head: nn.Module, step: StepContext) -> None:
         """The prototypes are the centroids: no gradient step moves them (reference)."""
         if not self.params["train_prototypes"]:
-            for protos in _unwrap(head).prototypes:
+            for protos in _unwrap(head).prototype_sets():
                 protos.weight.grad = None
 
     @torch.no_grad()
@@ -238,6 +264,36 @@ class DeepClusterV2(OnlineClusterer):
             self.bank = state["bank"].clone()
 
     # ------------------------------------------------------------------ internals
+
+    def _merged_sizes(self) -> list[int]:
+        """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2)."""
+        k, scale = self.params["k"], self.params["merge_scale"]
+        return [max(min(k, 2), round(k * scale ** j)) for j in range(1, self.params["merged_heads"] + 1)]
+
+    def _merged_labels(self, labels: torch.Tensor, context: EpochContext) -> list[torch.Tensor]:
+        """Each merged set's (N,) labels: the first head's clusters merged along the bank's kNN graph.
+
+        Rank 0 builds the graph and merges; the sum over ranks hands every rank its labels (the
+        others contribute zeros), as the kmeans plugin does.
+        """
+        sizes = self._merged_sizes()
+        out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
+        if context.rank == 0:
+            from dcx.core.knn import knn_graph
+            from dcx.core.merge import merge_clusters
+
+            bank = self.bank[0].float().cpu().numpy()
+            lab = labels.cpu().numpy()
+            neighbours = min(self.params["neighbours"], len(bank) - 1)
+            if neighbours >= 1:
+                # Unit rows: L2 neighbours are cosine neighbours.
+                graph = knn_graph(bank, neighbours, metric="l2", seed=int(context.seed))
+                for i, group in enumerate(merge_clusters(lab, graph.indices, self.params["k"], sizes)):
+                    out[i] = torch.from_numpy(group[lab])
+        out = out.to(labels.device)
+        if context.world_size > 1 and context.all_reduce is not None:
+            context.all_reduce(out)
+        return list(out)
 
     def _fill_bank(self, head: DCv2Head, features: torch.Tensor) -> None:
         """Every image's embedding by the initial network, in each large crop's slot."""

@@ -31,7 +31,8 @@ _NEAR_LN_K = 0.95
 class SwAVHead(nn.Module):
     """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype sets (no bias)."""
 
-    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int = 1) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int = 1,
+                 head_scale: float = 1.0) -> None:
         super().__init__()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
@@ -44,7 +45,9 @@ class SwAVHead(nn.Module):
             self.projection = nn.Linear(feature_dim, proj_dim)
         self.prototypes = nn.Linear(proj_dim, k, bias=False)
         # Further sets apart from the first, so a one-set head keeps the state-dict keys it always had.
-        self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, k, bias=False) for _ in range(heads - 1))
+        # Set j has k * head_scale**j prototypes (at least 2): 1 gives every set k (DeepCluster-v2's sets).
+        self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, max(min(k, 2), round(k * head_scale ** j)), bias=False)
+                                             for j in range(1, heads))
         self.normalize_prototypes()
 
     def prototype_sets(self) -> list[nn.Linear]:
@@ -99,6 +102,8 @@ class SwAV(OnlineClusterer):
         # DeepCluster-v2's 3 prototype sets (SwAV's MultiPrototypes), the k-means clusterer's 3 heads.
         Option("heads", int, 1, "prototype sets, each with its own Sinkhorn codes; the loss is their mean "
                "(SwAV: 1; DeepCluster-v2: 3)", min=1),
+        Option("head_scale", float, 1.0, "prototype set j has k * head_scale**j prototypes: 1 gives every set k "
+               "(DeepCluster-v2); 0.25 with heads=2 adds a set of k/4 beside the k (coarser codes)", min=0.01, max=1.0),
         Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
         # SwAV's 128. A smaller auto rule, min(128, k // 3), won the first 56 steps on digits
@@ -176,7 +181,7 @@ class SwAV(OnlineClusterer):
             hidden = min(max(feature_dim, proj), 2048)
         if p["k"] > num_samples:
             log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
-        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"])
+        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"])
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         """L2-normalise the prototypes (SwAV does this before every forward pass)."""
