@@ -32,7 +32,7 @@ def _ctx(x, epoch=0):
 
 def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
     x, y = _unit_blobs(d=12)
-    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0)
+    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0)  # the reference's sets
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
     calls = []

@@ -24,7 +24,8 @@ RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
 #: kmeans.merged_heads: none before it came with a default of 1;
 #: swav.jitter_scale: its views took the dataset's jitter as it was).
 OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1, "merged_heads": 0},
-                                                       "swav": {"jitter_scale": 1.0}}
+                                                       "swav": {"jitter_scale": 1.0},
+                                                       "dcv2": {"merged_heads": 0}}
 
 
 def options_ran_at(options: dict[str, dict[str, Any]], plugins: set[str]) -> dict[str, dict[str, Any]]:

@@ -126,9 +126,10 @@ class DeepClusterV2(OnlineClusterer):
         Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
         Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
                min=0.01, max=1.0),
-        Option("merged_heads", int, 0, "further prototype sets: the first head's clusters merged along the "
+        Option("merged_heads", int, 1, "further prototype sets: the first head's clusters merged along the "
                "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
-               "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference)", min=0),
+               "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
+               "heads only; docs/recipes.md, \"Merged prototype sets\": 1 gained on digits, level on textures)", min=0),
         Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
         Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
