@@ -15,6 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def coarser(k: int, scale: float, j: int) -> int:
+    """The j-th coarser partition's size, k * scale**j, at least 2 (or k when k < 2): the sizes of the
+    merged heads and sets (j = 1, 2, ...) and of the coarser k-means heads and SwAV prototype sets."""
+    return max(min(k, 2), round(k * scale ** j))
+
+
 def cluster_affinity(labels: np.ndarray, neighbours: np.ndarray, k: int) -> np.ndarray:
     """(k, k) kNN edges between every two clusters over the geometric mean of their sizes, zero diagonal.
 

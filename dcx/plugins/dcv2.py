@@ -34,6 +34,7 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
+from dcx.core.merge import coarser
 from dcx.core.options import Option
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,7 @@ class DeepClusterV2(OnlineClusterer):
 
     def _merged_sizes(self) -> list[int]:
         """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2)."""
-        k, scale = self.params["k"], self.params["merge_scale"]
-        return [max(min(k, 2), round(k * scale ** j)) for j in range(1, self.params["merged_heads"] + 1)]
+        return [coarser(self.params["k"], self.params["merge_scale"], j) for j in range(1, self.params["merged_heads"] + 1)]
 
     def _merged_labels(self, labels: torch.Tensor, context: EpochContext) -> list[torch.Tensor]:
         """Each merged set's (N,) labels: the first head's clusters merged along the bank's kNN graph.

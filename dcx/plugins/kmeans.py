@@ -9,6 +9,7 @@ import numpy as np
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head, linear_heads
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
+from dcx.core.merge import coarser
 from dcx.core.options import Option
 
 
@@ -88,14 +89,14 @@ class KMeans(Clusterer):
         if self.params["init"] == "previous" and context.previous_labels is not None:
             init = _cluster_means(features, context.previous_labels, self.params["k"], seed)
         k = self.params["k"]  # the first head clusters into exactly k; further ones into at least 2 (or k < 2)
-        sizes = [_coarser(k, self.params["head_scale"], h) for h in range(self.params["heads"])]
+        sizes = [coarser(k, self.params["head_scale"], h) for h in range(self.params["heads"])]
 
         def run(h: int, size: int):
             return kmeans(features, size, self.params["niter"], seed + h, self.params["backend"], context.device,
                           rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"], init=init)
 
         runs = [run(h, size) for h, size in enumerate(sizes)]
-        groups = [_coarser(k, self.params["merge_scale"], j) for j in range(1, self.params["merged_heads"] + 1)]
+        groups = [coarser(k, self.params["merge_scale"], j) for j in range(1, self.params["merged_heads"] + 1)]
         more = [r.labels for r in runs[1:]] + self._merged(features, runs[0].labels, groups, seed, context)
         res = runs[0]
         return Partition(
@@ -130,11 +131,6 @@ class KMeans(Clusterer):
 
             out = context.all_reduce(torch.from_numpy(out).to(context.device)).cpu().numpy()
         return list(out)
-
-
-def _coarser(k: int, scale: float, j: int) -> int:
-    """k * scale**j clusters, at least 2 (or k when k < 2)."""
-    return max(min(k, 2), round(k * scale ** j))
 
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

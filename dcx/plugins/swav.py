@@ -18,6 +18,7 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
+from dcx.core.merge import coarser
 from dcx.core.options import Option
 from dcx.core.sinkhorn import swav_codes
 
@@ -46,7 +47,7 @@ class SwAVHead(nn.Module):
         self.prototypes = nn.Linear(proj_dim, k, bias=False)
         # Further sets apart from the first, so a one-set head keeps the state-dict keys it always had.
         # Set j has k * head_scale**j prototypes (at least 2): 1 gives every set k (DeepCluster-v2's sets).
-        self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, max(min(k, 2), round(k * head_scale ** j)), bias=False)
+        self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, coarser(k, head_scale, j), bias=False)
                                              for j in range(1, heads))
         self.normalize_prototypes()
 
