@@ -34,7 +34,7 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.merge import coarser
+from dcx.core.merge import coarser, merge_clusters
 from dcx.core.options import Option
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,6 @@ class DeepClusterV2(OnlineClusterer):
         out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
         if context.rank == 0:
             from dcx.core.knn import knn_graph
-            from dcx.core.merge import merge_clusters
 
             bank = self.bank[0].float().cpu().numpy()
             lab = labels.cpu().numpy()
