@@ -65,3 +65,23 @@ def merge_clusters(labels: np.ndarray, neighbours: np.ndarray, k: int, groups: S
             model = AgglomerativeClustering(n_clusters=g, metric="precomputed", linkage="average")
             out.append(model.fit_predict(distance).astype(np.int64))
     return out
+
+
+def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Sequence[int], neighbours: int,
+                  seed: int) -> np.ndarray:
+    """(len(sizes), N) labels: the k clusters of ``labels`` merged along the ``neighbours``-NN graph of
+    ``features`` (L2; on unit rows the same neighbours as cosine) into each of ``sizes`` groups.
+
+    What the kmeans merged heads and the dcv2 merged sets train on; with fewer than 2 rows there is
+    no graph and every row stays in group 0.
+    """
+    from dcx.core.knn import knn_graph
+
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.zeros((len(sizes), len(labels)), dtype=np.int64)
+    m = min(neighbours, len(features) - 1)
+    if m >= 1 and len(sizes):
+        graph = knn_graph(np.asarray(features, dtype=np.float32), m, metric="l2", seed=seed)
+        for i, group in enumerate(merge_clusters(labels, graph.indices, k, sizes)):
+            out[i] = group[labels]
+    return out

@@ -34,7 +34,7 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.merge import coarser, merge_clusters
+from dcx.core.merge import coarser, merged_labels
 from dcx.core.options import Option
 
 log = logging.getLogger(__name__)
@@ -280,16 +280,8 @@ class DeepClusterV2(OnlineClusterer):
         sizes = self._merged_sizes()
         out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
         if context.rank == 0:
-            from dcx.core.knn import knn_graph
-
-            bank = self.bank[0].float().cpu().numpy()
-            lab = labels.cpu().numpy()
-            neighbours = min(self.params["neighbours"], len(bank) - 1)
-            if neighbours >= 1:
-                # Unit rows: L2 neighbours are cosine neighbours.
-                graph = knn_graph(bank, neighbours, metric="l2", seed=int(context.seed))
-                for i, group in enumerate(merge_clusters(lab, graph.indices, self.params["k"], sizes)):
-                    out[i] = torch.from_numpy(group[lab])
+            out = torch.from_numpy(merged_labels(self.bank[0].float().cpu().numpy(), labels.cpu().numpy(),
+                                                 self.params["k"], sizes, self.params["neighbours"], int(context.seed)))
         out = out.to(labels.device)
         if context.world_size > 1 and context.all_reduce is not None:
             context.all_reduce(out)

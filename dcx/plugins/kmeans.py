@@ -9,7 +9,7 @@ import numpy as np
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head, linear_heads
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
-from dcx.core.merge import coarser
+from dcx.core.merge import coarser, merged_labels
 from dcx.core.options import Option
 
 
@@ -116,16 +116,8 @@ class KMeans(Clusterer):
         """
         if not sizes:
             return []
-        out = np.zeros((len(sizes), len(labels)), dtype=np.int64)
-        if context.rank == 0:
-            from dcx.core.knn import knn_graph
-            from dcx.core.merge import merge_clusters
-
-            neighbours = min(self.params["neighbours"], len(features) - 1)
-            if neighbours >= 1:
-                graph = knn_graph(features, neighbours, metric="l2", seed=seed)
-                for i, group in enumerate(merge_clusters(labels, graph.indices, self.params["k"], sizes)):
-                    out[i] = group[labels]
+        out = (merged_labels(features, labels, self.params["k"], sizes, self.params["neighbours"], seed)
+               if context.rank == 0 else np.zeros((len(sizes), len(labels)), dtype=np.int64))
         if context.all_reduce is not None:
             import torch
 
