@@ -149,6 +149,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                            "the defaults since v19: the three k-means heads and a fourth: head 1's k clusters merged along the kNN graph into k/4 groups"),
     "dcv2_merged": ({"clusterer": "dcv2", "options": {"dcv2": {"merged_heads": 1}}},
                     "DeepCluster-v2 with a fourth prototype set: head 1's k clusters merged along the bank's kNN graph into k/4 groups (its defaults since v20)"),
+    "dcv2_merged2_0.5": ({"clusterer": "dcv2", "options": {"dcv2": {"merged_heads": 2, "merge_scale": 0.5}}},
+                         "DeepCluster-v2 with two merged sets: head 1's k clusters merged along the bank's kNN graph into k/2 and k/4 groups"),
     "dcv2_unmerged": ({"clusterer": "dcv2", "options": {"dcv2": {"merged_heads": 0}}},
                       "DeepCluster-v2's three k-means prototype sets alone (its defaults before v20)"),
     "swav_coarse": ({"clusterer": "swav", "options": {"swav": {"heads": 2, "head_scale": 0.25}}},
