@@ -155,6 +155,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                       "DeepCluster-v2's three k-means prototype sets alone (its defaults before v20)"),
     "swav_coarse": ({"clusterer": "swav", "options": {"swav": {"heads": 2, "head_scale": 0.25}}},
                     "SwAV with a second prototype set of k/4 prototypes, each set with its own codes"),
+    "swav_merged": ({"clusterer": "swav", "options": {"swav": {"merged_heads": 1}}},
+                    "SwAV with a merged set: the bank's nearest prototypes merged along its kNN graph into k/4 groups, trained by cross-entropy"),
     "swav_batch_128_lr_0.1": ({"clusterer": "swav", "batch_size": 128, "lr": 0.1},
                               "SwAV at batch 128 >= k = 100 (each batch's codes can use every prototype), the rate scaled with the batch"),
     "heads3_only": ({"options": {"kmeans": {"merged_heads": 0}}},

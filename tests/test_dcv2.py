@@ -39,7 +39,7 @@ def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
     ctx = _ctx(x)
     ctx.features = lambda: calls.append(1) or x
     plugin.start_epoch(head, ctx)
-    assert calls == [1] and plugin.bank.shape == (2, len(x), 8)
+    assert calls == [1] and plugin.bank.rows.shape == (2, len(x), 8)
     assert plugin.assignments.shape == (2, len(x))
     with torch.no_grad():
         z = head.embed(x)
@@ -57,13 +57,13 @@ def test_loss_trains_towards_the_assignments_and_writes_the_bank_at_the_batch_in
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
     plugin.start_epoch(head, _ctx(x))
-    before = plugin.bank.clone()
+    before = plugin.bank.rows.clone()
     idx = torch.tensor([3, 50, 7])
     views = [x[idx].requires_grad_(True), x[idx] + 0.01]
     loss, _ = plugin.loss(head, views, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
     loss.backward()
     assert views[0].grad.abs().sum() > 0 and torch.isfinite(loss)
-    changed = (plugin.bank != before).any(dim=2).any(dim=0)
+    changed = (plugin.bank.rows != before).any(dim=2).any(dim=0)
     assert set(torch.nonzero(changed).ravel().tolist()) <= {3, 7, 50}
     plugin.after_backward(head, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
     assert head.prototypes[0].weight.grad is None  # prototypes are centroids, not trained
@@ -99,7 +99,7 @@ def test_merged_set_groups_the_first_heads_clusters_into_classes_with_mean_proto
     assert nmi(y.numpy(), merged.numpy()) > 0.95 and nmi(y.numpy(), first.numpy()) < 0.9
     protos = head.merged_prototypes[0].weight
     for g in range(5):
-        assert torch.allclose(protos[g], F.normalize(plugin.bank[0][merged == g].mean(0), dim=0), atol=1e-5)
+        assert torch.allclose(protos[g], F.normalize(plugin.bank.rows[0][merged == g].mean(0), dim=0), atol=1e-5)
     idx = torch.arange(8)
     loss, _ = plugin.loss(head, [x[idx], x[idx]], StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
     loss.backward()

@@ -184,6 +184,51 @@ def test_dcv2_merged_sets_reach_every_rank_as_one_process_computes_them(tmp_path
         assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
 
 
+def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
+    from dcx.core.contracts import EpochContext, StepContext, TrainSpec
+    from dcx.plugins.swav import SwAV
+
+    feats = torch.from_numpy(x).float()
+    plugin = SwAV(k=12, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
+    with torch.no_grad():  # prototypes at 12 images' embeddings: 12 non-empty first-set clusters
+        head.prototypes.weight.copy_(head.embed(feats[:: len(x) // 12][:12]))
+    ctx = EpochContext(epoch=0, seed=3, steps_per_epoch=1, num_samples=len(x), device=torch.device("cpu"),
+                       features=lambda: feats)
+    mine = torch.arange(len(x))
+    if rank is not None:
+        _join(rank, world, port)
+        w = world_from_env()
+        ctx.rank, ctx.world_size, ctx.all_reduce = rank, world, w.all_reduce
+        mine = mine[rank::world]
+    try:
+        plugin.start_epoch(head, ctx)
+        targets = plugin.merged_targets.numpy().astype(np.float32)
+        with torch.no_grad():
+            plugin.loss(head, [2 * feats[mine], feats[mine]], StepContext(0, 0, 1, indices=mine))
+        plugin.end_epoch(head, ctx)
+    finally:
+        if rank is not None:
+            distributed.shutdown()
+    out = np.concatenate([targets, plugin.bank.rows[0].numpy().T])
+    if results is not None:
+        np.save(Path(results) / f"rank{rank}.npy", out)
+    return out
+
+
+def test_swav_merged_sets_reach_every_rank_and_the_bank_gathers_every_ranks_rows(tmp_path, blobs):
+    """swav.merged_heads: rank 0 merges, every rank gets the same targets; after the epoch every rank's
+    bank holds the rows all ranks wrote (MemoryBank.sync, which DeepCluster-v2 shares)."""
+    x, _ = blobs
+    _spawn(_swav_epoch, x, str(tmp_path))
+    single = _swav_epoch(None, 1, 0, x, None)
+    assert [len(np.unique(r)) for r in single[:2]] == [6, 3]
+    for r in range(2):
+        got = np.load(tmp_path / f"rank{r}.npy")
+        assert np.array_equal(got[:2], single[:2]) and np.allclose(got[2:], single[2:], atol=1e-6)
+
+
 def _codes(rank: int, world: int, port: int, scores: torch.Tensor, results: str) -> None:
     _join(rank, world, port)
     dist = torch.distributed

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcx.core.contracts import FitContext, Partition, StepContext, TrainSpec
+from dcx.core.contracts import EpochContext, FitContext, Partition, StepContext, TrainSpec
 from dcx.core.errors import InputError, OptionError
+from dcx.core.metrics import nmi
 from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
 from dcx.plugins.sinkhorn import SinkhornLabels
 from dcx.plugins.swav import SwAV
@@ -410,3 +411,56 @@ def test_swav_coarser_prototype_set_averages_the_one_set_losses_at_its_own_size(
                                 "prototypes.weight": protos.weight})
         singles.append(one.loss(single, views, step)[0])
     assert torch.allclose(two.loss(head, views, step)[0], torch.stack(singles).mean(), atol=1e-6)
+
+
+def test_swav_merged_set_groups_the_nearest_prototypes_into_classes_and_adds_its_cross_entropy():
+    """merged_heads=1: the bank's nearest first-set prototypes merged along its kNN graph (k/4 = 5
+    groups of 5 planted classes), group-mean prototypes that never train, the loss the mean of the
+    swapped loss and the merged cross-entropy; the bank is saved and restored."""
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(5, 12, generator=gen), dim=1)
+    y = torch.arange(400) % 5
+    x = F.normalize(centres[y] + 0.1 * torch.randn(400, 12, generator=gen), dim=1)
+    swav = SwAV(k=20, proj_dim=12, hidden_dim=0, merged_heads=1)
+    head = swav.build_head(TrainSpec(12, 400))
+    assert [p.weight.shape[0] for p in head.merged_prototypes] == [5]
+    with torch.no_grad():
+        head.projection.weight.copy_(torch.eye(12))
+        head.projection.bias.zero_()
+        head.prototypes.weight.copy_(x[:20])  # 4 prototypes per class: the first labels split each class
+    calls = []
+    ctx = EpochContext(epoch=0, seed=0, steps_per_epoch=1, num_samples=400, device=torch.device("cpu"),
+                       features=lambda: calls.append(1) or x)
+    swav.start_epoch(head, ctx)
+    first = (x @ head.prototypes.weight.t()).argmax(dim=1)
+    merged = swav.merged_targets[0]
+    assert calls == [1] and swav.bank.rows.shape == (1, 400, 12)
+    assert all(len(torch.unique(merged[first == c])) == 1 for c in torch.unique(first))
+    assert nmi(y.numpy(), merged.numpy()) > 0.95 and nmi(y.numpy(), first.numpy()) < 0.9
+    for g in range(5):
+        assert torch.allclose(head.merged_prototypes[0].weight[g], F.normalize(x[merged == g].mean(0), dim=0), atol=1e-5)
+
+    idx = torch.tensor([3, 50, 7, 200])
+    views = [x[idx] + 0.01, x[idx] - 0.01]
+    step = StepContext(epoch=1, step=5, steps_per_epoch=5, indices=idx)  # past the prototypes' freeze
+    before = swav.bank.rows[0].clone()
+    loss, _ = swav.loss(head, views, step)
+    one = SwAV(k=20, proj_dim=12, hidden_dim=0)
+    single = one.build_head(TrainSpec(12, 400))
+    single.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("merged")})
+    _, scores = head(torch.cat(views))
+    ce = F.cross_entropy(scores[1] / 0.1, merged[idx].repeat(2))
+    assert torch.allclose(loss, (one.loss(single, views, step)[0] + ce) / 2, atol=1e-6)
+    written = (swav.bank.rows[0] != before).any(dim=1)
+    assert set(torch.nonzero(written).ravel().tolist()) == {3, 7, 50, 200}  # the first crop, at the indices
+    loss.backward()
+    swav.after_backward(head, step)
+    assert head.merged_prototypes[0].weight.grad is None and head.prototypes.weight.grad is not None
+
+    restored = SwAV(k=20, proj_dim=12, hidden_dim=0, merged_heads=1)
+    restored.load_state_dict(swav.state_dict())
+    assert torch.equal(restored.bank.rows, swav.bank.rows)
+    restored.start_epoch(head, ctx)  # the restored bank: no extraction
+    assert calls == [1]
+    with pytest.raises(InputError, match="indices"):
+        swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))

@@ -34,7 +34,8 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.merge import coarser, merged_labels
+from dcx.core.bank import MemoryBank, group_means, merged_set_labels
+from dcx.core.merge import coarser
 from dcx.core.options import Option
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,6 @@ def spherical_kmeans(
     return c, (x @ c.t()).argmax(dim=1)
 
 
-@torch.no_grad()
-def _group_means(x: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Tensor:
-    """(groups, d) unit means of the rows of ``x`` per label; a group without rows gets a zero row."""
-    sums = torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels.to(x.device), x)
-    return F.normalize(sums, dim=1)
-
-
 class DeepClusterV2(OnlineClusterer):
     """DeepCluster-v2: k-means on a memory bank of embeddings every epoch, prototypes = centroids."""
 
@@ -142,9 +136,8 @@ class DeepClusterV2(OnlineClusterer):
         p = self.params
         if p["small_min_scale"] > p["small_max_scale"]:
             raise InputError(f"dcv2: small_min_scale={p['small_min_scale']} exceeds small_max_scale={p['small_max_scale']}")
-        self.bank: torch.Tensor | None = None  # (n_large, N, proj_dim): last embeddings of each image's large crops
+        self.bank: MemoryBank | None = None  # (n_large, N, proj_dim): last embeddings of each image's large crops
         self.assignments: torch.Tensor | None = None  # (heads, N): this epoch's targets
-        self._filled: torch.Tensor | None = None  # (N,) rows this rank wrote this epoch (distributed merge)
         self._reset_stats()
 
     # ------------------------------------------------------------------ engine hooks
@@ -167,30 +160,29 @@ class DeepClusterV2(OnlineClusterer):
         """Cluster the bank: assignments for this epoch, centroids into the prototypes."""
         h = _unwrap(head)
         dev = h.prototypes[0].weight.device
-        if self.bank is None:
-            self._fill_bank(h, context.features().to(dev))
-        else:
-            self.bank = self.bank.to(dev)
         p = self.params
+        if self.bank is None:
+            self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), p["n_large"])
+        self.bank.start_epoch(dev)
+        bank = self.bank.rows
         gen = torch.Generator().manual_seed(int(context.seed))
         assignments = []
         for i, protos in enumerate(h.prototypes):
             crop = i % p["n_large"]  # heads take the large crops' banks in turn (reference)
-            centroids, labels = spherical_kmeans(self.bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
+            centroids, labels = spherical_kmeans(bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
             protos.weight.copy_(centroids)
             assignments.append(labels)
         if len(h.merged_prototypes):
             for protos, labels in zip(h.merged_prototypes, self._merged_labels(assignments[0], context)):
-                protos.weight.copy_(_group_means(self.bank[0], labels, protos.weight.shape[0]))
+                protos.weight.copy_(group_means(bank[0], labels, protos.weight.shape[0]))
                 assignments.append(labels)
         self.assignments = torch.stack(assignments)
-        self._filled = torch.zeros(len(self.bank[0]), dtype=torch.bool, device=dev)
 
     @torch.no_grad()
     def end_epoch(self, head: nn.Module, context: EpochContext) -> None:
         """Each rank wrote the bank rows of its own images: merge them on every rank."""
-        if context.world_size > 1 and context.all_reduce is not None and self._filled is not None:
-            self._merge_bank(context.all_reduce)
+        if context.world_size > 1 and context.all_reduce is not None and self.bank is not None:
+            self.bank.sync(context.all_reduce)
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         if self.assignments is None:
@@ -212,8 +204,7 @@ class DeepClusterV2(OnlineClusterer):
         loss = loss / len(scores)
         with torch.no_grad():
             for crop in range(p["n_large"]):
-                self.bank[crop][idx] = z[crop * bs : (crop + 1) * bs].detach().to(self.bank.dtype)
-            self._filled[idx] = True
+                self.bank.write(crop, idx, z[crop * bs : (crop + 1) * bs])
             self._loss_sum += loss.detach().to(self._loss_sum.device)
             self._batches += 1
         return loss, {}
@@ -259,11 +250,11 @@ class DeepClusterV2(OnlineClusterer):
         """The memory bank: what the next epoch's k-means clusters (the prototypes are in the head)."""
         if self.bank is None:
             return {}
-        return {"bank": self.bank.detach().cpu().clone()}
+        return {"bank": self.bank.rows.detach().cpu().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
-            self.bank = state["bank"].clone()
+            self.bank = MemoryBank(state["bank"].clone())
 
     # ------------------------------------------------------------------ internals
 
@@ -277,34 +268,9 @@ class DeepClusterV2(OnlineClusterer):
         Rank 0 builds the graph and merges; the sum over ranks hands every rank its labels (the
         others contribute zeros), as the kmeans plugin does.
         """
-        sizes = self._merged_sizes()
-        out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
-        if context.rank == 0:
-            out = torch.from_numpy(merged_labels(self.bank[0].float().cpu().numpy(), labels.cpu().numpy(),
-                                                 self.params["k"], sizes, self.params["neighbours"], int(context.seed)))
-        out = out.to(labels.device)
-        if context.world_size > 1 and context.all_reduce is not None:
-            context.all_reduce(out)
-        return list(out)
-
-    def _fill_bank(self, head: DCv2Head, features: torch.Tensor) -> None:
-        """Every image's embedding by the initial network, in each large crop's slot."""
-        was = head.training
-        head.eval()
-        try:
-            z = torch.cat([head.embed(features[s : s + 4096]) for s in range(0, len(features), 4096)])
-        finally:
-            head.train(was)
-        self.bank = z.unsqueeze(0).repeat(self.params["n_large"], 1, 1).contiguous()
-
-    def _merge_bank(self, all_reduce) -> None:
-        """Each rank wrote the rows of its own images: sum the written rows over ranks."""
-        mask = self._filled.to(self.bank.dtype)
-        written = self.bank * mask[None, :, None]
-        all_reduce(written)
-        all_reduce(mask)
-        seen = mask > 0
-        self.bank[:, seen] = written[:, seen] / mask[seen][None, :, None]
+        all_reduce = context.all_reduce if context.world_size > 1 else None
+        return list(merged_set_labels(self.bank.rows[0], labels, self.params["k"], self._merged_sizes(),
+                                      self.params["neighbours"], int(context.seed), context.rank, all_reduce))
 
     def _reset_stats(self) -> None:
         self._loss_sum = torch.zeros(())

@@ -4,6 +4,13 @@ Per batch: the large crops' prototype scores give equipartitioned codes
 (``dcx.core.sinkhorn.swav_codes``); every other view predicts each code through a softmax with
 temperature. Hyper-parameters follow the reference ``main_swav.py`` ImageNet recipe except where
 a comment at the option says why and cites the digits measurement (epsilon, proj_dim, crops).
+
+``merged_heads`` further prototype sets (not in the reference) are DeepCluster-v2's merged sets
+for SwAV: a memory bank keeps each image's last embedding (first large crop, by
+``StepContext.indices``); at the start of every epoch the bank's nearest first-set prototypes
+are merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``), the groups' mean
+embeddings become the set's prototypes and every crop of image i is trained, by cross-entropy
+at the temperature, to predict i's group.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext, TrainSpec
+from dcx.core.bank import MemoryBank, group_means, merged_set_labels
+from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
 from dcx.core.merge import coarser
 from dcx.core.options import Option
@@ -30,10 +38,11 @@ _NEAR_LN_K = 0.95
 
 
 class SwAVHead(nn.Module):
-    """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype sets (no bias)."""
+    """Projection MLP (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype sets
+    (no bias), then the merged sets' fixed prototypes."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int = 1,
-                 head_scale: float = 1.0) -> None:
+                 head_scale: float = 1.0, merged: Sequence[int] = ()) -> None:
         super().__init__()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
@@ -49,15 +58,21 @@ class SwAVHead(nn.Module):
         # Set j has k * head_scale**j prototypes (at least 2): 1 gives every set k (DeepCluster-v2's sets).
         self.more_prototypes = nn.ModuleList(nn.Linear(proj_dim, coarser(k, head_scale, j), bias=False)
                                              for j in range(1, heads))
+        # The merged sets' prototypes are group means set each epoch, never trained (as DeepCluster-v2's).
+        self.merged_prototypes = nn.ModuleList(nn.Linear(proj_dim, g, bias=False) for g in merged)
         self.normalize_prototypes()
 
     def prototype_sets(self) -> list[nn.Linear]:
+        """The sets with Sinkhorn codes (the merged sets apart)."""
         return [self.prototypes, *self.more_prototypes]
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(x), dim=1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set)."""
-        z = F.normalize(self.projection(x), dim=1)
-        return z, [protos(z) for protos in self.prototype_sets()]
+        """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set, the merged sets last)."""
+        z = self.embed(x)
+        return z, [protos(z) for protos in [*self.prototype_sets(), *self.merged_prototypes]]
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -144,6 +159,12 @@ class SwAV(OnlineClusterer):
                "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
+        Option("merged_heads", int, 0, "further prototype sets: each image's nearest first-set prototype, from "
+               "a memory bank of its last embedding, merged along the bank's kNN graph into k * merge_scale**j "
+               "groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by cross-entropy to "
+               "the image's group (dcv2.merged_heads for SwAV; not in the reference)", min=0),
+        Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
+        Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
     )
 
     def __init__(self, **options) -> None:
@@ -157,6 +178,8 @@ class SwAV(OnlineClusterer):
         self._queue_filled = 0
         self._queue_used = False
         self._hinted_queue = False
+        self.bank: MemoryBank | None = None  # (1, N, proj_dim): each image's last first-large-crop embedding
+        self.merged_targets: torch.Tensor | None = None  # (merged_heads, N): this epoch's merged groups
         self._reset_stats()
 
     # ------------------------------------------------------------------ engine hooks
@@ -182,22 +205,52 @@ class SwAV(OnlineClusterer):
             hidden = min(max(feature_dim, proj), 2048)
         if p["k"] > num_samples:
             log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
-        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"])
+        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"], self._merged_sizes())
+
+    @torch.no_grad()
+    def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """With merged sets: merge the bank's nearest-prototype labels into this epoch's groups."""
+        if self.params["merged_heads"] == 0:
+            return
+        h = _unwrap(head)
+        dev = h.prototypes.weight.device
+        if self.bank is None:
+            self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), 1)
+        self.bank.start_epoch(dev)
+        rows = self.bank.rows[0]
+        labels = (rows @ F.normalize(h.prototypes.weight, dim=1).t()).argmax(dim=1)
+        all_reduce = context.all_reduce if context.world_size > 1 else None
+        merged = merged_set_labels(rows, labels, self.params["k"], self._merged_sizes(), self.params["neighbours"],
+                                   int(context.seed), context.rank, all_reduce)
+        for protos, groups in zip(h.merged_prototypes, merged):
+            protos.weight.copy_(group_means(rows, groups, protos.weight.shape[0]))
+        self.merged_targets = merged
+
+    @torch.no_grad()
+    def end_epoch(self, head: nn.Module, context: EpochContext) -> None:
+        """Each rank wrote the bank rows of its own images: merge them on every rank."""
+        if context.world_size > 1 and context.all_reduce is not None and self.bank is not None:
+            self.bank.sync(context.all_reduce)
 
     def before_step(self, head: nn.Module, step: StepContext) -> None:
         """L2-normalise the prototypes (SwAV does this before every forward pass)."""
         _unwrap(head).normalize_prototypes()
 
     def after_backward(self, head: nn.Module, step: StepContext) -> None:
-        """Drop the prototypes' gradient while frozen, so the optimiser skips them (SwAV)."""
+        """Drop the prototypes' gradient while frozen, so the optimiser skips them (SwAV); the merged
+        sets' prototypes are group means and never take a step."""
+        h = _unwrap(head)
+        for protos in h.merged_prototypes:
+            protos.weight.grad = None
         if self._global_step(step) < self._freeze_steps(step):
-            for protos in _unwrap(head).prototype_sets():
+            for protos in h.prototype_sets():
                 protos.weight.grad = None
 
     def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
         """Swapped prediction: for each large crop s, cross-entropy of its codes q_s against
         softmax(scores_t / T) of every other view t, averaged over t, then over s (main_swav.py), then
-        over the prototype sets (DeepCluster-v2's heads)."""
+        over the prototype sets (DeepCluster-v2's heads); each merged set adds the cross-entropy of
+        every view to its image's group."""
         p = self.params
         n_views, n_large = len(views), p["n_large"]
         if n_views < max(2, n_large):
@@ -206,7 +259,9 @@ class SwAV(OnlineClusterer):
         if any(v.shape[0] != bs for v in views):
             raise InputError(f"swav: views have batch sizes {[v.shape[0] for v in views]}; all must be equal")
         # One pass over all crops, as SwAV: the projection's BatchNorm sees every view together.
-        z, scores = head(torch.cat(list(views)))
+        z, all_scores = head(torch.cat(list(views)))
+        n_sets = len(_unwrap(head).prototype_sets())
+        scores, merged_scores = all_scores[:n_sets], all_scores[n_sets:]
         queue = self._queue_for(step, z)
         loss = z.new_zeros((), dtype=torch.float32)
         for h, head_scores in enumerate(scores):
@@ -218,7 +273,11 @@ class SwAV(OnlineClusterer):
                 loss = loss - (q * (logp_total - logp[s])).sum(dim=1).mean() / (n_views - 1)
             if h == 0:
                 codes = head_codes  # the first set's codes feed the epoch's statistics
-        loss = loss / (n_large * len(scores))
+        if merged_scores:
+            merged_loss = self._merged_loss(merged_scores, z[:bs], n_views, step)
+            loss = (loss / n_large + merged_loss) / (len(scores) + len(merged_scores))
+        else:
+            loss = loss / (n_large * len(scores))
         if queue is not None:  # after every set's codes: each scored the same queue
             with torch.no_grad():
                 self._push(queue, z.detach(), bs)
@@ -285,19 +344,46 @@ class SwAV(OnlineClusterer):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        """The feature queue (when on): without it a resumed run would restart the queue empty."""
-        if self._queue is None:
-            return {}
-        return {"queue": self._queue.detach().cpu().clone(), "queue_filled": self._queue_filled,
-                "queue_used": self._queue_used}
+        """The feature queue and the merged sets' bank (when on): without them a resumed run would
+        restart the queue empty and merge the initial network's embeddings."""
+        state: dict[str, Any] = {}
+        if self._queue is not None:
+            state.update(queue=self._queue.detach().cpu().clone(), queue_filled=self._queue_filled,
+                         queue_used=self._queue_used)
+        if self.bank is not None:
+            state["bank"] = self.bank.rows.detach().cpu().clone()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
+        if "queue" in state:
             self._queue = state["queue"].clone()
             self._queue_filled = int(state["queue_filled"])
             self._queue_used = bool(state["queue_used"])
+        if "bank" in state:
+            self.bank = MemoryBank(state["bank"].clone())
 
     # ------------------------------------------------------------------ internals
+
+    def _merged_sizes(self) -> list[int]:
+        """Groups of each merged set: k * merge_scale**j, at least 2."""
+        p = self.params
+        return [coarser(p["k"], p["merge_scale"], j) for j in range(1, p["merged_heads"] + 1)]
+
+    def _merged_loss(self, merged_scores: Sequence[torch.Tensor], first_crop: torch.Tensor, n_views: int,
+                     step: StepContext) -> torch.Tensor:
+        """Sum over the merged sets of the cross-entropy, at the temperature, of every view's scores
+        against its image's group; the first large crop's embeddings go into the bank."""
+        if step.indices is None:
+            raise InputError("swav.merged_heads needs the dataset indices of each batch (StepContext.indices)")
+        if self.merged_targets is None or self.bank is None:
+            raise InputError("swav: loss called before start_epoch merged the memory bank")
+        idx = step.indices.to(self.merged_targets.device)
+        loss = first_crop.new_zeros((), dtype=torch.float32)
+        for j, scores in enumerate(merged_scores):
+            targets = self.merged_targets[j][idx].repeat(n_views)
+            loss = loss + F.cross_entropy(scores.float() / self.params["temperature"], targets)
+        self.bank.write(0, idx.to(self.bank.rows.device), first_crop)
+        return loss
 
     def _codes(self, prototypes: nn.Linear, queue: torch.Tensor | None, scores: torch.Tensor, bs: int,
                step: StepContext) -> list[torch.Tensor]:
