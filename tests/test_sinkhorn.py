@@ -414,7 +414,7 @@ def test_swav_coarser_prototype_set_averages_the_one_set_losses_at_its_own_size(
 
 
 def test_swav_merged_set_groups_the_nearest_prototypes_into_classes_and_adds_its_cross_entropy():
-    """merged_heads=1: the bank's nearest first-set prototypes merged along its kNN graph (k/4 = 5
+    """merged_heads=1: the bank's equal-size first-set labels merged along its kNN graph (k/4 = 5
     groups of 5 planted classes), group-mean prototypes that never train, the loss the mean of the
     swapped loss and the merged cross-entropy; the bank is saved and restored."""
     gen = torch.Generator().manual_seed(0)
@@ -432,7 +432,8 @@ def test_swav_merged_set_groups_the_nearest_prototypes_into_classes_and_adds_its
     ctx = EpochContext(epoch=0, seed=0, steps_per_epoch=1, num_samples=400, device=torch.device("cpu"),
                        features=lambda: calls.append(1) or x)
     swav.start_epoch(head, ctx)
-    first = (x @ head.prototypes.weight.t()).argmax(dim=1)
+    first = balanced_argmax(x @ head.prototypes.weight.t())  # equal-size, as the codes
+    assert torch.equal(torch.bincount(first), torch.full((20,), 20))
     merged = swav.merged_targets[0]
     assert calls == [1] and swav.bank.rows.shape == (1, 400, 12)
     assert all(len(torch.unique(merged[first == c])) == 1 for c in torch.unique(first))

@@ -7,8 +7,8 @@ a comment at the option says why and cites the digits measurement (epsilon, proj
 
 ``merged_heads`` further prototype sets (not in the reference) are DeepCluster-v2's merged sets
 for SwAV: a memory bank keeps each image's last embedding (first large crop, by
-``StepContext.indices``); at the start of every epoch the bank's nearest first-set prototypes
-are merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``), the groups' mean
+``StepContext.indices``); at the start of every epoch the bank's first-set prototype labels
+(equal-size, as the codes) are merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``), the groups' mean
 embeddings become the set's prototypes and every crop of image i is trained, by cross-entropy
 at the temperature, to predict i's group.
 """
@@ -28,7 +28,7 @@ from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepCont
 from dcx.core.errors import InputError
 from dcx.core.merge import coarser
 from dcx.core.options import Option
-from dcx.core.sinkhorn import swav_codes
+from dcx.core.sinkhorn import balanced_argmax, swav_codes
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ class SwAV(OnlineClusterer):
                "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
-        Option("merged_heads", int, 0, "further prototype sets: each image's nearest first-set prototype, from "
-               "a memory bank of its last embedding, merged along the bank's kNN graph into k * merge_scale**j "
+        Option("merged_heads", int, 0, "further prototype sets: each image's first-set prototype (equal-size "
+               "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into k * merge_scale**j "
                "groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by cross-entropy to "
                "the image's group (dcv2.merged_heads for SwAV; not in the reference)", min=0),
         Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
@@ -218,7 +218,10 @@ class SwAV(OnlineClusterer):
             self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), 1)
         self.bank.start_epoch(dev)
         rows = self.bank.rows[0]
-        labels = (rows @ F.normalize(h.prototypes.weight, dim=1).t()).argmax(dim=1)
+        # Equal-size labels, as SwAV's equipartitioned codes: the plain nearest prototype put 54-69% of
+        # digits in one cluster in the first epochs (random prototypes, near-identical initial
+        # embeddings), and the merged set trained on it collapsed (best block below random).
+        labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
         all_reduce = context.all_reduce if context.world_size > 1 else None
         merged = merged_set_labels(rows, labels, self.params["k"], self._merged_sizes(), self.params["neighbours"],
                                    int(context.seed), context.rank, all_reduce)
