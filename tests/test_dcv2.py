@@ -86,7 +86,7 @@ def test_merged_set_groups_the_first_heads_clusters_into_classes_with_mean_proto
     # 5 planted classes clustered into 20: each merged group must be a union of first-head clusters,
     # and with k/4 = 5 groups the union of a class's clusters (the kNN graph joins them).
     x, y = _unit_blobs(n=400, d=12, k=5)
-    plugin = DeepClusterV2(k=20, heads=1, proj_dim=12, hidden_dim=0, merged_heads=1)
+    plugin = DeepClusterV2(k=20, heads=1, proj_dim=12, hidden_dim=0, merged_heads=1, merge_scale=0.25)
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
     with torch.no_grad():

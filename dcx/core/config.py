@@ -23,7 +23,8 @@ RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
 #: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
 #: kmeans.merged_heads: none before it came with a default of 1;
 #: swav.jitter_scale: its views took the dataset's jitter as it was; dcv2.merged_heads: the
-#: reference's prototype sets only, before it came with a default of 1).
+#: reference's prototype sets only, before it came with a default of 1, now 2; a run that records
+#: merged_heads records its merge_scale too).
 OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1, "merged_heads": 0},
                                                        "swav": {"jitter_scale": 1.0},
                                                        "dcv2": {"merged_heads": 0}}

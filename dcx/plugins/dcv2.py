@@ -11,7 +11,7 @@ Online k-means pseudo-labels with a memory bank:
   become the prototypes; during the epoch every crop of image i is trained, by cross-entropy at
   temperature T, to predict i's assignments;
 * ``merged_heads`` further prototype sets (not in the reference) take the first head's clusters
-  merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``, the same coarse targets
+  merged along the bank's kNN graph into k/2 and k/4 groups (``dcx.core.merge``, the same coarse targets
   the kmeans plugin trains), with the groups' mean embeddings as prototypes.
 
 Before the first epoch the bank holds the initial network's embeddings of every image. The
@@ -121,11 +121,12 @@ class DeepClusterV2(OnlineClusterer):
         Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
         Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
                min=0.01, max=1.0),
-        Option("merged_heads", int, 1, "further prototype sets: the first head's clusters merged along the "
+        Option("merged_heads", int, 2, "further prototype sets: the first head's clusters merged along the "
                "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
                "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
-               "heads only; docs/recipes.md, \"Merged prototype sets\": 1 gained on digits, level on textures)", min=0),
-        Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
+               "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
+               "and textures over one of k/4, which gained over none)", min=0),
+        Option("merge_scale", float, 0.5, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
         Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
                "(reference: never; they are the centroids)"),
