@@ -160,9 +160,10 @@ class SwAV(OnlineClusterer):
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
         Option("merged_heads", int, 0, "further prototype sets: each image's first-set prototype (equal-size "
-               "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into k * merge_scale**j "
-               "groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by cross-entropy to "
-               "the image's group (dcv2.merged_heads for SwAV; not in the reference)", min=0),
+               "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into "
+               "k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by "
+               "cross-entropy to the image's group (dcv2.merged_heads for SwAV; not in the reference; "
+               "docs/recipes.md, \"A merged set for SwAV\": 1 lost on digits)", min=0),
         Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
         Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
     )
