@@ -8,9 +8,9 @@ a comment at the option says why and cites the digits measurement (epsilon, proj
 ``merged_heads`` further prototype sets (not in the reference) are DeepCluster-v2's merged sets
 for SwAV: a memory bank keeps each image's last embedding (first large crop, by
 ``StepContext.indices``); at the start of every epoch the bank's first-set prototype labels
-(equal-size, as the codes) are merged along the bank's kNN graph into k/4 groups (``dcx.core.merge``), the groups' mean
-embeddings become the set's prototypes and every crop of image i is trained, by cross-entropy
-at the temperature, to predict i's group.
+(equal-size, as the codes) are merged along the bank's kNN graph into k/4 groups
+(``dcx.core.merge``), the groups' mean embeddings become the set's prototypes and every crop of
+image i is trained, by cross-entropy at the temperature, to predict i's group.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class SwAV(OnlineClusterer):
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
-        """With merged sets: merge the bank's nearest-prototype labels into this epoch's groups."""
+        """With merged sets: merge the bank's equal-size first-set labels into this epoch's groups."""
         if self.params["merged_heads"] == 0:
             return
         h = _unwrap(head)
@@ -219,9 +219,8 @@ class SwAV(OnlineClusterer):
             self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), 1)
         self.bank.start_epoch(dev)
         rows = self.bank.rows[0]
-        # Equal-size labels, as SwAV's equipartitioned codes: the plain nearest prototype put 54-69% of
-        # digits in one cluster in the first epochs (random prototypes, near-identical initial
-        # embeddings), and the merged set trained on it collapsed (best block below random).
+        # Equal-size labels, as SwAV's equipartitioned codes: on the nearest prototype the merged set
+        # collapsed (docs/recipes.md, "A merged set for SwAV").
         labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
         all_reduce = context.all_reduce if context.world_size > 1 else None
         merged = merged_set_labels(rows, labels, self.params["k"], self._merged_sizes(), self.params["neighbours"],
