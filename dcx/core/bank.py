@@ -1,18 +1,17 @@
 """A memory bank: the latest embedding of every image, written by dataset index during an epoch.
 
 What DeepCluster-v2 clusters every epoch (its ``main_deepclusterv2.py`` keeps one bank per large
-crop) and what the online clusterers' merged prototype sets merge (``dcx.core.merge``). Each rank
+crop) and what the online clusterers' merged prototype sets merge (``dcx.core.merge``), with
+``group_means`` as their prototypes. Each rank
 writes the rows of the images it trained; ``sync`` at the epoch's end gives every rank all rows.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
-
-from dcx.core.merge import merged_labels
 
 #: Rows embedded per forward pass when the bank is filled from features.
 _CHUNK = 4096
@@ -29,16 +28,15 @@ class MemoryBank:
 
     @classmethod
     @torch.no_grad()
-    def from_features(cls, embed: Callable[[torch.Tensor], torch.Tensor], module: nn.Module,
-                      features: torch.Tensor, slots: int) -> MemoryBank:
-        """Every image's ``embed(features)`` (``module`` in eval mode, e.g. the initial network's
-        projection) in each slot: the bank before the first epoch."""
-        was = module.training
-        module.eval()
+    def from_features(cls, head: nn.Module, features: torch.Tensor, slots: int) -> MemoryBank:
+        """Every image's ``head.embed(features)`` (in eval mode: the initial network's projection) in
+        each slot: the bank before the first epoch."""
+        was = head.training
+        head.eval()
         try:
-            z = torch.cat([embed(features[s : s + _CHUNK]) for s in range(0, len(features), _CHUNK)])
+            z = torch.cat([head.embed(features[s : s + _CHUNK]) for s in range(0, len(features), _CHUNK)])
         finally:
-            module.train(was)
+            head.train(was)
         return cls(z.unsqueeze(0).repeat(slots, 1, 1).contiguous())
 
     def start_epoch(self, device: torch.device) -> None:
@@ -72,19 +70,3 @@ def group_means(x: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Ten
     the prototypes of a merged set."""
     sums = torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels.to(x.device), x)
     return torch.nn.functional.normalize(sums, dim=1)
-
-
-@torch.no_grad()
-def merged_set_labels(rows: torch.Tensor, labels: torch.Tensor, k: int, sizes: Sequence[int], neighbours: int,
-                      seed: int, rank: int, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """(len(sizes), N) labels: the k clusters of ``labels`` merged along the kNN graph of the bank
-    ``rows`` (N, d) (``dcx.core.merge.merged_labels``). Rank 0 builds the graph and merges; the sum
-    over ranks hands every rank its labels (the others contribute zeros)."""
-    out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
-    if rank == 0:
-        out = torch.from_numpy(merged_labels(rows.float().cpu().numpy(), labels.cpu().numpy(), k, sizes,
-                                             neighbours, seed))
-    out = out.to(labels.device)
-    if all_reduce is not None:
-        all_reduce(out)
-    return out

@@ -21,6 +21,19 @@ def coarser(k: int, scale: float, j: int) -> int:
     return max(min(k, 2), round(k * scale ** j))
 
 
+def merge_options(what: str, heads: int, scale: float, heads_help: str) -> tuple:
+    """The ``merged_heads``, ``merge_scale`` and ``neighbours`` options of a plugin whose merged
+    ``what``s (heads or prototype sets) train on these partitions."""
+    from dcx.core.options import Option
+
+    return (
+        Option("merged_heads", int, heads, heads_help, min=0),
+        Option("merge_scale", float, scale, f"merged {what} j has k * merge_scale**j groups (at least 2)",
+               min=0.01, max=1.0),
+        Option("neighbours", int, 10, f"kNN graph degree the merged {what}s use", min=1),
+    )
+
+
 def cluster_affinity(labels: np.ndarray, neighbours: np.ndarray, k: int) -> np.ndarray:
     """(k, k) kNN edges between every two clusters over the geometric mean of their sizes, zero diagonal.
 
@@ -72,8 +85,8 @@ def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Seque
     """(len(sizes), N) labels: the k clusters of ``labels`` merged along the ``neighbours``-NN graph of
     ``features`` (L2; on unit rows the same neighbours as cosine) into each of ``sizes`` groups.
 
-    What the kmeans merged heads and the dcv2 merged sets train on; with fewer than 2 rows there is
-    no graph and every row stays in group 0.
+    What the kmeans merged heads and the dcv2 / swav merged sets train on; with fewer than 2 rows
+    there is no graph and every row stays in group 0.
     """
     from dcx.core.knn import knn_graph
 
@@ -84,4 +97,25 @@ def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Seque
         graph = knn_graph(np.asarray(features, dtype=np.float32), m, metric="l2", seed=seed)
         for i, group in enumerate(merge_clusters(labels, graph.indices, k, sizes)):
             out[i] = group[labels]
+    return out
+
+
+def merged_labels_from_rank0(features, labels, k: int, sizes: Sequence[int], neighbours: int, seed: int,
+                             rank: int, all_reduce=None, device=None):
+    """``merged_labels`` as a (len(sizes), N) int64 torch tensor on ``device``, in one process or many:
+    rank 0 builds the graph and merges, and the sum over ranks (``all_reduce``, None in one process)
+    hands every rank its labels, the others contributing zeros. ``features`` and ``labels`` are
+    numpy arrays or torch tensors; only rank 0 reads them."""
+    import torch
+
+    if rank == 0:
+        def as_numpy(a):
+            return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+        out = torch.from_numpy(merged_labels(as_numpy(features), as_numpy(labels), k, sizes, neighbours, seed))
+    else:
+        out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
+    out = out.to(device) if device is not None else out
+    if all_reduce is not None:
+        all_reduce(out)
     return out

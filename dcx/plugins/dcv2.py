@@ -34,8 +34,8 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.bank import MemoryBank, group_means, merged_set_labels
-from dcx.core.merge import coarser
+from dcx.core.bank import MemoryBank, group_means
+from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,11 @@ class DeepClusterV2(OnlineClusterer):
         Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
         Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
                min=0.01, max=1.0),
-        Option("merged_heads", int, 2, "further prototype sets: the first head's clusters merged along the "
-               "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
-               "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
-               "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
-               "and textures over one of k/4, which gained over none)", min=0),
-        Option("merge_scale", float, 0.5, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
-        Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
+        *merge_options("set", 2, 0.5, "further prototype sets: the first head's clusters merged along the "
+                       "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
+                       "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
+                       "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
+                       "and textures over one of k/4, which gained over none)"),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
                "(reference: never; they are the centroids)"),
     )
@@ -163,7 +161,7 @@ class DeepClusterV2(OnlineClusterer):
         dev = h.prototypes[0].weight.device
         p = self.params
         if self.bank is None:
-            self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), p["n_large"])
+            self.bank = MemoryBank.from_features(h, context.features().to(dev), p["n_large"])
         self.bank.start_epoch(dev)
         bank = self.bank.rows
         gen = torch.Generator().manual_seed(int(context.seed))
@@ -270,8 +268,9 @@ class DeepClusterV2(OnlineClusterer):
         others contribute zeros), as the kmeans plugin does.
         """
         all_reduce = context.all_reduce if context.world_size > 1 else None
-        return list(merged_set_labels(self.bank.rows[0], labels, self.params["k"], self._merged_sizes(),
-                                      self.params["neighbours"], int(context.seed), context.rank, all_reduce))
+        return list(merged_labels_from_rank0(self.bank.rows[0], labels, self.params["k"], self._merged_sizes(),
+                                             self.params["neighbours"], int(context.seed), context.rank, all_reduce,
+                                             labels.device))
 
     def _reset_stats(self) -> None:
         self._loss_sum = torch.zeros(())

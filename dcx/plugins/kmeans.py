@@ -9,7 +9,7 @@ import numpy as np
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head, linear_heads
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
-from dcx.core.merge import coarser, merged_labels
+from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 
 
@@ -36,12 +36,10 @@ class KMeans(Clusterer):
         Option("head_scale", float, 1.0, "head h clusters into k * head_scale**h clusters: 1 gives every head k "
                "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/recipes.md: "
                "level with 1 over three datasets)", min=0.01, max=1.0),
-        Option("merged_heads", int, 1, "further heads beside the k-means ones, each the first clustering's k clusters "
-               "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
-               "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/recipes.md, "
-               "\"Merged heads\": 1 gained on digits, textures and photos)", min=0),
-        Option("merge_scale", float, 0.25, "merged head j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
-        Option("neighbours", int, 10, "kNN graph degree the merged heads use", min=1),
+        *merge_options("head", 1, 0.25, "further heads beside the k-means ones, each the first clustering's k clusters "
+                       "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
+                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/recipes.md, "
+                       "\"Merged heads\": 1 gained on digits, textures and photos)"),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )
@@ -116,13 +114,9 @@ class KMeans(Clusterer):
         """
         if not sizes:
             return []
-        out = (merged_labels(features, labels, self.params["k"], sizes, self.params["neighbours"], seed)
-               if context.rank == 0 else np.zeros((len(sizes), len(labels)), dtype=np.int64))
-        if context.all_reduce is not None:
-            import torch
-
-            out = context.all_reduce(torch.from_numpy(out).to(context.device)).cpu().numpy()
-        return list(out)
+        out = merged_labels_from_rank0(features, labels, self.params["k"], sizes, self.params["neighbours"], seed,
+                                       context.rank, context.all_reduce, context.device)
+        return list(out.cpu().numpy())
 
 
 def _cluster_means(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

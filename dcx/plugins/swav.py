@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcx.core.bank import MemoryBank, group_means, merged_set_labels
+from dcx.core.bank import MemoryBank, group_means
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.merge import coarser
+from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 from dcx.core.sinkhorn import balanced_argmax, swav_codes
 
@@ -159,13 +159,11 @@ class SwAV(OnlineClusterer):
                "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
-        Option("merged_heads", int, 0, "further prototype sets: each image's first-set prototype (equal-size "
-               "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into "
-               "k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by "
-               "cross-entropy to the image's group (dcv2.merged_heads for SwAV; not in the reference; "
-               "docs/recipes.md, \"A merged set for SwAV\": 1 lost on digits)", min=0),
-        Option("merge_scale", float, 0.25, "merged set j has k * merge_scale**j groups (at least 2)", min=0.01, max=1.0),
-        Option("neighbours", int, 10, "kNN graph degree the merged sets use", min=1),
+        *merge_options("set", 0, 0.25, "further prototype sets: each image's first-set prototype (equal-size "
+                       "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into "
+                       "k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by "
+                       "cross-entropy to the image's group (dcv2.merged_heads for SwAV; not in the reference; "
+                       "docs/recipes.md, \"A merged set for SwAV\": 1 lost on digits)"),
     )
 
     def __init__(self, **options) -> None:
@@ -216,15 +214,15 @@ class SwAV(OnlineClusterer):
         h = _unwrap(head)
         dev = h.prototypes.weight.device
         if self.bank is None:
-            self.bank = MemoryBank.from_features(h.embed, h, context.features().to(dev), 1)
+            self.bank = MemoryBank.from_features(h, context.features().to(dev), 1)
         self.bank.start_epoch(dev)
         rows = self.bank.rows[0]
         # Equal-size labels, as SwAV's equipartitioned codes: on the nearest prototype the merged set
         # collapsed (docs/recipes.md, "A merged set for SwAV").
         labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
         all_reduce = context.all_reduce if context.world_size > 1 else None
-        merged = merged_set_labels(rows, labels, self.params["k"], self._merged_sizes(), self.params["neighbours"],
-                                   int(context.seed), context.rank, all_reduce)
+        merged = merged_labels_from_rank0(rows, labels, self.params["k"], self._merged_sizes(),
+                                          self.params["neighbours"], int(context.seed), context.rank, all_reduce, dev)
         for protos, groups in zip(h.merged_prototypes, merged):
             protos.weight.copy_(group_means(rows, groups, protos.weight.shape[0]))
         self.merged_targets = merged
