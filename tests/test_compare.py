@@ -33,6 +33,8 @@ def test_compare_tabulates_each_run_and_isolates_failures(tiny_config, tmp_path)
         assert 0 < row["learned_l2_nmi"] <= 1 and 0 < row["random_l2_nmi"] <= 1
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert [r["clusterer"] for r in table["runs"]] == ["kmeans", "wrongshape", "pic"]
+    assert table["paired"]["reference"] == "kmeans" and set(table["paired"]["against"]) == {"wrongshape", "pic"}
+    assert table["paired"]["against"]["wrongshape"]["seeds"] == []  # a failed run pairs with nothing
     md_text = (tmp_path / "comparison.md").read_text()
     assert "| kmeans | 0 |" in md_text and "Failed runs:" in md_text
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
@@ -40,3 +42,28 @@ def test_compare_tabulates_each_run_and_isolates_failures(tiny_config, tmp_path)
     again = compare(cmp, tmp_path, resume=True, registry=_registry())
     assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
     assert again[0]["nmi_labels"] == by["kmeans"]["nmi_labels"]
+
+
+def test_paired_differences_give_a_t_interval_over_the_shared_seeds_and_a_verdict():
+    from dcx.core.compare import paired_differences, paired_lines
+
+    def rows(name, values, status="done"):
+        return [{"clusterer": name, "seed": s, "best_learned": v, "status": status} for s, v in values.items()]
+
+    table = (rows("kmeans", {0: 0.90, 1: 0.80, 2: 0.85})
+             + rows("close", {0: 0.92, 1: 0.83, 2: 0.86})              # +0.02, +0.03, +0.01
+             + rows("better", {0: 0.95, 1: 0.85, 2: 0.90, 3: 0.99})    # +0.05 on every shared seed (3 not in kmeans)
+             + rows("worse", {0: 0.80, 1: 0.71, 2: 0.74})              # -0.10, -0.09, -0.11
+             + rows("failed", {0: 0.99}, status="failed"))
+    paired = paired_differences(table, "kmeans")
+    close = paired["close"]
+    assert close["seeds"] == [0, 1, 2] and close["wins"] == 3
+    assert abs(close["mean"] - 0.02) < 1e-9 and abs(close["sd"] - 0.01) < 1e-9
+    half = 4.302653 * 0.01 / 3 ** 0.5  # t(0.975, 2 degrees of freedom)
+    assert abs(close["low"] - (0.02 - half)) < 1e-6 and abs(close["high"] - (0.02 + half)) < 1e-6
+    assert close["verdict"] == "undecided"  # three wins, yet the interval holds 0
+    assert paired["better"]["seeds"] == [0, 1, 2] and paired["better"]["verdict"] == "above"
+    assert paired["worse"]["verdict"] == "below"
+    assert paired["failed"]["seeds"] == [] and paired["failed"]["verdict"] == "-"
+    md = "\n".join(paired_lines(table, "kmeans"))
+    assert "| close | 0, 1, 2 | +0.020, +0.030, +0.010 | +0.020 |" in md and "| failed |" not in md

@@ -36,7 +36,7 @@ def compare(
     run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
-    from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison
+    from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison, paired_differences
     from dcx.core.evaluate import check_protocols
     from dcx.core.registry import Registry
 
@@ -70,6 +70,10 @@ def compare(
         for row in table:
             view.add_row(*(_fmt(row.get(key)) for key, _ in shown))
         Console().print(view)
+        for name, r in paired_differences(table, names[0]).items():
+            if r["low"] is not None:
+                typer.echo(f"{name} - {names[0]}, best block NMI paired over seeds {','.join(map(str, r['seeds']))}: "
+                           f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['verdict']})")
         typer.echo(f"table: {out / TABLE_MD}  figure: {out / FIGURE}")
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:
