@@ -51,6 +51,30 @@ def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
     assert calls == [1]
 
 
+def test_cluster_on_images_embeds_the_plain_views_at_every_epoch_start():
+    x, y = _unit_blobs(d=12)
+    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0, cluster_on="images")
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
+    calls = []
+    ctx = _ctx(x)
+    ctx.features = lambda: calls.append(1) or x
+    plugin.start_epoch(head, ctx)
+    plugin.bank.write(0, torch.arange(10), torch.zeros(10, 8))  # a training step's crops
+    with torch.no_grad():
+        head.projection.weight.mul_(-1)  # the network moved
+    ctx.epoch = 1
+    plugin.start_epoch(head, ctx)
+    assert calls == [1, 1]  # one extraction per epoch
+    with torch.no_grad():
+        z = head.embed(x)
+    # both heads cluster the fresh plain-view embeddings, not the crops written during the epoch
+    assert torch.allclose(plugin.bank.rows, z.expand(2, -1, -1))
+    for h, protos in enumerate(head.prototypes):
+        assert torch.equal((z @ protos.weight.t()).argmax(1), plugin.assignments[h])
+    assert nmi(y.numpy(), plugin.assignments[0].numpy()) > 0.9
+
+
 def test_loss_trains_towards_the_assignments_and_writes_the_bank_at_the_batch_indices():
     x, y = _unit_blobs(d=12)
     plugin = DeepClusterV2(k=5, heads=1, proj_dim=8, hidden_dim=0)
@@ -105,3 +129,19 @@ def test_merged_set_groups_the_first_heads_clusters_into_classes_with_mean_proto
     loss.backward()
     plugin.after_backward(head, StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx))
     assert head.merged_prototypes[0].weight.grad is None and torch.isfinite(loss)
+
+
+def test_merge_every_head_merges_each_heads_own_clusters():
+    x, y = _unit_blobs(n=400, d=12, k=5)
+    plugin = DeepClusterV2(k=20, heads=3, proj_dim=12, hidden_dim=0, merged_heads=2, merge_scale=0.5,
+                           merge_every_head=True)
+    torch.manual_seed(0)
+    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
+    assert [p.weight.shape[0] for p in head.merged_prototypes] == [10, 5] * 3
+    plugin.start_epoch(head, _ctx(x))
+    assert plugin.assignments.shape == (9, len(x))
+    for h in range(3):
+        own = plugin.assignments[h]
+        assert not torch.equal(own, plugin.assignments[0]) or h == 0  # the heads' k-means differ
+        for merged in plugin.assignments[3 + 2 * h : 5 + 2 * h]:  # unions of this head's clusters
+            assert all(len(torch.unique(merged[own == c])) == 1 for c in torch.unique(own))

@@ -126,6 +126,12 @@ class DeepClusterV2(OnlineClusterer):
                        "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
                        "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
                        "and textures over one of k/4, which gained over none)"),
+        Option("merge_every_head", bool, False, "merged sets for every k-means head's clusters (heads x merged_heads "
+               "sets, each head's on the bank of its crop), not only the first head's"),
+        Option("cluster_on", str, "crops", "what each epoch's k-means clusters: 'crops' = the bank of the last "
+               "epoch's large-crop embeddings (reference); 'images' = every image's plain view (evaluation transform) "
+               "embedded at the epoch's start, as DeepCluster clusters (one more feature pass per epoch)",
+               choices=("crops", "images")),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
                "(reference: never; they are the centroids)"),
     )
@@ -160,7 +166,7 @@ class DeepClusterV2(OnlineClusterer):
         h = _unwrap(head)
         dev = h.prototypes[0].weight.device
         p = self.params
-        if self.bank is None:
+        if self.bank is None or p["cluster_on"] == "images":
             self.bank = MemoryBank.from_features(h, context.features().to(dev), p["n_large"])
         self.bank.start_epoch(dev)
         bank = self.bank.rows
@@ -171,10 +177,13 @@ class DeepClusterV2(OnlineClusterer):
             centroids, labels = spherical_kmeans(bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
             protos.weight.copy_(centroids)
             assignments.append(labels)
-        if len(h.merged_prototypes):
-            for protos, labels in zip(h.merged_prototypes, self._merged_labels(assignments[0], context)):
-                protos.weight.copy_(group_means(bank[0], labels, protos.weight.shape[0]))
-                assignments.append(labels)
+        merged = []
+        for i in range(0 if not p["merged_heads"] else len(h.prototypes) if p["merge_every_head"] else 1):
+            crop = i % p["n_large"]
+            merged += [(crop, labels) for labels in self._merged_labels(bank[crop], assignments[i], context)]
+        for protos, (crop, labels) in zip(h.merged_prototypes, merged):
+            protos.weight.copy_(group_means(bank[crop], labels, protos.weight.shape[0]))
+            assignments.append(labels)
         self.assignments = torch.stack(assignments)
 
     @torch.no_grad()
@@ -257,18 +266,21 @@ class DeepClusterV2(OnlineClusterer):
 
     # ------------------------------------------------------------------ internals
 
-    def _merged_sizes(self) -> list[int]:
-        """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2)."""
-        return [coarser(self.params["k"], self.params["merge_scale"], j) for j in range(1, self.params["merged_heads"] + 1)]
+    def _merged_sizes(self, per_head: bool = False) -> list[int]:
+        """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2); all heads'
+        sets unless ``per_head``."""
+        p = self.params
+        sizes = [coarser(p["k"], p["merge_scale"], j) for j in range(1, p["merged_heads"] + 1)]
+        return sizes if per_head or not p["merge_every_head"] else sizes * p["heads"]
 
-    def _merged_labels(self, labels: torch.Tensor, context: EpochContext) -> list[torch.Tensor]:
-        """Each merged set's (N,) labels: the first head's clusters merged along the bank's kNN graph.
+    def _merged_labels(self, rows: torch.Tensor, labels: torch.Tensor, context: EpochContext) -> list[torch.Tensor]:
+        """One head's merged sets' (N,) labels: its clusters merged along the kNN graph of its bank ``rows``.
 
         Rank 0 builds the graph and merges; the sum over ranks hands every rank its labels (the
         others contribute zeros), as the kmeans plugin does.
         """
         all_reduce = context.all_reduce if context.world_size > 1 else None
-        return list(merged_labels_from_rank0(self.bank.rows[0], labels, self.params["k"], self._merged_sizes(),
+        return list(merged_labels_from_rank0(rows, labels, self.params["k"], self._merged_sizes(per_head=True),
                                              self.params["neighbours"], int(context.seed), context.rank, all_reduce,
                                              labels.device))
 
