@@ -30,9 +30,12 @@ def _ctx(x, epoch=0):
                         features=lambda: x)
 
 
-def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
+@pytest.mark.parametrize("cluster_on", ["crops", "images"])
+def test_start_epoch_clusters_the_bank_and_sets_prototypes_to_centroids(cluster_on):
+    # crops (reference): the bank is filled once and later epochs cluster what training wrote;
+    # images: every epoch re-embeds the plain views and clusters those.
     x, y = _unit_blobs(d=12)
-    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0)  # the reference's sets
+    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0, cluster_on=cluster_on)
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
     calls = []
@@ -41,38 +44,22 @@ def test_start_epoch_fills_the_bank_once_and_sets_prototypes_to_centroids():
     plugin.start_epoch(head, ctx)
     assert calls == [1] and plugin.bank.rows.shape == (2, len(x), 8)
     assert plugin.assignments.shape == (2, len(x))
-    with torch.no_grad():
-        z = head.embed(x)
-        for h, protos in enumerate(head.prototypes):
-            # every image is assigned to its nearest prototype, and the prototypes are unit centroids
-            assert torch.equal((z @ protos.weight.t()).argmax(1), plugin.assignments[h])
-            assert torch.allclose(protos.weight.norm(dim=1), torch.ones(5), atol=1e-5)
-    plugin.start_epoch(head, _ctx(x, 1))  # later epochs cluster the bank: no new extraction
-    assert calls == [1]
-
-
-def test_cluster_on_images_embeds_the_plain_views_at_every_epoch_start():
-    x, y = _unit_blobs(d=12)
-    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0, cluster_on="images")
-    torch.manual_seed(0)
-    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
-    calls = []
-    ctx = _ctx(x)
-    ctx.features = lambda: calls.append(1) or x
-    plugin.start_epoch(head, ctx)
     plugin.bank.write(0, torch.arange(10), torch.zeros(10, 8))  # a training step's crops
     with torch.no_grad():
         head.projection.weight.mul_(-1)  # the network moved
     ctx.epoch = 1
     plugin.start_epoch(head, ctx)
-    assert calls == [1, 1]  # one extraction per epoch
     with torch.no_grad():
         z = head.embed(x)
-    # both heads cluster the fresh plain-view embeddings, not the crops written during the epoch
-    assert torch.allclose(plugin.bank.rows, z.expand(2, -1, -1))
+    if cluster_on == "crops":
+        assert calls == [1] and torch.equal(plugin.bank.rows[0][:10], torch.zeros(10, 8))
+    else:
+        assert calls == [1, 1] and torch.allclose(plugin.bank.rows, z.expand(2, -1, -1))
+        assert nmi(y.numpy(), plugin.assignments[0].numpy()) > 0.9
     for h, protos in enumerate(head.prototypes):
-        assert torch.equal((z @ protos.weight.t()).argmax(1), plugin.assignments[h])
-    assert nmi(y.numpy(), plugin.assignments[0].numpy()) > 0.9
+        # every bank row is assigned to its nearest prototype, and the prototypes are unit centroids
+        assert torch.equal((plugin.bank.rows[h] @ protos.weight.t()).argmax(1), plugin.assignments[h])
+        assert torch.allclose(protos.weight.norm(dim=1), torch.ones(5), atol=1e-5)
 
 
 def test_loss_trains_towards_the_assignments_and_writes_the_bank_at_the_batch_indices():
