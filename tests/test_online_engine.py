@@ -69,3 +69,39 @@ def test_a_checkpoint_that_no_longer_fits_the_config_is_one_clear_error(tiny_con
     tiny_config.options["swav"] = {"proj_dim": 16}
     with pytest.raises(RunDirError, match="does not fit the network this run's config.toml builds"):
         Engine(setup(tiny_config)).restore(state)
+
+
+def test_epoch_context_features_reuse_the_last_epochs_extraction_with_the_same_result(monkeypatch):
+    """dcv2.cluster_on=images asks for every image's features at each epoch's start: the engine hands
+    it the previous epoch's end-of-epoch extraction (nothing trained in between) instead of a
+    second pass, and the run is the same as with a fresh extraction."""
+    cfg = dict(clusterer="dcv2", backbone="alexnet", dataset="digits", epochs=3, passes=2, width=0.125,
+               batch_size=32, k=8, probe=False,
+               options={"digits": {"limit": 96}, "dcv2": {"cluster_on": "images", "heads": 1, "merged_heads": 0}})
+
+    def train(reuse: bool):
+        engine = Engine(setup(RunConfig(**cfg)))
+        calls = []
+        extract = engine.extract_features
+
+        start_epoch = engine.s.clusterer.start_epoch
+
+        def counted(desc="extract", cluster_epoch=None):
+            calls.append(desc)
+            return extract(desc, cluster_epoch)
+
+        def start_fresh(head, context):
+            engine._features_now = None  # no reuse: every epoch start extracts again
+            return start_epoch(head, context)
+
+        monkeypatch.setattr(engine, "extract_features", counted)
+        if not reuse:
+            monkeypatch.setattr(engine.s.clusterer, "start_epoch", start_fresh)
+        engine.run()
+        return _params(engine.s.model), _params(engine.head), calls
+
+    reused, head_reused, calls = train(True)
+    fresh, head_fresh, fresh_calls = train(False)
+    assert torch.equal(reused, fresh) and torch.equal(head_reused, head_fresh)
+    assert len(fresh_calls) - len(calls) == cfg["epochs"] - 1  # one pass saved per epoch after the first
+    assert sum(c.startswith("extract for") for c in calls) == 1  # only epoch 0 extracts for the clusterer

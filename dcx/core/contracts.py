@@ -273,7 +273,8 @@ class EpochContext:
 
     ``features()`` extracts the backbone features (N, feature_dim) of every image with the
     deterministic evaluation transform, in dataset order, on every rank; it runs only if called
-    (one pass over the data), e.g. to fill a memory bank before the first epoch.
+    (one pass over the data, or none after the first epoch: the engine's end-of-epoch features of
+    the unchanged network), e.g. to fill a memory bank before the first epoch.
     """
 
     epoch: int

@@ -125,6 +125,9 @@ class Engine:
         #: Where features over the memory budget are memory-mapped (the run directory when known).
         self.scratch: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        #: The last epoch's end-of-epoch features: the network has not changed until the next epoch
+        #: trains, so an online clusterer's ``EpochContext.features()`` reuses them (no second pass).
+        self._features_now: np.ndarray | None = None
         self._t_start = time.perf_counter()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -249,6 +252,7 @@ class Engine:
         t0 = time.perf_counter()
         if self.online:
             objective = self._online_objective(epoch)
+            self._features_now = None  # training moves the network
             row: dict[str, Any] = {"epoch": epoch, "phase": "train"}
         else:
             # With --cluster-views the rows (and this epoch's diagnostics of them) are view averages.
@@ -266,7 +270,7 @@ class Engine:
         if self.online:
             self.s.clusterer.end_epoch(self.head, self._epoch_context(epoch))
             t = time.perf_counter()
-            feats = self.extract_features(f"extract epoch {epoch}")
+            feats = self._features_now = self.extract_features(f"extract epoch {epoch}")
             row["time_extract"] = time.perf_counter() - t
             t = time.perf_counter()
             labels = self._assign_online(feats)
@@ -368,7 +372,9 @@ class Engine:
         return EpochContext(
             epoch=epoch, seed=D.derive_seed(self.cfg.seed, epoch), steps_per_epoch=self.steps_per_epoch,
             num_samples=self.n, device=self.device,
-            features=lambda: torch.from_numpy(np.asarray(self.extract_features(f"extract for {self.cfg.clusterer}"))).to(self.device),
+            features=lambda: torch.from_numpy(np.asarray(
+                self._features_now if self._features_now is not None
+                else self.extract_features(f"extract for {self.cfg.clusterer}"))).to(self.device),
             rank=self.world.rank, world_size=self.world.size,
             all_reduce=self.world.all_reduce if self.world.distributed else None,
         )

@@ -130,7 +130,7 @@ class DeepClusterV2(OnlineClusterer):
                "sets, each head's on the bank of its crop), not only the first head's"),
         Option("cluster_on", str, "crops", "what each epoch's k-means clusters: 'crops' = the bank of the last "
                "epoch's large-crop embeddings (reference); 'images' = every image's plain view (evaluation transform) "
-               "embedded at the epoch's start, as DeepCluster clusters (one more feature pass per epoch)",
+               "embedded at the epoch's start, as DeepCluster clusters (the engine's end-of-epoch features, no extra pass)",
                choices=("crops", "images")),
         Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
                "(reference: never; they are the centroids)"),
@@ -178,8 +178,9 @@ class DeepClusterV2(OnlineClusterer):
             protos.weight.copy_(centroids)
             assignments.append(labels)
         merged = []
-        for i in range(0 if not p["merged_heads"] else len(h.prototypes) if p["merge_every_head"] else 1):
-            crop = i % p["n_large"]
+        merging = len(h.prototypes) if p["merge_every_head"] else 1  # heads whose clusters are merged
+        for i in range(merging if p["merged_heads"] else 0):
+            crop = i % p["n_large"]  # (heads on the same crop's bank each build its kNN graph: an option measured to lose)
             merged += [(crop, labels) for labels in self._merged_labels(bank[crop], assignments[i], context)]
         for protos, (crop, labels) in zip(h.merged_prototypes, merged):
             protos.weight.copy_(group_means(bank[crop], labels, protos.weight.shape[0]))
