@@ -168,6 +168,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                               "DeepCluster-v2 with merged sets (k/2, k/4) for each of its three k-means heads' clusters, not only the first's"),
     "swav_batch_128_lr_0.1": ({"clusterer": "swav", "batch_size": 128, "lr": 0.1},
                               "SwAV at batch 128 >= k = 100 (each batch's codes can use every prototype), the rate scaled with the batch"),
+    "dcv2_merged3_0.5": ({"clusterer": "dcv2", "options": {"dcv2": {"merged_heads": 3, "merge_scale": 0.5}}},
+                         "DeepCluster-v2 with three merged sets: head 1's k clusters merged along the bank's kNN graph into k/2, k/4 and k/8 groups"),
     "heads3_only": ({"options": {"kmeans": {"merged_heads": 0}}},
                     "the defaults before v19: the three k-means heads, no merged head"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
