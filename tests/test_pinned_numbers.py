@@ -8,9 +8,12 @@ were recorded with one thread (tests/conftest.py) and torch 2.14.
 
 They also depend on the CPU: torch's kernels (AVX2 vs AVX-512) and OpenBLAS's (numpy's PCA
 eigendecomposition) differ in their last bits, k-means and the trajectory after it diverge from
-there. ``PINNED`` was recorded on the machine that first wrote these tests; ``PINNED_ON`` holds the
-same runs recorded on other CPUs, keyed by ``machine()`` (same torch 2.14.1, numpy 2.4.6,
-faiss-cpu 1.15.1). On any one machine every value is exact and still catches a change of behaviour.
+there; AMD's and Intel's AVX-512 kernels differ too. ``PINNED`` was recorded on the machine that first
+wrote these tests (an AMX-capable Intel Xeon, ``machine()`` ("AVX512", "SkylakeX", "Intel+AMX"): a later
+session on that kind reproduced every value); ``PINNED_ON`` holds the same runs recorded on other CPUs,
+keyed by ``machine()`` (same torch 2.14.1, numpy 2.4.6, faiss-cpu 1.15.1). On any one machine every
+value is exact and still catches a change of behaviour. ``python tests/test_pinned_numbers.py``
+prints this machine's values, the entry to add for a new kind.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ PINNED = {
 
 #: The same runs on other CPUs: (torch CPU capability, OpenBLAS core) -> values.
 PINNED_ON = {
-    ("AVX512", "SkylakeX"): {  # AMD EPYC with AVX-512 (recorded 2026-12-03)
+    ("AVX512", "SkylakeX", "AMD"): {  # AMD EPYC with AVX-512 (recorded 2026-12-03)
         "kmeans": dict(loss=[2.308875322341919, 2.3196178913116454], nmi_labels_final=0.18168414666162272,
                        labels_sum=60200, param_sum=179.28777166178534),
         "kmeans_constant": dict(loss=[2.3088350772857664, 2.313729429244995], nmi_labels_final=0.1705565607855413,
@@ -57,15 +60,27 @@ PINNED_ON = {
 }
 
 
-def machine() -> tuple[str, str]:
-    """What the pinned values depend on besides the code: torch's CPU kernels and numpy's OpenBLAS's
-    (scipy ships another OpenBLAS that may report another core)."""
+def machine() -> tuple[str, str, str]:
+    """What the pinned values depend on besides the code: torch's CPU kernels, numpy's OpenBLAS's
+    (scipy ships another OpenBLAS that may report another core) and the CPU's vendor and matrix
+    units (an AMD and an AMX-capable Intel CPU, both "AVX512"/"SkylakeX", round differently)."""
     import threadpoolctl
     import torch
 
     blas = next((i.get("architecture", "") for i in threadpoolctl.threadpool_info()
                  if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")), "")
-    return torch.backends.cpu.get_cpu_capability(), blas
+    return torch.backends.cpu.get_cpu_capability(), blas, _cpu_kind()
+
+
+def _cpu_kind() -> str:
+    """'AMD', 'Intel' or 'Intel+AMX' (from /proc/cpuinfo; '' where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read(1 << 16)
+    except OSError:
+        return ""
+    vendor = "AMD" if "AuthenticAMD" in info else "Intel" if "GenuineIntel" in info else ""
+    return vendor + ("+AMX" if vendor and " amx_tile" in info else "")
 
 
 def _config(name: str) -> RunConfig:
@@ -95,17 +110,34 @@ def _config(name: str) -> RunConfig:
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_clusterer_numbers_are_pinned(name):
-    s = setup(_config(name))
-    engine = Engine(s)
-    summary = engine.run()
-    got = dict(
-        loss=[summary["first"]["loss"], summary["final_loss"]],
-        nmi_labels_final=summary["final"]["nmi_labels"],
-        labels_sum=int((engine.labels * np.arange(len(engine.labels))).sum()),
-        param_sum=float(sum(p.detach().double().sum() for p in s.model.parameters())),
-    )
+    got = _numbers(name)
     want = PINNED_ON.get(machine(), PINNED)[name]
     assert got["labels_sum"] == want["labels_sum"]
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-9)
     assert got["nmi_labels_final"] == pytest.approx(want["nmi_labels_final"], abs=1e-9)
     assert got["param_sum"] == pytest.approx(want["param_sum"], rel=1e-7)
+
+def _numbers(name: str) -> dict:
+    """The pinned quantities of one tiny run."""
+    s = setup(_config(name))
+    engine = Engine(s)
+    summary = engine.run()
+    return dict(
+        loss=[summary["first"]["loss"], summary["final_loss"]],
+        nmi_labels_final=summary["final"]["nmi_labels"],
+        labels_sum=int((engine.labels * np.arange(len(engine.labels))).sum()),
+        param_sum=float(sum(p.detach().double().sum() for p in s.model.parameters())),
+    )
+
+
+if __name__ == "__main__":  # python tests/test_pinned_numbers.py: this machine's values, for PINNED_ON
+    import torch
+
+    import faiss
+
+    torch.set_num_threads(1)  # as tests/conftest.py
+    faiss.omp_set_num_threads(1)
+    print(f"    {machine()!r}: {{")
+    for run in sorted(PINNED):
+        print(f"        {run!r}: {_numbers(run)!r},")
+    print("    },")
