@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcx.core.contracts import EpochContext, FitContext, Partition, StepContext, TrainSpec
+from dcx.core.bank import sample_neighbours
 from dcx.core.errors import InputError, OptionError
 from dcx.core.metrics import nmi
 from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
@@ -412,6 +413,62 @@ def test_swav_coarser_prototype_set_averages_the_one_set_losses_at_its_own_size(
         singles.append(one.loss(single, views, step)[0])
     assert torch.allclose(two.loss(head, views, step)[0], torch.stack(singles).mean(), atol=1e-6)
 
+
+
+def test_swav_neighbour_codes_pull_each_view_towards_its_bank_neighbours_codes():
+    """neighbour_weight=w: the bank's kNN graph (same-class neighbours on planted classes), one neighbour
+    drawn per image and step (the same draw for the same step), every view's cross-entropy to the
+    neighbour's Sinkhorn codes, the loss (swapped + w * neighbour) / (1 + w); the bank takes the first
+    crop; w = 0 is the plain loss."""
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(5, 12, generator=gen), dim=1)
+    y = torch.arange(400) % 5
+    x = F.normalize(centres[y] + 0.1 * torch.randn(400, 12, generator=gen), dim=1)
+    swav = SwAV(k=20, proj_dim=12, hidden_dim=0, neighbour_weight=0.5, neighbours=4)
+    head = swav.build_head(TrainSpec(12, 400))
+    with torch.no_grad():
+        head.projection.weight.copy_(torch.eye(12))
+        head.projection.bias.zero_()
+    ctx = EpochContext(epoch=0, seed=7, steps_per_epoch=1, num_samples=400, device=torch.device("cpu"),
+                       features=lambda: x)
+    swav.start_epoch(head, ctx)
+    table = swav.neighbour_table
+    assert table.shape == (400, 4) and not (table == torch.arange(400)[:, None]).any()
+    assert (y[table] == y[:, None]).all()  # planted classes 10x apart: every neighbour is of the class
+    d = torch.cdist(x, x).fill_diagonal_(float("inf"))
+    assert torch.equal(table[:, 0], d.argmin(dim=1))  # nearest first
+
+    idx = torch.tensor([3, 50, 7, 200, 11, 123])
+    views = [x[idx] + 0.01, x[idx] - 0.01]
+    step = StepContext(epoch=1, step=5, steps_per_epoch=5, indices=idx)
+    drawn = sample_neighbours(table, idx, 7, 5)
+    assert torch.equal(drawn, sample_neighbours(table, idx, 7, 5))
+    assert (table[idx] == drawn[:, None]).any(dim=1).all()
+    draws = torch.stack([sample_neighbours(table, idx, 7, s) for s in range(40)])
+    assert all(len(torch.unique(draws[:, i])) > 1 for i in range(len(idx)))  # a fresh draw per step
+    bank_before = swav.bank.rows[0].clone()
+    loss, _ = swav.loss(head, views, step)
+
+    plain = SwAV(k=20, proj_dim=12, hidden_dim=0)
+    single = plain.build_head(TrainSpec(12, 400))
+    single.load_state_dict(head.state_dict())
+    swapped = plain.loss(single, views, step)[0]
+    _, scores = head(torch.cat(views))
+    logp = F.log_softmax(scores[0] / 0.1, dim=1).view(2, len(idx), -1)
+    q_nb = swav_codes(bank_before[drawn] @ head.prototypes.weight.t(), eps=0.02, n_iter=3)
+    neighbour = -(q_nb * logp).sum(dim=2).mean()
+    assert torch.allclose(loss, (swapped + 0.5 * neighbour) / 1.5, atol=1e-6)
+    written = (swav.bank.rows[0] != bank_before).any(dim=1)
+    assert set(torch.nonzero(written).ravel().tolist()) == set(idx.tolist())
+    assert torch.allclose(swav.bank.rows[0][idx], head.embed(views[0]), atol=1e-6)
+
+    restored = SwAV(k=20, proj_dim=12, hidden_dim=0, neighbour_weight=0.5, neighbours=4)
+    restored.load_state_dict(swav.state_dict())
+    assert torch.equal(restored.bank.rows, swav.bank.rows)
+    with pytest.raises(InputError, match="before start_epoch"):
+        restored.loss(head, views, step)
+    with pytest.raises(InputError, match="indices"):
+        swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))
 
 def test_swav_merged_set_groups_the_nearest_prototypes_into_classes_and_adds_its_cross_entropy():
     """merged_heads=1: the bank's equal-size first-set labels merged along its kNN graph (k/4 = 5

@@ -1,8 +1,9 @@
 """A memory bank: the latest embedding of every image, written by dataset index during an epoch.
 
 What DeepCluster-v2 clusters every epoch (its ``main_deepclusterv2.py`` keeps one bank per large
-crop) and what the online clusterers' merged prototype sets merge (``dcx.core.merge``), with
-``group_means`` as their prototypes. Each rank
+crop), what the online clusterers' merged prototype sets merge (``dcx.core.merge``), with
+``group_means`` as their prototypes, and where SwAV's neighbour codes find each image's nearest
+images (``bank_neighbours``, ``sample_neighbours``). Each rank
 writes the rows of the images it trained; ``sync`` at the epoch's end gives every rank all rows.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,3 +72,34 @@ def group_means(x: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Ten
     the prototypes of a merged set."""
     sums = torch.zeros(groups, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels.to(x.device), x)
     return torch.nn.functional.normalize(sums, dim=1)
+
+
+@torch.no_grad()
+def bank_neighbours(rows: torch.Tensor, m: int, seed: int, rank: int = 0,
+                    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(N, m) dataset indices of every row's m nearest other rows (L2 on the unit rows: the cosine
+    order), on ``rows``' device. Rank 0 builds the graph (``dcx.core.knn``: exact, IVF above its size
+    threshold); the sum over ranks hands it to the others, which contribute zeros."""
+    from dcx.core.knn import knn_graph
+
+    n = rows.shape[0]
+    m = max(1, min(m, n - 1))
+    if rank == 0:
+        graph = knn_graph(rows.detach().float().cpu().numpy(), m, metric="l2", seed=seed)
+        found = graph.indices.astype("int64")
+        # An approximate index can miss (-1): such a slot falls back to the row itself.
+        table = torch.from_numpy(np.where(found < 0, np.arange(n)[:, None], found))
+    else:
+        table = torch.zeros((n, m), dtype=torch.int64)
+    table = table.to(rows.device)
+    if all_reduce is not None:
+        all_reduce(table)
+    return table
+
+
+def sample_neighbours(table: torch.Tensor, indices: torch.Tensor, seed: int, step: int, rank: int = 0) -> torch.Tensor:
+    """One of the ``table`` neighbours of each of ``indices``, drawn uniformly, the same for the same
+    (seed, step, rank): a resumed run draws what the uninterrupted one drew."""
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 101 + int(rank))
+    column = torch.randint(table.shape[1], (len(indices),), generator=gen).to(table.device)
+    return table[indices.to(table.device), column]

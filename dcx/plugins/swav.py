@@ -11,6 +11,12 @@ for SwAV: a memory bank keeps each image's last embedding (first large crop, by
 (equal-size, as the codes) are merged along the bank's kNN graph into k/4 groups
 (``dcx.core.merge``), the groups' mean embeddings become the set's prototypes and every crop of
 image i is trained, by cross-entropy at the temperature, to predict i's group.
+
+``neighbour_weight`` > 0 (not in the reference) adds neighbour codes: with the same bank, every view
+of image i also predicts the Sinkhorn codes of one of i's ``neighbours`` nearest images in the bank
+(drawn per step; the neighbour's bank embedding scored by the current prototypes), NNCLR's
+nearest-neighbour positive (Dwibedi et al., ICCV 2021) in SwAV's swapped prediction: images that are
+neighbours are pulled onto the same prototypes, as the merged heads pull neighbouring clusters together.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcx.core.bank import MemoryBank, group_means
+from dcx.core.bank import MemoryBank, bank_neighbours, group_means, sample_neighbours
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
 from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
@@ -164,6 +170,9 @@ class SwAV(OnlineClusterer):
                        "k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by "
                        "cross-entropy to the image's group (dcv2.merged_heads for SwAV; not in the reference; "
                        "docs/recipes.md, \"A merged set for SwAV\": 1 lost on digits)"),
+        Option("neighbour_weight", float, 0.0, "weight of the neighbour codes beside the swapped codes: every view "
+               "also predicts the codes of one of its image's `neighbours` nearest images in a memory bank of last "
+               "embeddings (NNCLR's neighbour positive; not in the reference; 0 = off)", min=0.0),
     )
 
     def __init__(self, **options) -> None:
@@ -179,6 +188,8 @@ class SwAV(OnlineClusterer):
         self._hinted_queue = False
         self.bank: MemoryBank | None = None  # (1, N, proj_dim): each image's last first-large-crop embedding
         self.merged_targets: torch.Tensor | None = None  # (merged_heads, N): this epoch's merged groups
+        self.neighbour_table: torch.Tensor | None = None  # (N, neighbours): this epoch's bank kNN graph
+        self._seed = 0
         self._reset_stats()
 
     # ------------------------------------------------------------------ engine hooks
@@ -208,21 +219,28 @@ class SwAV(OnlineClusterer):
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
-        """With merged sets: merge the bank's equal-size first-set labels into this epoch's groups."""
-        if self.params["merged_heads"] == 0:
+        """With merged sets: merge the bank's equal-size first-set labels into this epoch's groups;
+        with neighbour codes: the bank's kNN graph."""
+        p = self.params
+        if p["merged_heads"] == 0 and p["neighbour_weight"] == 0:
             return
         h = _unwrap(head)
         dev = h.prototypes.weight.device
         if self.bank is None:
             self.bank = MemoryBank.from_features(h, context.features().to(dev), 1)
         self.bank.start_epoch(dev)
+        self._seed = int(context.seed)
         rows = self.bank.rows[0]
+        all_reduce = context.all_reduce if context.world_size > 1 else None
+        if p["neighbour_weight"] > 0:
+            self.neighbour_table = bank_neighbours(rows, p["neighbours"], int(context.seed), context.rank, all_reduce)
+        if p["merged_heads"] == 0:
+            return
         # Equal-size labels, as SwAV's equipartitioned codes: on the nearest prototype the merged set
         # collapsed (docs/recipes.md, "A merged set for SwAV").
         labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
-        all_reduce = context.all_reduce if context.world_size > 1 else None
-        merged = merged_labels_from_rank0(rows, labels, self.params["k"], self._merged_sizes(),
-                                          self.params["neighbours"], int(context.seed), context.rank, all_reduce, dev)
+        merged = merged_labels_from_rank0(rows, labels, p["k"], self._merged_sizes(),
+                                          p["neighbours"], int(context.seed), context.rank, all_reduce, dev)
         for protos, groups in zip(h.merged_prototypes, merged):
             protos.weight.copy_(group_means(rows, groups, protos.weight.shape[0]))
         self.merged_targets = merged
@@ -250,8 +268,9 @@ class SwAV(OnlineClusterer):
     def loss(self, head: nn.Module, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
         """Swapped prediction: for each large crop s, cross-entropy of its codes q_s against
         softmax(scores_t / T) of every other view t, averaged over t, then over s (main_swav.py), then
-        over the prototype sets (DeepCluster-v2's heads); each merged set adds the cross-entropy of
-        every view to its image's group."""
+        over the prototype sets (DeepCluster-v2's heads); neighbour codes (weight w) add every view's
+        cross-entropy to the codes of its image's drawn neighbour, the set's loss (swapped + w
+        neighbour) / (1 + w); each merged set adds the cross-entropy of every view to its image's group."""
         p = self.params
         n_views, n_large = len(views), p["n_large"]
         if n_views < max(2, n_large):
@@ -264,21 +283,33 @@ class SwAV(OnlineClusterer):
         n_sets = len(_unwrap(head).prototype_sets())
         scores, merged_scores = all_scores[:n_sets], all_scores[n_sets:]
         queue = self._queue_for(step, z)
+        neighbours = self._neighbour_rows(step) if p["neighbour_weight"] > 0 else None
         loss = z.new_zeros((), dtype=torch.float32)
+        neighbour_loss = z.new_zeros((), dtype=torch.float32)
         for h, head_scores in enumerate(scores):
             logp = F.log_softmax(head_scores.float() / p["temperature"], dim=1).view(n_views, bs, -1)
             logp_total = logp.sum(dim=0)
-            head_codes = self._codes(_unwrap(head).prototype_sets()[h], queue, head_scores.detach(), bs, step)
+            protos = _unwrap(head).prototype_sets()[h]
+            head_codes = self._codes(protos, queue, head_scores.detach(), bs, step)
             for s, q in enumerate(head_codes):
                 # sum over t != s of -<q_s, log p_t>, averaged over the batch and the n_views - 1 views
                 loss = loss - (q * (logp_total - logp[s])).sum(dim=1).mean() / (n_views - 1)
+            if neighbours is not None:
+                # every view predicts the codes of its image's drawn neighbour, averaged over views and batch
+                q_nb = self._codes(protos, None, neighbours @ protos.weight.detach().t(), bs, step, n_crops=1)[0]
+                neighbour_loss = neighbour_loss - (q_nb * logp).sum(dim=2).mean()
             if h == 0:
                 codes = head_codes  # the first set's codes feed the epoch's statistics
+        if neighbours is not None:
+            w = p["neighbour_weight"]  # the neighbour term counts like one large crop's swapped term, weighted
+            loss = (loss + n_large * w * neighbour_loss) / (1 + w)
         if merged_scores:
-            merged_loss = self._merged_loss(merged_scores, z[:bs], n_views, step)
+            merged_loss = self._merged_loss(merged_scores, n_views, step)
             loss = (loss / n_large + merged_loss) / (len(scores) + len(merged_scores))
         else:
             loss = loss / (n_large * len(scores))
+        if self.bank is not None:  # the first large crop's embeddings, for merged sets and neighbour codes
+            self.bank.write(0, step.indices.to(self.bank.rows.device), z[:bs])
         if queue is not None:  # after every set's codes: each scored the same queue
             with torch.no_grad():
                 self._push(queue, z.detach(), bs)
@@ -370,26 +401,33 @@ class SwAV(OnlineClusterer):
         p = self.params
         return [coarser(p["k"], p["merge_scale"], j) for j in range(1, p["merged_heads"] + 1)]
 
-    def _merged_loss(self, merged_scores: Sequence[torch.Tensor], first_crop: torch.Tensor, n_views: int,
-                     step: StepContext) -> torch.Tensor:
+    def _merged_loss(self, merged_scores: Sequence[torch.Tensor], n_views: int, step: StepContext) -> torch.Tensor:
         """Sum over the merged sets of the cross-entropy, at the temperature, of every view's scores
-        against its image's group; the first large crop's embeddings go into the bank."""
-        if step.indices is None:
-            raise InputError("swav.merged_heads needs the dataset indices of each batch (StepContext.indices)")
-        if self.merged_targets is None or self.bank is None:
-            raise InputError("swav: loss called before start_epoch merged the memory bank")
+        against its image's group."""
+        self._check_bank(step, self.merged_targets, "merged_heads")
         idx = step.indices.to(self.merged_targets.device)
-        loss = first_crop.new_zeros((), dtype=torch.float32)
+        loss = merged_scores[0].new_zeros((), dtype=torch.float32)
         for j, scores in enumerate(merged_scores):
             targets = self.merged_targets[j][idx].repeat(n_views)
             loss = loss + F.cross_entropy(scores.float() / self.params["temperature"], targets)
-        self.bank.write(0, idx.to(self.bank.rows.device), first_crop)
         return loss
 
+    def _neighbour_rows(self, step: StepContext) -> torch.Tensor:
+        """(B, proj_dim) bank embeddings of one drawn neighbour of each image of the batch."""
+        self._check_bank(step, self.neighbour_table, "neighbour_weight")
+        drawn = sample_neighbours(self.neighbour_table, step.indices, self._seed, step.step, step.rank)
+        return self.bank.rows[0][drawn].float()
+
+    def _check_bank(self, step: StepContext, built: torch.Tensor | None, option: str) -> None:
+        if step.indices is None:
+            raise InputError(f"swav.{option} needs the dataset indices of each batch (StepContext.indices)")
+        if built is None or self.bank is None:
+            raise InputError("swav: loss called before start_epoch built from the memory bank")
+
     def _codes(self, prototypes: nn.Linear, queue: torch.Tensor | None, scores: torch.Tensor, bs: int,
-               step: StepContext) -> list[torch.Tensor]:
-        """Sinkhorn codes (B, K) of one prototype set for each large crop, with the queue's embeddings
-        prepended once it is full."""
+               step: StepContext, n_crops: int | None = None) -> list[torch.Tensor]:
+        """Sinkhorn codes (B, K) of one prototype set for each of ``n_crops`` (default: the large
+        crops) blocks of B rows of ``scores``, with the queue's embeddings prepended once it is full."""
         p = self.params
         reduce_sum, reduce_max = _distributed_hooks(step)
         if not self._hinted_queue and p["queue_length"] == 0 and bs * step.world_size < p["k"]:
@@ -402,7 +440,7 @@ class SwAV(OnlineClusterer):
             self._hinted_queue = True
         codes = []
         with torch.no_grad():
-            for s in range(p["n_large"]):
+            for s in range(p["n_large"] if n_crops is None else n_crops):
                 out = scores[s * bs : (s + 1) * bs].float()
                 if queue is not None and self._queue_filled >= queue.shape[1]:
                     if not self._queue_used:
