@@ -174,6 +174,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
                     "SwAV whose views also predict the codes of a bank neighbour of their image (neighbour_weight 0.5)"),
     "swav_nb_1": ({"clusterer": "swav", "options": {"swav": {"neighbour_weight": 1.0}}},
                   "SwAV whose views also predict the codes of a bank neighbour of their image (neighbour_weight 1)"),
+    "swav_merged3_0.5": ({"clusterer": "swav", "options": {"swav": {"merged_heads": 3, "merge_scale": 0.5}}},
+                         "SwAV with three merged sets: the bank's equal-size first-set labels merged along its kNN graph into k/2, k/4 and k/8 groups"),
     "heads3_only": ({"options": {"kmeans": {"merged_heads": 0}}},
                     "the defaults before v19: the three k-means heads, no merged head"),
     "views_2": ({"views": 2}, "two crops of each image per step, both towards its pseudo-label (3 image passes)"),
