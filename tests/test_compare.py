@@ -1,7 +1,10 @@
 import importlib.metadata as md
 import json
 
-from dcx.core.compare import Comparison, compare
+import torch
+
+from dcx.core.compare import Comparison, compare, environment_lines
+from dcx.core.environment import environment_key
 from dcx.core.registry import Registry
 
 
@@ -37,6 +40,11 @@ def test_compare_tabulates_each_run_and_isolates_failures(tiny_config, tmp_path)
     assert table["paired"]["against"]["wrongshape"]["seeds"] == []  # a failed run pairs with nothing
     md_text = (tmp_path / "comparison.md").read_text()
     assert "| kmeans | 0 |" in md_text and "Failed runs:" in md_text
+    assert "environments" not in md_text  # one machine, one environment: no warning
+    summary = json.loads((tmp_path / "kmeans-seed0" / "summary.json").read_text())
+    assert summary["environment"]["torch"] == torch.__version__
+    assert summary["environment"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert by["kmeans"]["environment"] == environment_key(summary["environment"]) == by["pic"]["environment"]
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
 
     again = compare(cmp, tmp_path, resume=True, registry=_registry())
@@ -67,3 +75,20 @@ def test_paired_differences_give_a_t_interval_over_the_shared_seeds_and_a_verdic
     assert paired["failed"]["seeds"] == [] and paired["failed"]["verdict"] == "-"
     md = "\n".join(paired_lines(table, "kmeans"))
     assert "| close | 0, 1, 2 | +0.020, +0.030, +0.010 | +0.020 |" in md and "| failed |" not in md
+
+
+def test_runs_from_several_environments_are_named_in_a_warning():
+    """Runs trained on two CPU kinds (or library versions) do not pair like for like: the table says
+    which runs came from which environment; one environment, or failed runs, give no warning."""
+    amd = {"torch": "2.14.1", "torch_cpu_capability": "AVX512", "blas_core": "SkylakeX", "cpu_kind": "AMD"}
+    intel = {**amd, "cpu_kind": "Intel+AMX"}
+    table = [{"clusterer": "kmeans", "seed": 0, "status": "trained", "environment": environment_key(amd)},
+             {"clusterer": "swav", "seed": 0, "status": "skipped", "environment": environment_key(amd)},
+             {"clusterer": "swav", "seed": 1, "status": "failed", "environment": environment_key(intel)}]
+    assert environment_lines(table) == []
+    table.append({"clusterer": "kmeans", "seed": 1, "status": "trained", "environment": environment_key(intel)})
+    lines = environment_lines(table)
+    assert "2 environments" in lines[1]
+    assert lines[2] == "- torch 2.14.1, torch_cpu_capability AVX512, blas_core SkylakeX, cpu_kind AMD: kmeans seed 0, swav seed 0"
+    assert lines[3].endswith("cpu_kind Intel+AMX: kmeans seed 1")
+    assert environment_key(None) == "unknown"  # a run from before runs recorded it

@@ -23,6 +23,7 @@ import pytest
 
 from dcx.core.config import RunConfig
 from dcx.core.engine import Engine
+from dcx.core.environment import blas_core, cpu_kind
 from dcx.core.setup import setup
 
 PINNED = {
@@ -61,26 +62,12 @@ PINNED_ON = {
 
 
 def machine() -> tuple[str, str, str]:
-    """What the pinned values depend on besides the code: torch's CPU kernels, numpy's OpenBLAS's
-    (scipy ships another OpenBLAS that may report another core) and the CPU's vendor and matrix
-    units (an AMD and an AMX-capable Intel CPU, both "AVX512"/"SkylakeX", round differently)."""
-    import threadpoolctl
+    """What the pinned values depend on besides the code (``dcx.core.environment``): torch's CPU
+    kernels, numpy's OpenBLAS's, and the CPU's vendor and matrix units (an AMD and an AMX-capable
+    Intel both report "AVX512" / "SkylakeX" and round differently)."""
     import torch
 
-    blas = next((i.get("architecture", "") for i in threadpoolctl.threadpool_info()
-                 if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")), "")
-    return torch.backends.cpu.get_cpu_capability(), blas, _cpu_kind()
-
-
-def _cpu_kind() -> str:
-    """'AMD', 'Intel' or 'Intel+AMX' (from /proc/cpuinfo; '' where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read(1 << 16)
-    except OSError:
-        return ""
-    vendor = "AMD" if "AuthenticAMD" in info else "Intel" if "GenuineIntel" in info else ""
-    return vendor + ("+AMX" if vendor and " amx_tile" in info else "")
+    return torch.backends.cpu.get_cpu_capability(), blas_core(), cpu_kind()
 
 
 def _config(name: str) -> RunConfig:

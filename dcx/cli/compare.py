@@ -36,7 +36,8 @@ def compare(
     run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
-    from dcx.core.compare import COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison, paired_differences
+    from dcx.core.compare import (COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison,
+                                  environment_lines, paired_differences)
     from dcx.core.evaluate import check_protocols
     from dcx.core.registry import Registry
 
@@ -74,6 +75,9 @@ def compare(
             if r["low"] is not None:
                 typer.echo(f"{name} - {names[0]}, best block NMI paired over seeds {','.join(map(str, r['seeds']))}: "
                            f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['verdict']})")
+        for line in environment_lines(table):
+            if line:
+                typer.echo(line)
         typer.echo(f"table: {out / TABLE_MD}  figure: {out / FIGURE}")
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:

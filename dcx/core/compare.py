@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dcx.core.config import RunConfig
+from dcx.core.environment import environment_key
 from dcx.core.errors import DcxError, RunDirError
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry
@@ -96,6 +97,7 @@ def collect(path: Path) -> dict[str, Any]:
         "final_loss": summary.get("final_loss"),
         "seconds": summary.get("seconds"),
         "epochs": summary.get("epochs"),
+        "environment": environment_key(summary.get("environment")),
     }
     for phase in PHASES:
         values = [r[f"time_{phase}"] for r in train if f"time_{phase}" in r]
@@ -187,6 +189,7 @@ def markdown(cmp: Comparison, table: list[dict[str, Any]]) -> str:
             lines.append(f"| {name} | {agg['runs']} | {agg['best_learned']} | {agg['best_gain']} | {agg['nmi_labels']} | "
                          f"{agg['seconds']} |")
         lines += paired_lines(table, cmp.clusterers[0])
+    lines += environment_lines(table)
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:
         lines += ["", "Failed runs:"] + [f"- {r['clusterer']} seed {r['seed']}: {r['error']}" for r in failed]
@@ -258,6 +261,21 @@ def paired_lines(table: list[dict[str, Any]], reference: str) -> list[str]:
         lines.append(f"| {name} | {', '.join(map(str, r['seeds']))} | {', '.join(f'{d:+.3f}' for d in r['differences'])} | "
                      f"{r['mean']:+.3f} | {interval} | {r['wins']} of {len(r['seeds'])} | {r['verdict']} |")
     return lines
+
+
+def environment_lines(table: list[dict[str, Any]]) -> list[str]:
+    """A warning, with each environment's runs, when the finished runs were trained on more than one
+    (versions or CPU kernels): a seed follows another trajectory there, so pairs across them are not like
+    for like (``dcx.core.environment``). Empty when they share one."""
+    runs: dict[str, list[str]] = {}
+    for r in table:
+        if r.get("status") != "failed" and r.get("environment"):
+            runs.setdefault(r["environment"], []).append(f"{r['clusterer']} seed {r['seed']}")
+    if len(runs) < 2:
+        return []
+    return ["", f"Warning: these runs were trained in {len(runs)} environments; one seed gives other numbers on "
+            "another CPU kind or library version, so compare runs within one:"] + \
+        [f"- {key}: {', '.join(names)}" for key, names in runs.items()]
 
 
 def write_table(out: Path, cmp: Comparison, table: list[dict[str, Any]]) -> None:

@@ -32,6 +32,7 @@ from dcx.core.contracts import (
     API_VERSION, EpochContext, FitContext, OnlineClusterer, Partition, StepContext, TrainingHead, TrainSpec,
 )
 from dcx.core.diagnostics import health_warnings, partition_row
+from dcx.core.environment import environment
 from dcx.core.errors import ContractError, DcxError, RunDirError
 from dcx.core.features import PCAWhitening, check_finite, extract
 from dcx.core.layers import FEATURES, pooled_layer
@@ -543,6 +544,8 @@ class Engine:
             "processes": self.world.size,
             "skipped_images": int(self.s.images.skipped) + len(self.unreadable),
             "final": rows[-1] if rows else {},
+            # what the numbers depend on besides the config (another CPU kind: another trajectory)
+            "environment": environment(self.device),
         }
         if train_rows:
             out["first"] = train_rows[0]
