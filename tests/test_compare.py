@@ -38,6 +38,9 @@ def test_compare_tabulates_each_run_and_isolates_failures(tiny_config, tmp_path)
     assert [r["clusterer"] for r in table["runs"]] == ["kmeans", "wrongshape", "pic"]
     assert table["paired"]["reference"] == "kmeans" and set(table["paired"]["against"]) == {"wrongshape", "pic"}
     assert table["paired"]["against"]["wrongshape"]["seeds"] == []  # a failed run pairs with nothing
+    assert table["paired"]["by_measure"]["best_learned"] == table["paired"]["against"]
+    probe_pic = table["paired"]["by_measure"]["probe_nmi_final"]["pic"]
+    assert probe_pic["differences"] == [by["pic"]["probe_nmi_final"] - by["kmeans"]["probe_nmi_final"]]
     md_text = (tmp_path / "comparison.md").read_text()
     assert "| kmeans | 0 |" in md_text and "Failed runs:" in md_text
     assert "environments" not in md_text  # one machine, one environment: no warning
@@ -75,6 +78,12 @@ def test_paired_differences_give_a_t_interval_over_the_shared_seeds_and_a_verdic
     assert paired["failed"]["seeds"] == [] and paired["failed"]["verdict"] == "-"
     md = "\n".join(paired_lines(table, "kmeans"))
     assert "| close | 0, 1, 2 | +0.020, +0.030, +0.010 | +0.020 |" in md and "| failed |" not in md
+    assert "best block's k-means NMI" in md
+    for row in table:  # the same table on the run's final probe: its own measure, its own differences
+        row["probe_nmi_final"] = row["best_learned"] * (2 if row["clusterer"] == "worse" else 1)
+    probe = "\n".join(paired_lines(table, "kmeans", "probe_nmi_final"))
+    assert "best of 10 restarts" in probe and "| worse | 0, 1, 2 | +0.700, +0.620, +0.630 |" in probe
+    assert paired_differences(table, "kmeans", "probe_nmi_final")["worse"]["verdict"] == "above"
 
 
 def test_runs_from_several_environments_are_named_in_a_warning():

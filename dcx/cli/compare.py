@@ -71,10 +71,11 @@ def compare(
         for row in table:
             view.add_row(*(_fmt(row.get(key)) for key, _ in shown))
         Console().print(view)
-        for name, r in paired_differences(table, names[0]).items():
-            if r["low"] is not None:
-                typer.echo(f"{name} - {names[0]}, best block NMI paired over seeds {','.join(map(str, r['seeds']))}: "
-                           f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['verdict']})")
+        for key, what in (("best_learned", "best block NMI"), ("probe_nmi_final", "final probe NMI")):
+            for name, r in paired_differences(table, names[0], key).items():
+                if r["low"] is not None:
+                    typer.echo(f"{name} - {names[0]}, {what} paired over seeds {','.join(map(str, r['seeds']))}: "
+                               f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['verdict']})")
         for line in environment_lines(table):
             if line:
                 typer.echo(line)

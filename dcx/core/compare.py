@@ -188,7 +188,8 @@ def markdown(cmp: Comparison, table: list[dict[str, Any]]) -> str:
         for name, agg in by.items():
             lines.append(f"| {name} | {agg['runs']} | {agg['best_learned']} | {agg['best_gain']} | {agg['nmi_labels']} | "
                          f"{agg['seconds']} |")
-        lines += paired_lines(table, cmp.clusterers[0])
+        for key in PAIRED_MEASURES:
+            lines += paired_lines(table, cmp.clusterers[0], key)
     lines += environment_lines(table)
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:
@@ -247,12 +248,22 @@ def paired_differences(table: list[dict[str, Any]], reference: str, key: str = "
     return out
 
 
-def paired_lines(table: list[dict[str, Any]], reference: str) -> list[str]:
-    """The markdown table of ``paired_differences`` (empty when no clusterer shares a seed with the reference)."""
-    paired = {n: r for n, r in paired_differences(table, reference).items() if r["seeds"]}
+#: The measures ``dcx compare`` pairs by seed, with what each is: the best block's NMI averages k-means
+#: over the evaluation's seeds (what one k-means run gives); the run's final probe clusters the
+#: clustering layer's features with the best of 10 restarts by objective (where k-means can get to).
+PAIRED_MEASURES = {
+    "best_learned": "the best block's k-means NMI (mean over the evaluation's k-means seeds)",
+    "probe_nmi_final": "the final features' k-means NMI (the run's probe: clustering layer, best of 10 restarts)",
+}
+
+
+def paired_lines(table: list[dict[str, Any]], reference: str, key: str = "best_learned") -> list[str]:
+    """The markdown table of ``paired_differences`` on ``key`` (empty when no clusterer shares a seed
+    with the reference)."""
+    paired = {n: r for n, r in paired_differences(table, reference, key).items() if r["seeds"]}
     if not paired:
         return []
-    lines = ["", f"Each clusterer minus {reference} on the best block's NMI, paired by seed (95 % interval: Student's t "
+    lines = ["", f"Each clusterer minus {reference} on {PAIRED_MEASURES[key]}, paired by seed (95 % interval: Student's t "
              "over the seeds; \"undecided\" when it holds 0: these seeds cannot tell the two apart):", "",
              f"| clusterer | seeds | minus {reference}, per seed | mean | 95 % interval | seeds above | verdict |",
              "|---|---|---|---|---|---|---|"]
@@ -282,7 +293,9 @@ def write_table(out: Path, cmp: Comparison, table: list[dict[str, Any]]) -> None
     save_json(out / TABLE_JSON, {"clusterers": cmp.clusterers, "seeds": cmp.seeds, "base": cmp.base.to_dict(),
                                  "protocols": cmp.protocols, "runs": table,
                                  "paired": {"reference": cmp.clusterers[0],
-                                            "against": paired_differences(table, cmp.clusterers[0])}})
+                                            "against": paired_differences(table, cmp.clusterers[0]),
+                                            "by_measure": {key: paired_differences(table, cmp.clusterers[0], key)
+                                                           for key in PAIRED_MEASURES}}})
     atomic_write(out / TABLE_MD, markdown(cmp, table).encode())
 
 
