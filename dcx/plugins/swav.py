@@ -309,7 +309,8 @@ class SwAV(OnlineClusterer):
             loss = (loss / n_large + merged_loss) / (len(scores) + len(merged_scores))
         else:
             loss = loss / (n_large * len(scores))
-        if self.bank is not None:  # the first large crop's embeddings, for merged sets and neighbour codes
+        # the first large crop's embeddings, for the merged sets and neighbour codes (which checked the indices)
+        if self.bank is not None and step.indices is not None:
             self.bank.write(0, step.indices.to(self.bank.rows.device), z[:bs])
         if queue is not None:  # after every set's codes: each scored the same queue
             with torch.no_grad():
