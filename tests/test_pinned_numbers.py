@@ -42,7 +42,7 @@ PINNED = {
 }
 
 
-#: The same runs on other CPUs: (torch CPU capability, OpenBLAS core) -> values.
+#: The same runs on other CPUs: machine() -> values.
 PINNED_ON = {
     ("AVX512", "SkylakeX", "AMD"): {  # AMD EPYC with AVX-512 (recorded 2026-12-03)
         "kmeans": dict(loss=[2.308875322341919, 2.3196178913116454], nmi_labels_final=0.18168414666162272,
@@ -104,6 +104,7 @@ def test_clusterer_numbers_are_pinned(name):
     assert got["nmi_labels_final"] == pytest.approx(want["nmi_labels_final"], abs=1e-9)
     assert got["param_sum"] == pytest.approx(want["param_sum"], rel=1e-7)
 
+
 def _numbers(name: str) -> dict:
     """The pinned quantities of one tiny run."""
     s = setup(_config(name))
@@ -118,9 +119,8 @@ def _numbers(name: str) -> dict:
 
 
 if __name__ == "__main__":  # python tests/test_pinned_numbers.py: this machine's values, for PINNED_ON
-    import torch
-
     import faiss
+    import torch
 
     torch.set_num_threads(1)  # as tests/conftest.py
     faiss.omp_set_num_threads(1)

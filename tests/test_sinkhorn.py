@@ -522,3 +522,30 @@ def test_swav_merged_set_groups_the_nearest_prototypes_into_classes_and_adds_its
     assert calls == [1]
     with pytest.raises(InputError, match="indices"):
         swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))
+
+
+def test_swav_merged_sets_and_neighbour_codes_share_one_knn_graph_per_epoch(monkeypatch):
+    """With both on, the bank's kNN graph is built once per epoch and the merged sets use it: the
+    same groups as with the merged sets alone."""
+    import dcx.core.knn as knn
+
+    gen = torch.Generator().manual_seed(1)
+    centres = F.normalize(torch.randn(5, 12, generator=gen), dim=1)
+    x = F.normalize(centres[torch.arange(300) % 5] + 0.1 * torch.randn(300, 12, generator=gen), dim=1)
+    built = []
+    real = knn.knn_graph
+    monkeypatch.setattr(knn, "knn_graph", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    targets = []
+    for extra in ({}, {"neighbour_weight": 0.5}):
+        swav = SwAV(k=20, proj_dim=12, hidden_dim=0, merged_heads=1, **extra)
+        head = swav.build_head(TrainSpec(12, 300))
+        with torch.no_grad():
+            head.projection.weight.copy_(torch.eye(12))
+            head.projection.bias.zero_()
+            head.prototypes.weight.copy_(x[:20])
+        built.clear()
+        swav.start_epoch(head, EpochContext(epoch=0, seed=0, steps_per_epoch=1, num_samples=300,
+                                            device=torch.device("cpu"), features=lambda: x))
+        assert len(built) == 1
+        targets.append(swav.merged_targets)
+    assert torch.equal(targets[0], targets[1])

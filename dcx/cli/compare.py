@@ -36,8 +36,8 @@ def compare(
     run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
-    from dcx.core.compare import (COLUMNS, FIGURE, TABLE_MD, Comparison, _fmt, compare as run_comparison,
-                                  environment_lines, paired_differences)
+    from dcx.core.compare import (COLUMNS, FIGURE, PAIRED_MEASURES, TABLE_MD, Comparison, _fmt,
+                                  compare as run_comparison, environment_lines, paired_differences)
     from dcx.core.evaluate import check_protocols
     from dcx.core.registry import Registry
 
@@ -71,14 +71,13 @@ def compare(
         for row in table:
             view.add_row(*(_fmt(row.get(key)) for key, _ in shown))
         Console().print(view)
-        for key, what in (("best_learned", "best block NMI"), ("probe_nmi_final", "final probe NMI")):
+        for key, (what, _) in PAIRED_MEASURES.items():
             for name, r in paired_differences(table, names[0], key).items():
                 if r["low"] is not None:
                     typer.echo(f"{name} - {names[0]}, {what} paired over seeds {','.join(map(str, r['seeds']))}: "
                                f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({r['verdict']})")
-        for line in environment_lines(table):
-            if line:
-                typer.echo(line)
+        for line in filter(None, environment_lines(table)):
+            typer.echo(line)
         typer.echo(f"table: {out / TABLE_MD}  figure: {out / FIGURE}")
     failed = [r for r in table if r.get("status") == "failed"]
     if failed:

@@ -79,22 +79,19 @@ def bank_neighbours(rows: torch.Tensor, m: int, seed: int, rank: int = 0,
                     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(N, m) dataset indices of every row's m nearest other rows (L2 on the unit rows: the cosine
     order), on ``rows``' device. Rank 0 builds the graph (``dcx.core.knn``: exact, IVF above its size
-    threshold); the sum over ranks hands it to the others, which contribute zeros."""
+    threshold) and hands it to every rank (``merge.from_rank0``)."""
     from dcx.core.knn import knn_graph
+    from dcx.core.merge import from_rank0
 
     n = rows.shape[0]
     m = max(1, min(m, n - 1))
-    if rank == 0:
-        graph = knn_graph(rows.detach().float().cpu().numpy(), m, metric="l2", seed=seed)
-        found = graph.indices.astype("int64")
+
+    def build() -> np.ndarray:
+        found = knn_graph(rows.detach().float().cpu().numpy(), m, metric="l2", seed=seed).indices.astype(np.int64)
         # An approximate index can miss (-1): such a slot falls back to the row itself.
-        table = torch.from_numpy(np.where(found < 0, np.arange(n)[:, None], found))
-    else:
-        table = torch.zeros((n, m), dtype=torch.int64)
-    table = table.to(rows.device)
-    if all_reduce is not None:
-        all_reduce(table)
-    return table
+        return np.where(found < 0, np.arange(n)[:, None], found)
+
+    return from_rank0(build, (n, m), rank, all_reduce, rows.device)
 
 
 def sample_neighbours(table: torch.Tensor, indices: torch.Tensor, seed: int, step: int, rank: int = 0) -> torch.Tensor:

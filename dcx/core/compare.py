@@ -251,9 +251,10 @@ def paired_differences(table: list[dict[str, Any]], reference: str, key: str = "
 #: The measures ``dcx compare`` pairs by seed, with what each is: the best block's NMI averages k-means
 #: over the evaluation's seeds (what one k-means run gives); the run's final probe clusters the
 #: clustering layer's features with the best of 10 restarts by objective (where k-means can get to).
-PAIRED_MEASURES = {
-    "best_learned": "the best block's k-means NMI (mean over the evaluation's k-means seeds)",
-    "probe_nmi_final": "the final features' k-means NMI (the run's probe: clustering layer, best of 10 restarts)",
+PAIRED_MEASURES = {  # key -> (short name, what it is)
+    "best_learned": ("best block NMI", "the best block's k-means NMI (mean over the evaluation's k-means seeds)"),
+    "probe_nmi_final": ("final probe NMI",
+                        "the final features' k-means NMI (the run's probe: clustering layer, best of 10 restarts)"),
 }
 
 
@@ -263,7 +264,7 @@ def paired_lines(table: list[dict[str, Any]], reference: str, key: str = "best_l
     paired = {n: r for n, r in paired_differences(table, reference, key).items() if r["seeds"]}
     if not paired:
         return []
-    lines = ["", f"Each clusterer minus {reference} on {PAIRED_MEASURES[key]}, paired by seed (95 % interval: Student's t "
+    lines = ["", f"Each clusterer minus {reference} on {PAIRED_MEASURES[key][1]}, paired by seed (95 % interval: Student's t "
              "over the seeds; \"undecided\" when it holds 0: these seeds cannot tell the two apart):", "",
              f"| clusterer | seeds | minus {reference}, per seed | mean | 95 % interval | seeds above | verdict |",
              "|---|---|---|---|---|---|---|"]

@@ -81,9 +81,10 @@ def merge_clusters(labels: np.ndarray, neighbours: np.ndarray, k: int, groups: S
 
 
 def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Sequence[int], neighbours: int,
-                  seed: int) -> np.ndarray:
+                  seed: int, graph: np.ndarray | None = None) -> np.ndarray:
     """(len(sizes), N) labels: the k clusters of ``labels`` merged along the ``neighbours``-NN graph of
-    ``features`` (L2; on unit rows the same neighbours as cosine) into each of ``sizes`` groups.
+    ``features`` (L2; on unit rows the same neighbours as cosine) into each of ``sizes`` groups;
+    ``graph`` (N, m) neighbour indices already built from ``features`` are used instead of a new graph.
 
     What the kmeans merged heads and the dcv2 / swav merged sets train on; with fewer than 2 rows
     there is no graph and every row stays in group 0.
@@ -94,28 +95,35 @@ def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Seque
     out = np.zeros((len(sizes), len(labels)), dtype=np.int64)
     m = min(neighbours, len(features) - 1)
     if m >= 1 and len(sizes):
-        graph = knn_graph(np.asarray(features, dtype=np.float32), m, metric="l2", seed=seed)
-        for i, group in enumerate(merge_clusters(labels, graph.indices, k, sizes)):
+        if graph is None:
+            graph = knn_graph(np.asarray(features, dtype=np.float32), m, metric="l2", seed=seed).indices
+        for i, group in enumerate(merge_clusters(labels, graph, k, sizes)):
             out[i] = group[labels]
     return out
 
 
-def merged_labels_from_rank0(features, labels, k: int, sizes: Sequence[int], neighbours: int, seed: int,
-                             rank: int, all_reduce=None, device=None):
-    """``merged_labels`` as a (len(sizes), N) int64 torch tensor on ``device``, in one process or many:
-    rank 0 builds the graph and merges, and the sum over ranks (``all_reduce``, None in one process)
-    hands every rank its labels, the others contributing zeros. ``features`` and ``labels`` are
-    numpy arrays or torch tensors; only rank 0 reads them."""
+def from_rank0(compute, shape: tuple[int, ...], rank: int, all_reduce=None, device=None):
+    """An int64 torch tensor of ``shape`` that rank 0 computes (``compute()``, numpy or torch) and every
+    rank receives as the sum over ranks (``all_reduce``; None in one process), the others contributing
+    zeros: how the merged labels and the bank's kNN table reach every rank."""
     import torch
 
-    if rank == 0:
-        def as_numpy(a):
-            return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-        out = torch.from_numpy(merged_labels(as_numpy(features), as_numpy(labels), k, sizes, neighbours, seed))
-    else:
-        out = torch.zeros((len(sizes), len(labels)), dtype=torch.int64)
+    out = torch.as_tensor(compute(), dtype=torch.int64) if rank == 0 else torch.zeros(shape, dtype=torch.int64)
     out = out.to(device) if device is not None else out
     if all_reduce is not None:
         all_reduce(out)
     return out
+
+
+def merged_labels_from_rank0(features, labels, k: int, sizes: Sequence[int], neighbours: int, seed: int,
+                             rank: int, all_reduce=None, device=None, graph=None):
+    """``merged_labels`` as a (len(sizes), N) int64 torch tensor on ``device``, in one process or many
+    (``from_rank0``: rank 0 builds the graph, or takes ``graph``, and merges). ``features``,
+    ``labels`` and ``graph`` are numpy arrays or torch tensors; only rank 0 reads them."""
+    import torch
+
+    def as_numpy(a):
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a if a is None else np.asarray(a)
+
+    return from_rank0(lambda: merged_labels(as_numpy(features), as_numpy(labels), k, sizes, neighbours, seed,
+                                            as_numpy(graph)), (len(sizes), len(labels)), rank, all_reduce, device)

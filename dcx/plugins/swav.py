@@ -240,8 +240,9 @@ class SwAV(OnlineClusterer):
         # Equal-size labels, as SwAV's equipartitioned codes: on the nearest prototype the merged set
         # collapsed (docs/recipes.md, "A merged set for SwAV").
         labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
-        merged = merged_labels_from_rank0(rows, labels, p["k"], self._merged_sizes(),
-                                          p["neighbours"], int(context.seed), context.rank, all_reduce, dev)
+        merged = merged_labels_from_rank0(rows, labels, p["k"], self._merged_sizes(), p["neighbours"],
+                                          int(context.seed), context.rank, all_reduce, dev,
+                                          graph=self.neighbour_table if p["neighbour_weight"] > 0 else None)
         for protos, groups in zip(h.merged_prototypes, merged):
             protos.weight.copy_(group_means(rows, groups, protos.weight.shape[0]))
         self.merged_targets = merged
