@@ -132,3 +132,11 @@ def test_merge_every_head_merges_each_heads_own_clusters():
         assert not torch.equal(own, plugin.assignments[0]) or h == 0  # the heads' k-means differ
         for merged in plugin.assignments[3 + 2 * h : 5 + 2 * h]:  # unions of this head's clusters
             assert all(len(torch.unique(merged[own == c])) == 1 for c in torch.unique(own))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_dcv2_projection_takes_pre_activation_features_through_their_relu(relu):
+    """With TrainSpec.preactivation (AlexNet's fc7) the projection sees ReLU(features) unless feature_relu is off."""
+    head = DeepClusterV2(k=5, proj_dim=8, hidden_dim=0, feature_relu=relu).build_head(TrainSpec(16, 100, preactivation=True))
+    x = -torch.rand(4, 16) - 0.1  # all negative: the ReLU zeroes them
+    assert torch.allclose(head.embed(x), head.embed(torch.zeros(4, 16))) == relu

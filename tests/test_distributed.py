@@ -189,7 +189,8 @@ def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results:
     from dcx.plugins.swav import SwAV
 
     feats = torch.from_numpy(x).float()
-    plugin = SwAV(k=12, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5, neighbour_weight=0.5)
+    plugin = SwAV(k=12, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5, neighbour_weight=0.5,
+                  cluster_heads=1)
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
     with torch.no_grad():  # prototypes at 12 images' embeddings: 12 non-empty first-set clusters
@@ -204,7 +205,8 @@ def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results:
         mine = mine[rank::world]
     try:
         plugin.start_epoch(head, ctx)
-        targets = np.concatenate([plugin.merged_targets.numpy(), plugin.neighbour_table.numpy().T]).astype(np.float32)
+        targets = np.concatenate([plugin.merged_targets.numpy(), plugin.cluster_targets.numpy(),
+                                  plugin.neighbour_table.numpy().T]).astype(np.float32)
         with torch.no_grad():
             plugin.loss(head, [2 * feats[mine], feats[mine]], StepContext(0, 0, 1, indices=mine))
         plugin.end_epoch(head, ctx)
@@ -218,15 +220,15 @@ def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results:
 
 
 def test_swav_merged_sets_reach_every_rank_and_the_bank_gathers_every_ranks_rows(tmp_path, blobs):
-    """swav.merged_heads and neighbour codes: rank 0 merges and builds the bank's kNN graph, every rank
-    gets the same targets and graph; after the epoch every rank's bank holds the rows all ranks wrote
+    """swav.merged_heads, neighbour codes and cluster heads: rank 0 merges, builds the bank's kNN graph and
+    clusters the features, every rank gets the same targets and graph; after the epoch every rank's bank holds the rows all ranks wrote
     (MemoryBank.sync, which DeepCluster-v2 shares)."""
     x, _ = blobs
     _spawn(_swav_epoch, x, str(tmp_path))
     single = _swav_epoch(None, 1, 0, x, None)
-    assert [len(np.unique(r)) for r in single[:2]] == [6, 3]
-    graph = 2 + 10  # the merged sets' rows, then the 10 neighbours' columns
-    assert (single[2:graph] != np.arange(len(x))).all()
+    assert [len(np.unique(r)) for r in single[:3]] == [6, 3, 12]  # merged sets, then the k-means labels
+    graph = 3 + 10  # the merged sets' and k-means rows, then the 10 neighbours' columns
+    assert (single[3:graph] != np.arange(len(x))).all()
     for r in range(2):
         got = np.load(tmp_path / f"rank{r}.npy")
         assert np.array_equal(got[:graph], single[:graph]) and np.allclose(got[graph:], single[graph:], atol=1e-6)

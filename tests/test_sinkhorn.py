@@ -549,3 +549,57 @@ def test_swav_merged_sets_and_neighbour_codes_share_one_knn_graph_per_epoch(monk
         assert len(built) == 1
         targets.append(swav.merged_targets)
     assert torch.equal(targets[0], targets[1])
+
+
+def test_swav_cluster_heads_train_fresh_classifiers_on_each_epochs_kmeans_of_the_features():
+    """cluster_heads: each epoch, k-means(k) labels of the preprocessed features (one seed per head, rank 0's)
+    and freshly initialised classifiers on the features; the loss adds every view's cross-entropy."""
+    from dcx.core.features import preprocess
+    from dcx.core.kmeans import kmeans
+
+    gen = torch.Generator().manual_seed(2)
+    centres = 3 * torch.randn(6, 16, generator=gen)
+    y = torch.arange(300) % 6
+    x = centres[y] + 0.3 * torch.randn(300, 16, generator=gen)
+    swav = SwAV(k=6, proj_dim=8, hidden_dim=0, cluster_heads=2)
+    head = swav.build_head(TrainSpec(16, 300, preactivation=True))
+    with torch.no_grad():
+        for c in head.classifiers:
+            c[-1].weight.fill_(1.0)  # last epoch's weights: start_epoch must re-initialise them
+    ctx = EpochContext(epoch=0, seed=4, steps_per_epoch=1, num_samples=300, device=torch.device("cpu"),
+                       features=lambda: x)
+    swav.start_epoch(head, ctx)
+    z = preprocess(x.numpy(), dim=256)
+    for j in range(2):
+        assert np.array_equal(swav.cluster_targets[j].numpy(), kmeans(z, 6, 20, 4 + j).labels)
+        w = head.classifiers[j][-1].weight
+        assert float(w.std()) < 0.02 and float(head.classifiers[j][-1].bias.abs().max()) == 0.0
+        assert isinstance(head.classifiers[j][0], nn.ReLU)  # the features are a pre-activation
+    assert nmi(y.numpy(), swav.cluster_targets[0].numpy()) > 0.95
+
+    idx = torch.tensor([0, 7, 100, 299])
+    views = [x[idx] + 0.01, x[idx] - 0.01]
+    step = StepContext(epoch=1, step=5, steps_per_epoch=5, indices=idx)
+    loss, _ = swav.loss(head, views, step)
+    plain = SwAV(k=6, proj_dim=8, hidden_dim=0)
+    single = plain.build_head(TrainSpec(16, 300, preactivation=True))
+    single.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("classifiers")})
+    ce = sum(F.cross_entropy(c(torch.cat(views)), swav.cluster_targets[j][idx].repeat(2))
+             for j, c in enumerate(head.classifiers))
+    assert torch.allclose(loss, (plain.loss(single, views, step)[0] + ce) / 3, atol=1e-6)
+    loss.backward()
+    assert all(c[-1].weight.grad is not None for c in head.classifiers)
+    with pytest.raises(InputError, match="indices"):
+        swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_swav_projection_takes_pre_activation_features_through_their_relu(relu):
+    """With TrainSpec.preactivation (AlexNet's fc7) the projection sees ReLU(features) unless feature_relu is off."""
+    swav = SwAV(k=6, proj_dim=8, hidden_dim=0, feature_relu=relu)
+    head = swav.build_head(TrainSpec(16, 100, preactivation=True))
+    x = -torch.rand(4, 16) - 0.1  # all negative: the ReLU zeroes them
+    zero = head.embed(torch.zeros(4, 16))
+    assert torch.allclose(head.embed(x), zero) == relu
+    plain = SwAV(k=6, proj_dim=8, hidden_dim=0).build_head(TrainSpec(16, 100))  # not a pre-activation
+    assert not torch.allclose(plain.embed(x), plain.embed(torch.zeros(4, 16)))

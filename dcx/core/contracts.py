@@ -111,7 +111,8 @@ class TrainSpec:
     """What the engine tells a clusterer about the run before training starts.
 
     ``preactivation``: the features are a pre-activation (AlexNet/VGG fc7 before its ReLU), so a
-    head on them applies ReLU first, exactly as the reference network does.
+    classifier head on them applies ReLU first, exactly as the reference network does (``linear_head``).
+    A projection MLP may take them as they are (swav/dcv2 ``feature_relu``, off: measured on digits).
     """
 
     feature_dim: int

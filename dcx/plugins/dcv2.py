@@ -45,8 +45,11 @@ class DCv2Head(nn.Module):
     """Projection (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype layers."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int,
-                 merged: Sequence[int] = ()) -> None:
+                 merged: Sequence[int] = (), relu: bool = False) -> None:
         super().__init__()
+        # With feature_relu, a pre-activation (AlexNet's fc7) gets its ReLU first, as DeepCluster's classifier;
+        # without it fc7 and the projection's first Linear compose into one linear map that shapes all of fc7.
+        self.activation = nn.ReLU() if relu else nn.Identity()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
                 nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
@@ -62,7 +65,7 @@ class DCv2Head(nn.Module):
         return [*self.prototypes, *self.merged_prototypes]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(x), dim=1)
+        return F.normalize(self.projection(self.activation(x)), dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(unit embeddings (B, proj_dim), prototype scores per set [(B, K)], the merged sets last)."""
@@ -112,6 +115,8 @@ class DeepClusterV2(OnlineClusterer):
         Option("proj_dim", int, 128, "projection / prototype dimension (reference: 128)", min=2),
         Option("hidden_dim", int, None, "projection MLP hidden width; 0 = one Linear; auto = the feature dim "
                "clipped to [proj_dim, 2048] (reference: 2048)", min=0, nullable=True),
+        Option("feature_relu", bool, False, "apply the backbone's ReLU to pre-activation features (AlexNet's fc7) "
+               "before the projection (DeepCluster's classifier does; off as swav.feature_relu, which lost on digits)"),
         Option("n_large", int, 2, "large crops; the bank stores these (reference: 2)", min=1),
         Option("n_small", int, 0, "small crops, predictors only (reference: 6 at 96 px; only useful when "
                "small_size_ratio * image side is above the backbone's minimum input)", min=0),
@@ -158,7 +163,8 @@ class DeepClusterV2(OnlineClusterer):
         if p["k"] > spec.num_samples:
             raise InputError(f"dcv2: k={p['k']} prototypes for {spec.num_samples} images: lower --k")
         hidden = p["hidden_dim"] if p["hidden_dim"] is not None else min(max(spec.feature_dim, p["proj_dim"]), 2048)
-        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"], self._merged_sizes())
+        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"], self._merged_sizes(),
+                        spec.preactivation and p["feature_relu"])
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:

@@ -17,6 +17,10 @@ of image i also predicts the Sinkhorn codes of one of i's ``neighbours`` nearest
 (drawn per step; the neighbour's bank embedding scored by the current prototypes), NNCLR's
 nearest-neighbour positive (Dwibedi et al., ICCV 2021) in SwAV's swapped prediction: images that are
 neighbours are pulled onto the same prototypes, as the merged heads pull neighbouring clusters together.
+
+``cluster_heads`` > 0 (not in the reference) adds DeepCluster's objective beside the codes: each epoch,
+k-means(k) of the whole dataset's backbone features, preprocessed as the kmeans clusterer's, and a
+fresh linear classifier per clustering on the features, trained by cross-entropy from every view.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import logging
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dcx.core.bank import MemoryBank, bank_neighbours, group_means, sample_neighbours
-from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
+from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec, linear_head
+from dcx.core.features import preprocess
+from dcx.core.kmeans import kmeans
 from dcx.core.errors import InputError
-from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
+from dcx.core.merge import coarser, from_rank0, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 from dcx.core.sinkhorn import balanced_argmax, swav_codes
 
@@ -48,8 +55,12 @@ class SwAVHead(nn.Module):
     (no bias), then the merged sets' fixed prototypes."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int = 1,
-                 head_scale: float = 1.0, merged: Sequence[int] = ()) -> None:
+                 head_scale: float = 1.0, merged: Sequence[int] = (), cluster_heads: int = 0,
+                 preactivation: bool = False, feature_relu: bool = False) -> None:
         super().__init__()
+        # With feature_relu, a pre-activation (AlexNet's fc7) gets its ReLU first, as DeepCluster's classifier;
+        # without it fc7 and the projection's first Linear compose into one linear map that shapes all of fc7.
+        self.activation = nn.ReLU() if preactivation and feature_relu else nn.Identity()
         if hidden_dim > 0:
             self.projection: nn.Module = nn.Sequential(
                 nn.Linear(feature_dim, hidden_dim),
@@ -66,6 +77,8 @@ class SwAVHead(nn.Module):
                                              for j in range(1, heads))
         # The merged sets' prototypes are group means set each epoch, never trained (as DeepCluster-v2's).
         self.merged_prototypes = nn.ModuleList(nn.Linear(proj_dim, g, bias=False) for g in merged)
+        # DeepCluster's classifiers on the backbone's features (not the projection), re-initialised each epoch.
+        self.classifiers = nn.ModuleList(linear_head(feature_dim, k, preactivation) for _ in range(cluster_heads))
         self.normalize_prototypes()
 
     def prototype_sets(self) -> list[nn.Linear]:
@@ -73,12 +86,20 @@ class SwAVHead(nn.Module):
         return [self.prototypes, *self.more_prototypes]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(x), dim=1)
+        return F.normalize(self.projection(self.activation(x)), dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set, the merged sets last)."""
+        """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set, then the merged sets', then
+        the classifiers' logits)."""
         z = self.embed(x)
-        return z, [protos(z) for protos in [*self.prototype_sets(), *self.merged_prototypes]]
+        return z, [protos(z) for protos in [*self.prototype_sets(), *self.merged_prototypes]] + [c(x) for c in self.classifiers]
+
+    @torch.no_grad()
+    def reset_classifiers(self) -> None:
+        """DeepCluster's fresh top layer for each clustering (paper §3.3): N(0, 0.01), zero bias."""
+        for c in self.classifiers:
+            nn.init.normal_(c[-1].weight, 0.0, 0.01)
+            nn.init.zeros_(c[-1].bias)
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -174,6 +195,15 @@ class SwAV(OnlineClusterer):
                "also predicts the codes of one of its image's `neighbours` nearest images in a memory bank of last "
                "embeddings (NNCLR's neighbour positive; not in the reference; 0 = off; docs/recipes.md, \"Screens on an "
                "Intel Xeon\": 1 and 0.5 did not gain on digits)", min=0.0),
+        # Off: with the ReLU, digits seeds 0-2 lost 0.026 on the best block (0.873 vs 0.899; docs/recipes.md,
+        # "The projection's input"): fc7's negative half, which the k-means evaluation also sees, went untrained.
+        Option("feature_relu", bool, False, "apply the backbone's ReLU to pre-activation features (AlexNet's fc7) "
+               "before the projection (the cluster heads' classifiers always do, as DeepCluster's; "
+               "docs/recipes.md: lost on digits)"),
+        Option("cluster_heads", int, 0, "DeepCluster heads beside the prototypes: each epoch, that many k-means(k) "
+               "clusterings of the whole dataset's backbone features (PCA-256, whitening, L2, as the kmeans clusterer), "
+               "each with a fresh linear classifier on the features that every view trains towards its image's "
+               "cluster (not in the reference; 0 = off)", min=0),
     )
 
     def __init__(self, **options) -> None:
@@ -190,6 +220,7 @@ class SwAV(OnlineClusterer):
         self.bank: MemoryBank | None = None  # (1, N, proj_dim): each image's last first-large-crop embedding
         self.merged_targets: torch.Tensor | None = None  # (merged_heads, N): this epoch's merged groups
         self.neighbour_table: torch.Tensor | None = None  # (N, neighbours): this epoch's bank kNN graph
+        self.cluster_targets: torch.Tensor | None = None  # (cluster_heads, N): this epoch's k-means labels
         self._seed = 0
         self._reset_stats()
 
@@ -216,13 +247,16 @@ class SwAV(OnlineClusterer):
             hidden = min(max(feature_dim, proj), 2048)
         if p["k"] > num_samples:
             log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
-        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"], self._merged_sizes())
+        return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"], self._merged_sizes(),
+                        p["cluster_heads"], spec.preactivation, p["feature_relu"])
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
         """With merged sets: merge the bank's equal-size first-set labels into this epoch's groups;
         with neighbour codes: the bank's kNN graph."""
         p = self.params
+        if p["cluster_heads"] > 0:
+            self._cluster(_unwrap(head), context)
         if p["merged_heads"] == 0 and p["neighbour_weight"] == 0:
             return
         h = _unwrap(head)
@@ -283,7 +317,10 @@ class SwAV(OnlineClusterer):
         # One pass over all crops, as SwAV: the projection's BatchNorm sees every view together.
         z, all_scores = head(torch.cat(list(views)))
         n_sets = len(_unwrap(head).prototype_sets())
-        scores, merged_scores = all_scores[:n_sets], all_scores[n_sets:]
+        n_classifiers = p["cluster_heads"]
+        scores = all_scores[:n_sets]
+        merged_scores = all_scores[n_sets:len(all_scores) - n_classifiers]
+        logits = all_scores[len(all_scores) - n_classifiers:]
         queue = self._queue_for(step, z)
         neighbours = self._neighbour_rows(step) if p["neighbour_weight"] > 0 else None
         loss = z.new_zeros((), dtype=torch.float32)
@@ -305,9 +342,10 @@ class SwAV(OnlineClusterer):
         if neighbours is not None:
             w = p["neighbour_weight"]  # the neighbour term counts like one large crop's swapped term, weighted
             loss = (loss + n_large * w * neighbour_loss) / (1 + w)
-        if merged_scores:
-            merged_loss = self._merged_loss(merged_scores, n_views, step)
-            loss = (loss / n_large + merged_loss) / (len(scores) + len(merged_scores))
+        if merged_scores or logits:
+            merged_loss = self._merged_loss(merged_scores, n_views, step) if merged_scores else 0.0
+            cluster_loss = self._cluster_loss(logits, n_views, step) if logits else 0.0
+            loss = (loss / n_large + merged_loss + cluster_loss) / (len(scores) + len(merged_scores) + len(logits))
         else:
             loss = loss / (n_large * len(scores))
         # the first large crop's embeddings, for the merged sets and neighbour codes (which checked the indices)
@@ -341,7 +379,7 @@ class SwAV(OnlineClusterer):
         was_training = h.training
         h.eval()
         try:
-            z = F.normalize(h.projection(features.to(dev)), dim=1)  # the first prototype set labels
+            z = h.embed(features.to(dev))  # the first prototype set labels
             w = F.normalize(h.prototypes.weight, dim=1)
             return (z @ w.t()).argmax(dim=1).to(features.device)
         finally:
@@ -413,6 +451,37 @@ class SwAV(OnlineClusterer):
         for j, scores in enumerate(merged_scores):
             targets = self.merged_targets[j][idx].repeat(n_views)
             loss = loss + F.cross_entropy(scores.float() / self.params["temperature"], targets)
+        return loss
+
+    @torch.no_grad()
+    def _cluster(self, h: SwAVHead, context: EpochContext) -> None:
+        """This epoch's k-means labels of the dataset's features (rank 0 clusters, every rank receives them)
+        and fresh classifiers for them."""
+        p = self.params
+        feats = context.features()  # on every rank: the extraction may be collective
+
+        def compute():
+            x = preprocess(feats.float().cpu().numpy(), dim=256)
+            return np.stack([kmeans(x, p["k"], 20, int(context.seed) + j, device=context.device).labels
+                             for j in range(p["cluster_heads"])])
+
+        self.cluster_targets = from_rank0(compute, (p["cluster_heads"], context.num_samples), context.rank,
+                                          context.all_reduce if context.world_size > 1 else None,
+                                          h.prototypes.weight.device)
+        # Fresh weights, as DeepCluster's new top layer; the optimiser's momentum for them carries over and
+        # decays within ~10 steps (the engine keeps one optimiser for the run).
+        h.reset_classifiers()
+
+    def _cluster_loss(self, logits: Sequence[torch.Tensor], n_views: int, step: StepContext) -> torch.Tensor:
+        """Sum over the classifiers of the cross-entropy of every view's logits against its image's cluster."""
+        if step.indices is None:
+            raise InputError("swav.cluster_heads needs the dataset indices of each batch (StepContext.indices)")
+        if self.cluster_targets is None:
+            raise InputError("swav: loss called before start_epoch clustered the features")
+        idx = step.indices.to(self.cluster_targets.device)
+        loss = logits[0].new_zeros((), dtype=torch.float32)
+        for j, out in enumerate(logits):
+            loss = loss + F.cross_entropy(out.float(), self.cluster_targets[j][idx].repeat(n_views))
         return loss
 
     def _neighbour_rows(self, step: StepContext) -> torch.Tensor:
