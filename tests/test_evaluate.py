@@ -208,3 +208,28 @@ def test_run_summary_names_the_best_block_and_agrees_with_dcx_eval(tiny_config, 
     ev = evaluate_run(tmp_path / "run", "cluster", [best["block"]])
     assert ev["learned"]["cluster"][best["block"]]["l2"]["nmi"] == pytest.approx(best["learned"], abs=1e-9)
     assert ev["random"]["cluster"][best["block"]]["l2"]["nmi"] == pytest.approx(best["random"], abs=1e-9)
+
+
+def test_eval_cluster_runs_sets_the_seeds_averaged_and_replaces_scores_of_another_count(tiny_run, tmp_path):
+    """--cluster-runs N: the cluster protocol's mean over N k-means seeds (its first seeds are the
+    default's); a previous eval.json's k-means scores of another count are dropped, not mixed."""
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run[0], path)
+    (path / E.EVAL_JSON).unlink(missing_ok=True)
+    args = ["eval", str(path), "-p", "cluster", "--no-report", "--quiet"]
+    assert runner.invoke(app, [*args, "-l", "conv3,features"]).exit_code == 0
+    five = json.loads((path / E.EVAL_JSON).read_text())
+    assert five["cluster_runs"] == E.CLUSTER_RUNS and f"mean of {E.CLUSTER_RUNS} seeds" in five["settings"]["cluster"]
+    result = runner.invoke(app, [*args, "-l", "features", "--cluster-runs", "2"])
+    assert result.exit_code == 0, result.output
+    two = json.loads((path / E.EVAL_JSON).read_text())
+    assert two["cluster_runs"] == 2 and "mean of 2 seeds" in two["settings"]["cluster"]
+    assert set(two["learned"]["cluster"]) == {"features"}  # conv3's 5-seed scores dropped
+    loaded = E.load_run(path)
+    x = E.extract_layers(loaded.learned, loaded.data, ["features"], 32, torch.device("cpu"))["features"]
+    want = E.cluster_protocol(x[loaded.data.cluster_idx], loaded.data.labels[loaded.data.cluster_idx], runs=2)
+    assert two["learned"]["cluster"]["features"]["l2"]["nmi"] == pytest.approx(want["l2"]["nmi"])
+    bad = runner.invoke(app, [*args, "--cluster-runs", "0"])
+    assert bad.exit_code == 2 and "--cluster-runs 0" in bad.output and "Traceback" not in bad.output

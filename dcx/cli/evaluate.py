@@ -60,18 +60,22 @@ def evaluate(
     image_size: int = typer.Option(None, "--image-size", help="with --random: input side (default: the dataset's)"),
     sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="with --random: Sobel input layer (default: the backbone's)"),
     device: str = typer.Option(None, "--device", help="cpu | cuda | auto (default: the run's)"),
+    cluster_runs: int = typer.Option(
+        None, "--cluster-runs", help="k-means seeds averaged per layer by the cluster protocol (default 5); one run's "
+        "NMI moves ~0.035 with its seed, so 20 halves the noise of 5 (docs/recipes.md, \"How noisy\")"),
     out: Path = typer.Option(None, "--out", "-o", help="with --random: also write the result as JSON here"),
     report: bool = typer.Option(True, "--report/--no-report", help="rewrite the run's report.md/png afterwards"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
 ) -> None:
     """Linear probe, kNN and k-means scores per layer, learned vs random init (paper Table 1)."""
-    from dcx.core.evaluate import EVAL_JSON, evaluate_random, evaluate_run
+    from dcx.core.evaluate import CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
     from dcx.core.rundir import save_json
 
     setup_logging(quiet)
     layer_list = [n.strip() for n in layers.split(",") if n.strip()] or ["all"]
     options = parse_assignments(opt)
+    cluster_runs = CLUSTER_RUNS if cluster_runs is None else cluster_runs
     with RichProgress(enabled=not quiet) as bars:
         if random:
             if run_dir is not None:
@@ -80,7 +84,7 @@ def evaluate(
                 raise InputError("--random needs --backbone NAME (dcx list --kind backbone)")
             cfg = RunConfig(backbone=backbone, dataset=dataset or "digits", data_root=data_root, seed=seed or 0,
                             width=width, image_size=image_size, sobel=sobel, device=device or "auto", options=options)
-            result = evaluate_random(cfg, protocol, layer_list, progress=bars)
+            result = evaluate_random(cfg, protocol, layer_list, progress=bars, cluster_runs=cluster_runs)
             if out is not None:
                 save_json(out, result)
         else:
@@ -91,7 +95,8 @@ def evaluate(
             if ignored:
                 raise InputError(f"{', '.join(ignored)} only apply with --random: a run is evaluated with its own settings")
             result = evaluate_run(run_dir, protocol, layer_list, dataset, progress=bars, data_root=data_root,
-                                  dataset_options=options.get(dataset) if dataset else None, device=device)
+                                  dataset_options=options.get(dataset) if dataset else None, device=device,
+                                  cluster_runs=cluster_runs)
     if not random and report:
         from dcx.core.report import write_report
 

@@ -36,7 +36,7 @@ EVAL_JSON = "eval.json"
 
 def evaluate_features(
     feats: np.ndarray, data: EvalData, protocols: Sequence[str], device: torch.device | str = "cpu",
-    cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING,
+    cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING, cluster_runs: int = CLUSTER_RUNS,
 ) -> dict[str, dict]:
     """Every protocol on one layer's features (rows aligned with ``data.images``)."""
     y = data.labels
@@ -47,7 +47,7 @@ def evaluate_features(
         out["knn"] = knn_classify(feats[data.train_idx], y[data.train_idx], feats[data.test_idx], y[data.test_idx], device=device)
     if "cluster" in protocols:
         out["cluster"] = cluster_protocol(feats[data.cluster_idx], y[data.cluster_idx], variants=cluster_variants,
-                                          device=device)
+                                          runs=cluster_runs, device=device)
     return out
 
 
@@ -55,6 +55,7 @@ def evaluate_network(
     model: FeatureNet, data: EvalData, protocols: Sequence[str] = PROTOCOLS, layers: Sequence[str] | str | None = None,
     image_size: int = 32, device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 0,
     progress: Progress | None = None, name: str = "network", cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING,
+    cluster_runs: int = CLUSTER_RUNS,
 ) -> dict[str, Any]:
     """Protocols x layers for one frozen network -> {protocol: {layer: metrics}, "dims": {layer: d}}."""
     progress = progress or NullProgress()
@@ -70,7 +71,7 @@ def evaluate_network(
         with progress.task(f"evaluate {name} ({', '.join(protocols)})", len(group)) as advance:
             for layer in group:
                 t = time.perf_counter()
-                scores = evaluate_features(feats.pop(layer), data, protocols, device, cluster_variants)
+                scores = evaluate_features(feats.pop(layer), data, protocols, device, cluster_variants, cluster_runs)
                 for p, v in scores.items():
                     result[p][layer] = v
                 log.debug("%s %s evaluated in %.1f s", name, layer, time.perf_counter() - t)
@@ -90,7 +91,13 @@ def check_protocols(protocols: Sequence[str] | str) -> list[str]:
     return [p for p in PROTOCOLS if p in names]
 
 
-def settings(protocols: Sequence[str], pca_dim: int = 256) -> dict[str, Any]:
+def check_cluster_runs(runs: int) -> int:
+    if runs < 1:
+        raise InputError(f"--cluster-runs {runs}: k-means needs at least one seed per layer (default {CLUSTER_RUNS})")
+    return int(runs)
+
+
+def settings(protocols: Sequence[str], pca_dim: int = 256, cluster_runs: int = CLUSTER_RUNS) -> dict[str, Any]:
     """What each protocol did, stored with its numbers."""
     out: dict[str, Any] = {"pooling": f"adaptive average pooling of each block to at most {MAX_DIMS} dims"}
     if "linear" in protocols:
@@ -100,7 +107,7 @@ def settings(protocols: Sequence[str], pca_dim: int = 256) -> dict[str, Any]:
         out["knn"] = f"weighted kNN on L2-normalised features, votes exp(cos/{KNN_T}), k = {', '.join(map(str, KNN_K))}"
     if "cluster" in protocols:
         out["cluster"] = (f"k-means (k = #classes, 20 iterations) on the run's training images after each "
-                          f"preprocessing ({', '.join(CLUSTER_PREPROCESSING)}); mean of {CLUSTER_RUNS} seeds")
+                          f"preprocessing ({', '.join(CLUSTER_PREPROCESSING)}); mean of {cluster_runs} seeds")
     return out
 
 
@@ -182,30 +189,34 @@ def evaluate_run(
     run_dir: Path, protocols: Sequence[str] | str = "all", layers: Sequence[str] | str | None = "all",
     dataset: str | None = None, progress: Progress | None = None, data_root: str | None = None,
     dataset_options: dict | None = None, device: str | None = None, save: bool = True,
-    registry: Registry | None = None,
+    registry: Registry | None = None, cluster_runs: int = CLUSTER_RUNS,
 ) -> dict[str, Any]:
     """Evaluate a run's trained network and its random init side by side; write eval.json + summary.
 
     ``dataset`` (+ ``data_root``, ``dataset_options``) evaluates on another labelled dataset,
     e.g. when the run trained on unlabelled images. Results of protocols/layers not evaluated
-    now are kept from a previous eval.json of the same dataset, split and epoch.
+    now are kept from a previous eval.json of the same dataset, split and epoch (its k-means
+    scores only when they averaged as many seeds, ``cluster_runs``).
     """
     t0 = time.perf_counter()
     protocols = check_protocols(protocols)
+    cluster_runs = check_cluster_runs(cluster_runs)
     run = load_run(run_dir, dataset, data_root, dataset_options, device, registry)
     cfg, data = run.setup.config, run.data
     common = dict(protocols=protocols, layers=layers, image_size=cfg.image_size, device=run.setup.device,
-                  batch_size=max(cfg.batch_size, 128), workers=cfg.workers, progress=progress)
+                  batch_size=max(cfg.batch_size, 128), workers=cfg.workers, progress=progress, cluster_runs=cluster_runs)
     log.info("evaluating %s on %s: %s", run_dir, data.dataset, data.split)
     result = {
         "run_dir": str(run_dir), "backbone": cfg.backbone, "dataset": data.dataset, "split": data.split,
         "epoch": run.epoch, "seed": cfg.seed, "classes": data.num_classes,
         "train_images": len(data.train_idx), "test_images": len(data.test_idx),
-        "protocols": protocols, "settings": settings(protocols, cfg.pca_dim),
+        "protocols": protocols, "settings": settings(protocols, cfg.pca_dim, cluster_runs),
         "learned": evaluate_network(run.learned, data, name="learned", **common),
         "random": evaluate_network(run.random, data, name="random", **common),
     }
     result["layers"] = list(result["learned"]["dims"])
+    if "cluster" in protocols:
+        result["cluster_runs"] = cluster_runs
     result["seconds"] = time.perf_counter() - t0
     if save:
         path = Path(run_dir)
@@ -221,21 +232,25 @@ def evaluate_run(
 
 def evaluate_random(
     config: RunConfig, protocols: Sequence[str] | str = "all", layers: Sequence[str] | str | None = "all",
-    progress: Progress | None = None, registry: Registry | None = None,
+    progress: Progress | None = None, registry: Registry | None = None, cluster_runs: int = CLUSTER_RUNS,
 ) -> dict[str, Any]:
     """Evaluate a randomly initialised network (``config``'s backbone, dataset and seed) alone."""
     t0 = time.perf_counter()
     protocols = check_protocols(protocols)
+    cluster_runs = check_cluster_runs(cluster_runs)
     s = setup(config, registry)
     data = load_eval_data(s.dataset, s.config.dataset, s.config.data_root, s.config.download, s.images.channels, s.images)
     result = {
         "backbone": s.config.backbone, "dataset": data.dataset, "split": data.split, "seed": s.config.seed,
         "classes": data.num_classes, "train_images": len(data.train_idx), "test_images": len(data.test_idx),
-        "protocols": protocols, "settings": settings(protocols, s.config.pca_dim),
+        "protocols": protocols, "settings": settings(protocols, s.config.pca_dim, cluster_runs),
         "random": evaluate_network(s.model, data, protocols, layers, s.config.image_size, s.device,
-                                   max(s.config.batch_size, 128), s.config.workers, progress, "random"),
+                                   max(s.config.batch_size, 128), s.config.workers, progress, "random",
+                                   cluster_runs=cluster_runs),
     }
     result["layers"] = list(result["random"]["dims"])
+    if "cluster" in protocols:
+        result["cluster_runs"] = cluster_runs
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -251,11 +266,19 @@ def merge_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     if (old.get("dataset"), old.get("split"), old.get("epoch")) != (result["dataset"], result["split"], result["epoch"]):
         return result
     merged = copy.deepcopy(old)
+    runs = result.get("cluster_runs")
+    if runs is not None and old.get("cluster_runs", CLUSTER_RUNS) != runs:
+        # k-means scores averaged over another number of seeds: not comparable, not kept
+        for net in ("learned", "random"):
+            merged.get(net, {}).pop("cluster", None)
+        merged["protocols"] = [p for p in old.get("protocols", []) if p != "cluster"]
+    if runs is not None:
+        merged["cluster_runs"] = runs
     for net in ("learned", "random"):
         merged.setdefault(net, {})
         for key, value in result[net].items():
             merged[net].setdefault(key, {}).update(value)
-    merged["protocols"] = [p for p in PROTOCOLS if p in set(old.get("protocols", [])) | set(result["protocols"])]
+    merged["protocols"] = [p for p in PROTOCOLS if p in set(merged.get("protocols", [])) | set(result["protocols"])]
     merged["settings"] = {**old.get("settings", {}), **result["settings"]}
     order = result["layers"] + [n for n in old.get("layers", []) if n not in result["layers"]]
     merged["layers"] = [n for n in order if n in merged["learned"].get("dims", {})]

@@ -1,0 +1,124 @@
+"""How noisy is the end-of-run best-block number? The compare's probe again with more k-means seeds.
+
+The block probe (``dcx.core.evaluate.probe``, what ``dcx compare`` tabulates) scores every block
+by the mean NMI of ``CLUSTER_RUNS`` (5) single k-means(#classes) runs on the L2-normalised
+features, then keeps the best block. One k-means run's NMI moves by several hundredths with its
+seed, so the best of six such means is biased upwards by the noise it selects. This script
+reloads each finished run of a ``dcx compare`` directory, repeats the probe's clustering with
+``--runs`` seeds (the first ``CLUSTER_RUNS`` equal the probe's: it checks that they reproduce the
+summary) and prints both versions of the comparison. docs/recipes.md, "How noisy".
+
+    python benchmarks/probe_noise.py COMPARE_DIR --runs 20 --out benchmarks/results/probe-noise-digits-intel.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def block_nmis(run_dir: Path, runs: int) -> dict[str, dict[str, list[float]]]:
+    """{block: {"learned": [NMI per k-means seed], "random": [...]}} on the probe's images."""
+    import torch
+
+    from dcx.core.contracts import ImageSet
+    from dcx.core.evaluate.data import EvalData
+    from dcx.core.evaluate.extraction import extract_layers
+    from dcx.core.evaluate.probe import PROBE_IMAGES, _Subset
+    from dcx.core.evaluate.protocols import SPLIT_SEED, preprocess_for_clustering
+    from dcx.core.kmeans import kmeans
+    from dcx.core.layers import layer_names
+    from dcx.core.metrics import clustering_scores
+    from dcx.core.evaluate.runs import load_run
+
+    loaded = load_run(run_dir)
+    images, cfg = loaded.setup.images, loaded.setup.config
+    n = len(images)
+    # the probe's images: all of them, or its seeded sample of PROBE_IMAGES (block_nmi)
+    idx = np.arange(n) if n <= PROBE_IMAGES else np.sort(np.random.default_rng(cfg.seed).choice(n, PROBE_IMAGES, False))
+    labels = np.asarray(images.labels)[idx]
+    subset = ImageSet(_Subset(images.images, idx), labels, images.classes, images.channels)
+    data = EvalData(subset, labels, np.arange(len(idx)), np.arange(0), np.arange(len(idx)), cfg.dataset, "probe")
+    k = len(np.unique(labels))
+    out: dict[str, dict[str, list[float]]] = {}
+    for which, net in (("learned", loaded.learned), ("random", loaded.random)):
+        feats = extract_layers(net, data, layer_names(net, "all"), cfg.image_size, torch.device("cpu"))
+        for block, f in feats.items():
+            z = preprocess_for_clustering(f, "l2")
+            out.setdefault(block, {})[which] = [
+                clustering_scores(labels, kmeans(z, k, 20, SPLIT_SEED + r).labels)["nmi"] for r in range(runs)]
+    return out
+
+
+def best_block(blocks: dict, runs: int) -> tuple[str, float, float]:
+    """(block, learned, random) of the block whose mean over the first ``runs`` seeds is highest."""
+    means = {b: statistics.fmean(v["learned"][:runs]) for b, v in blocks.items()}
+    b = max(means, key=means.get)
+    return b, means[b], statistics.fmean(blocks[b]["random"][:runs])
+
+
+def report(results: dict[str, dict], runs: int, first: str) -> list[str]:
+    """Per clusterer: best block per seed, mean, gain, and minus the ``first`` clusterer paired by seed."""
+    from scipy import stats
+
+    by: dict[str, dict[int, tuple]] = {}
+    for name, blocks in results.items():
+        clusterer, seed = name.rsplit("-seed", 1)
+        by.setdefault(clusterer, {})[int(seed)] = best_block(blocks, runs)
+    lines = [f"mean of {runs} k-means seeds per block:",
+             "| clusterer | best block per seed | mean | gain over random | minus " + first + " per seed; 95 % interval |",
+             "|---|---|---|---|---|"]
+    base = by.get(first, {})
+    for clusterer, seeds in by.items():
+        order = sorted(seeds)
+        vals = [seeds[s][1] for s in order]
+        gain = statistics.fmean(seeds[s][1] - seeds[s][2] for s in order)
+        paired = ""
+        common = [s for s in order if s in base]
+        if clusterer != first and len(common) >= 2:
+            diff = np.array([seeds[s][1] - base[s][1] for s in common])
+            lo, hi = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=diff.std(ddof=1) / np.sqrt(len(diff)))
+            paired = f"{', '.join(f'{d:+.3f}' for d in diff)} = {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        cells = ", ".join(f"{seeds[s][0]} {seeds[s][1]:.3f}" for s in order)
+        lines.append(f"| {clusterer} | {cells} | {statistics.fmean(vals):.3f} | {gain:+.3f} | {paired} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("compare_dir", type=Path)
+    ap.add_argument("--runs", type=int, default=20, help="k-means seeds per block (the probe uses CLUSTER_RUNS)")
+    ap.add_argument("--out", type=Path, help="JSON of every block's NMI per seed (read back if it exists)")
+    args = ap.parse_args()
+    from dcx.core.evaluate.protocols import CLUSTER_RUNS
+
+    comparison = json.loads((args.compare_dir / "comparison.json").read_text())
+    names = [r["run_dir"] for r in comparison["runs"]]
+    first = comparison["runs"][0]["clusterer"]
+    results = json.loads(args.out.read_text())["blocks"] if args.out and args.out.exists() else {}
+    for name in names:
+        if name in results:
+            continue
+        t = time.perf_counter()
+        results[name] = block_nmis(args.compare_dir / name, args.runs)
+        summary = json.loads((args.compare_dir / name / "summary.json").read_text())["best_block"]["blocks"]
+        drift = max(abs(statistics.fmean(v["learned"][:CLUSTER_RUNS]) - summary[b]["learned"]) for b, v in results[name].items())
+        print(f"{name}: {time.perf_counter() - t:.0f} s; the first {CLUSTER_RUNS} seeds vs its summary: {drift:.1e}", flush=True)
+    results = {name: results[name] for name in names}  # the comparison's order
+    sd = [statistics.stdev(v["learned"]) for blocks in results.values() for v in blocks.values()]
+    lines = [*report(results, CLUSTER_RUNS, first), "", *report(results, args.runs, first), "",
+             f"sd of one k-means run's NMI over {args.runs} seeds, per block and run: median {statistics.median(sd):.3f}, "
+             f"max {max(sd):.3f}"]
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text(json.dumps({"runs": args.runs, "compare_dir": str(args.compare_dir), "blocks": results,
+                                        "report": lines}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
