@@ -202,7 +202,7 @@ def test_run_summary_names_the_best_block_and_agrees_with_dcx_eval(tiny_config, 
     tiny_config.epochs = 1
     summary = execute(new_run(tiny_config, tmp_path / "run"))
     best = summary["best_block"]
-    assert best["block"] in best["blocks"] and best["images"] == 300
+    assert best["block"] in best["blocks"] and best["images"] == 300 and best["runs"] == E.CLUSTER_RUNS
     assert best["gain"] == pytest.approx(best["learned"] - best["random"])
     assert best["learned"] == max(b["learned"] for b in best["blocks"].values())
     ev = evaluate_run(tmp_path / "run", "cluster", [best["block"]])

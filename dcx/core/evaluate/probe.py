@@ -17,6 +17,7 @@ import torch
 from dcx.core.callbacks import Callback
 from dcx.core.contracts import ImageSet
 from dcx.core.evaluate.data import EvalData
+from dcx.core.evaluate.protocols import CLUSTER_RUNS
 from dcx.core.evaluate.runs import evaluate_network
 from dcx.core.network import build_network
 
@@ -67,7 +68,8 @@ def block_nmi(engine: "Engine", max_images: int = PROBE_IMAGES) -> dict[str, Any
     return {
         "block": best, "learned": blocks[best]["learned"], "random": blocks[best]["random"],
         "gain": blocks[best]["learned"] - blocks[best]["random"], "images": int(len(idx)),
-        "metric": "k-means(#classes) NMI after L2, mean of the eval protocol's seeds",
+        "metric": f"k-means(#classes) NMI after L2, mean of the eval protocol's {CLUSTER_RUNS} seeds",
+        "runs": CLUSTER_RUNS,
         "blocks": blocks,
     }
 
