@@ -36,9 +36,9 @@ from torch import nn
 
 from dcx.core.bank import MemoryBank, bank_neighbours, group_means, sample_neighbours
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec, linear_head
+from dcx.core.errors import InputError
 from dcx.core.features import preprocess
 from dcx.core.kmeans import kmeans
-from dcx.core.errors import InputError
 from dcx.core.merge import coarser, from_rank0, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 from dcx.core.sinkhorn import balanced_argmax, swav_codes
@@ -92,7 +92,8 @@ class SwAVHead(nn.Module):
         """(unit embeddings (B, proj_dim), prototype scores (B, K) of each set, then the merged sets', then
         the classifiers' logits)."""
         z = self.embed(x)
-        return z, [protos(z) for protos in [*self.prototype_sets(), *self.merged_prototypes]] + [c(x) for c in self.classifiers]
+        scores = [protos(z) for protos in [*self.prototype_sets(), *self.merged_prototypes]]
+        return z, scores + [classify(x) for classify in self.classifiers]
 
     @torch.no_grad()
     def reset_classifiers(self) -> None:
@@ -252,8 +253,8 @@ class SwAV(OnlineClusterer):
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
-        """With merged sets: merge the bank's equal-size first-set labels into this epoch's groups;
-        with neighbour codes: the bank's kNN graph."""
+        """With cluster heads: k-means of the features and fresh classifiers; with merged sets: merge the
+        bank's equal-size first-set labels into this epoch's groups; with neighbour codes: the bank's kNN graph."""
         p = self.params
         if p["cluster_heads"] > 0:
             self._cluster(_unwrap(head), context)

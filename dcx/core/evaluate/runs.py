@@ -92,6 +92,7 @@ def check_protocols(protocols: Sequence[str] | str) -> list[str]:
 
 
 def check_cluster_runs(runs: int) -> int:
+    """The k-means seeds the cluster protocol averages per layer: at least one."""
     if runs < 1:
         raise InputError(f"--cluster-runs {runs}: k-means needs at least one seed per layer (default {CLUSTER_RUNS})")
     return int(runs)
