@@ -212,8 +212,10 @@ def _true_labels(labels):
         yield
 
 
-def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
-    """Train one run and return its per-block probe (learned, random), time and settings."""
+def run_one(dataset: str, variant: str, seed: int, base: dict, probe_runs: int = 0) -> dict:
+    """Train one run and return its per-block probe (learned, random), time and settings; with
+    ``probe_runs``, also every block's mean over that many k-means seeds (``probe_noise.py``: the
+    run's 5-seed probe is noisy, sd ~0.016 per block)."""
     from dcx.core.config import RunConfig
     from dcx.core.runner import execute, new_run
     from dcx.core.setup import setup
@@ -245,6 +247,7 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
         summary = execute(new_run(RunConfig(**cfg), Path(tmp) / "run"))
         seconds = time.perf_counter() - t
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        more = _more_seeds(Path(tmp) / "run", probe_runs) if probe_runs else None
     curve = [{k: r.get(k) for k in ("epoch", "phase", "nmi_labels", "nmi_prev", "loss", "nonempty")} for r in metrics]
     best = summary["best_block"]
     return {
@@ -254,10 +257,21 @@ def run_one(dataset: str, variant: str, seed: int, base: dict) -> dict:
         "best_random": best["random"], "nmi_labels": summary["final"].get("nmi_labels"), "curve": curve,
         "settings": {k: v for k, v in cfg.items() if k not in ("options",)} | {"options": options},
         "load": os.getloadavg()[0],
-    }
+    } | (more or {})
 
 
-def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict, tag: str = "") -> None:
+def _more_seeds(run_dir: Path, runs: int) -> dict:
+    """The row's fields of a probe over ``runs`` k-means seeds per block."""
+    from probe_noise import best_block, block_nmis
+
+    blocks = block_nmis(run_dir, runs)
+    block, learned, random = best_block(blocks, runs)
+    means = {b: {k: statistics.fmean(v[k]) for k in ("learned", "random")} for b, v in blocks.items()}
+    return {"probe_runs": runs, "blocks_more": means, "best_block_more": block, "best_learned_more": learned,
+            "best_random_more": random}
+
+
+def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict, tag: str = "", probe_runs: int = 0) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{dataset}{'-' + tag if tag else ''}.jsonl"
     done = set()
@@ -269,11 +283,12 @@ def sweep(dataset: str, variants: list[str], seeds: list[int], base: dict, tag: 
         for variant in variants:
             if (variant, seed) in done:
                 continue
-            row = run_one(dataset, variant, seed, base)
+            row = run_one(dataset, variant, seed, base, probe_runs)
             with open(path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            more = f"; {probe_runs} k-means seeds: {row['best_block_more']} {row['best_learned_more']:.3f}" if probe_runs else ""
             print(f"{dataset} {variant} seed {seed}: best {row['best_block']} {row['best_learned']:.3f} "
-                  f"(random {row['best_random']:.3f}) in {row['seconds']:.0f} s", flush=True)
+                  f"(random {row['best_random']:.3f}) in {row['seconds']:.0f} s{more}", flush=True)
 
 
 def _fmt(values: list[float]) -> str:
@@ -321,6 +336,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--base", default="{}", help="JSON settings applied to every variant")
     ap.add_argument("--tag", default="", help="results go to <dataset>-<tag>.jsonl (e.g. another --base)")
+    ap.add_argument("--probe-runs", type=int, default=0,
+                    help="also probe every block with this many k-means seeds (e.g. 20; the run's probe uses 5)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--files", default="", help="--report: results files (stems, comma-separated)")
     ap.add_argument("--min-seeds", type=int, default=1, help="--report: variants with at least this many seeds")
@@ -337,7 +354,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     sweep(args.dataset, args.variants.split(","), [int(s) for s in args.seeds.split(",")], json.loads(args.base),
-          args.tag)
+          args.tag, args.probe_runs)
 
 
 if __name__ == "__main__":
