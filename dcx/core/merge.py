@@ -105,7 +105,7 @@ def merged_labels(features: np.ndarray, labels: np.ndarray, k: int, sizes: Seque
 def from_rank0(compute, shape: tuple[int, ...], rank: int, all_reduce=None, device=None):
     """An int64 torch tensor of ``shape`` that rank 0 computes (``compute()``, numpy or torch) and every
     rank receives as the sum over ranks (``all_reduce``; None in one process), the others contributing
-    zeros: how the merged labels and the bank's kNN table reach every rank."""
+    zeros: how the merged labels, the bank's kNN table and SwAV's cluster-head labels reach every rank."""
     import torch
 
     out = torch.as_tensor(compute(), dtype=torch.int64) if rank == 0 else torch.zeros(shape, dtype=torch.int64)
