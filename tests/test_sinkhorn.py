@@ -593,6 +593,48 @@ def test_swav_cluster_heads_train_fresh_classifiers_on_each_epochs_kmeans_of_the
         swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))
 
 
+def test_swav_cluster_weight_scales_the_heads_and_cluster_epochs_ends_them():
+    """cluster_weight w: loss = (swapped + w * sum of CE) / (sets + w * heads); after cluster_epochs no k-means
+    runs and the loss is SwAV's alone, the classifiers still in the graph with zero gradients."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(120, 16, generator=gen)
+    swav = SwAV(k=6, proj_dim=8, hidden_dim=0, cluster_heads=2, cluster_weight=0.5, cluster_epochs=1)
+    head = swav.build_head(TrainSpec(16, 120, preactivation=True))
+    calls = []
+
+    def features():
+        calls.append(1)
+        return x
+
+    def ctx(epoch):
+        return EpochContext(epoch=epoch, seed=0, steps_per_epoch=1, num_samples=120, device=torch.device("cpu"),
+                            features=features)
+
+    plain = SwAV(k=6, proj_dim=8, hidden_dim=0)
+    single = plain.build_head(TrainSpec(16, 120, preactivation=True))
+    single.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("classifiers")})
+    idx = torch.tensor([0, 7, 100, 119])
+    views = [x[idx] + 0.01, x[idx] - 0.01]
+
+    swav.start_epoch(head, ctx(0))
+    assert len(calls) == 1
+    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=idx)
+    ce = sum(F.cross_entropy(c(torch.cat(views)), swav.cluster_targets[j][idx].repeat(2))
+             for j, c in enumerate(head.classifiers))
+    assert torch.allclose(swav.loss(head, views, step)[0], (plain.loss(single, views, step)[0] + 0.5 * ce) / 2,
+                          atol=1e-6)
+
+    targets = swav.cluster_targets.clone()
+    swav.start_epoch(head, ctx(1))
+    assert len(calls) == 1 and torch.equal(swav.cluster_targets, targets)  # no clustering after the first epoch
+    step = StepContext(epoch=1, step=1, steps_per_epoch=1, indices=idx)
+    loss, _ = swav.loss(head, views, step)
+    assert torch.allclose(loss, plain.loss(single, views, step)[0], atol=1e-6)
+    loss.backward()
+    assert all(c[-1].weight.grad is not None and float(c[-1].weight.grad.abs().max()) == 0.0
+               for c in head.classifiers)
+
+
 @pytest.mark.parametrize("relu", [True, False])
 def test_swav_projection_takes_pre_activation_features_through_their_relu(relu):
     """With TrainSpec.preactivation (AlexNet's fc7) the projection sees ReLU(features) unless feature_relu is off."""

@@ -205,6 +205,10 @@ class SwAV(OnlineClusterer):
                "clusterings of the whole dataset's backbone features (PCA-256, whitening, L2, as the kmeans clusterer), "
                "each with a fresh linear classifier on the features that every view trains towards its image's "
                "cluster (not in the reference; 0 = off)", min=0),
+        Option("cluster_weight", float, 1.0, "weight of each cluster head's cross-entropy against one prototype "
+               "set's swapped loss (1: the heads count as sets)", min=0.0),
+        Option("cluster_epochs", int, None, "epochs (from the first) in which the cluster heads cluster and train; "
+               "after them the loss is SwAV's alone and no k-means runs; auto = every epoch", min=1, nullable=True),
     )
 
     def __init__(self, **options) -> None:
@@ -256,7 +260,7 @@ class SwAV(OnlineClusterer):
         """With cluster heads: k-means of the features and fresh classifiers; with merged sets: merge the
         bank's equal-size first-set labels into this epoch's groups; with neighbour codes: the bank's kNN graph."""
         p = self.params
-        if p["cluster_heads"] > 0:
+        if self._clustering(context.epoch):
             self._cluster(_unwrap(head), context)
         if p["merged_heads"] == 0 and p["neighbour_weight"] == 0:
             return
@@ -345,8 +349,11 @@ class SwAV(OnlineClusterer):
             loss = (loss + n_large * w * neighbour_loss) / (1 + w)
         if merged_scores or logits:
             merged_loss = self._merged_loss(merged_scores, n_views, step) if merged_scores else 0.0
-            cluster_loss = self._cluster_loss(logits, n_views, step) if logits else 0.0
-            loss = (loss / n_large + merged_loss + cluster_loss) / (len(scores) + len(merged_scores) + len(logits))
+            if logits and self._clustering(step.epoch):
+                cluster_loss, w = self._cluster_loss(logits, n_views, step), p["cluster_weight"]
+            else:  # after cluster_epochs: a zero term keeps the classifiers in the graph (DDP wants every parameter used)
+                cluster_loss, w = sum(out.float().sum() for out in logits) * 0.0, 0.0
+            loss = (loss / n_large + merged_loss + w * cluster_loss) / (len(scores) + len(merged_scores) + w * len(logits))
         else:
             loss = loss / (n_large * len(scores))
         # the first large crop's embeddings, for the merged sets and neighbour codes (which checked the indices)
@@ -437,6 +444,11 @@ class SwAV(OnlineClusterer):
             self.bank = MemoryBank(state["bank"].clone())
 
     # ------------------------------------------------------------------ internals
+
+    def _clustering(self, epoch: int) -> bool:
+        """Whether the cluster heads cluster and train in this epoch."""
+        p = self.params
+        return p["cluster_heads"] > 0 and (p["cluster_epochs"] is None or epoch < p["cluster_epochs"])
 
     def _merged_sizes(self) -> list[int]:
         """Groups of each merged set: k * merge_scale**j, at least 2."""
