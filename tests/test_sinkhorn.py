@@ -593,13 +593,14 @@ def test_swav_cluster_heads_train_fresh_classifiers_on_each_epochs_kmeans_of_the
         swav.loss(head, views, StepContext(epoch=1, step=6, steps_per_epoch=5))
 
 
-def test_swav_cluster_weight_scales_the_heads_and_cluster_epochs_ends_them():
-    """cluster_weight w: loss = (swapped + w * sum of CE) / (sets + w * heads); after cluster_epochs no k-means
-    runs and the loss is SwAV's alone, the classifiers still in the graph with zero gradients."""
+def test_swav_cluster_weight_scales_the_heads_and_cluster_until_ends_them():
+    """cluster_weight w: loss = (swapped + w * sum of CE) / (sets + w * heads); after the first
+    ceil(cluster_until * epochs) epochs no k-means runs and the loss is SwAV's alone, the classifiers
+    still in the graph with zero gradients."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(120, 16, generator=gen)
-    swav = SwAV(k=6, proj_dim=8, hidden_dim=0, cluster_heads=2, cluster_weight=0.5, cluster_epochs=1)
-    head = swav.build_head(TrainSpec(16, 120, preactivation=True))
+    swav = SwAV(k=6, proj_dim=8, hidden_dim=0, cluster_heads=2, cluster_weight=0.5, cluster_until=0.1)
+    head = swav.build_head(TrainSpec(16, 120, preactivation=True, epochs=4))  # ceil(0.4): the first epoch
     calls = []
 
     def features():

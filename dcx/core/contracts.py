@@ -113,6 +113,7 @@ class TrainSpec:
     ``preactivation``: the features are a pre-activation (AlexNet/VGG fc7 before its ReLU), so a
     classifier head on them applies ReLU first, exactly as the reference network does (``linear_head``).
     A projection MLP may take them as they are (swav/dcv2 ``feature_relu``, off: measured on digits).
+    ``epochs``: the run's epochs (None when unknown), for options given as a fraction of the run.
     """
 
     feature_dim: int
@@ -121,6 +122,7 @@ class TrainSpec:
     preactivation: bool = False
     rank: int = 0
     world_size: int = 1
+    epochs: int | None = None
 
 
 def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> nn.Module:

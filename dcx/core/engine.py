@@ -93,7 +93,7 @@ class Engine:
         if self.cuda:
             model.to(memory_format=torch.channels_last)  # faster convolutions with tensor cores
         self.spec = TrainSpec(model.feature_dim, self.n, self.device, preactivation=model.net.relu_head,
-                              rank=self.world.rank, world_size=self.world.size)
+                              rank=self.world.rank, world_size=self.world.size, epochs=self.cfg.epochs)
         # What offline clusterers cluster: the network's output, or one block pooled as dcx eval pools it.
         self._cluster_input: nn.Module | None = None
         self._cluster_dim = model.feature_dim

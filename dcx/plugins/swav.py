@@ -207,8 +207,9 @@ class SwAV(OnlineClusterer):
                "cluster (not in the reference; 0 = off)", min=0),
         Option("cluster_weight", float, 1.0, "weight of each cluster head's cross-entropy against one prototype "
                "set's swapped loss (1: the heads count as sets)", min=0.0),
-        Option("cluster_epochs", int, None, "epochs (from the first) in which the cluster heads cluster and train; "
-               "after them the loss is SwAV's alone and no k-means runs; auto = every epoch", min=1, nullable=True),
+        Option("cluster_until", float, 1.0, "fraction of the run's epochs (from the first, rounded up) in which the "
+               "cluster heads cluster and train; after them the loss is SwAV's alone and no k-means runs (1 = every "
+               "epoch)", min=1e-6, max=1.0),
     )
 
     def __init__(self, **options) -> None:
@@ -226,6 +227,7 @@ class SwAV(OnlineClusterer):
         self.merged_targets: torch.Tensor | None = None  # (merged_heads, N): this epoch's merged groups
         self.neighbour_table: torch.Tensor | None = None  # (N, neighbours): this epoch's bank kNN graph
         self.cluster_targets: torch.Tensor | None = None  # (cluster_heads, N): this epoch's k-means labels
+        self._cluster_epochs: int | None = None  # epochs in which the cluster heads train (None: every one)
         self._seed = 0
         self._reset_stats()
 
@@ -252,6 +254,12 @@ class SwAV(OnlineClusterer):
             hidden = min(max(feature_dim, proj), 2048)
         if p["k"] > num_samples:
             log.warning("swav: %d prototypes for %d images: most will stay unused; lower --k", p["k"], num_samples)
+        if p["cluster_heads"] > 0 and p["cluster_until"] < 1.0:
+            if spec.epochs is None:
+                log.warning("swav: cluster_until=%g needs the run's epochs (TrainSpec.epochs); the cluster heads "
+                            "train in every epoch", p["cluster_until"])
+            else:
+                self._cluster_epochs = math.ceil(p["cluster_until"] * spec.epochs)
         return SwAVHead(feature_dim, hidden, proj, p["k"], p["heads"], p["head_scale"], self._merged_sizes(),
                         p["cluster_heads"], spec.preactivation, p["feature_relu"])
 
@@ -351,7 +359,7 @@ class SwAV(OnlineClusterer):
             merged_loss = self._merged_loss(merged_scores, n_views, step) if merged_scores else 0.0
             if logits and self._clustering(step.epoch):
                 cluster_loss, w = self._cluster_loss(logits, n_views, step), p["cluster_weight"]
-            else:  # after cluster_epochs: a zero term keeps the classifiers in the graph (DDP wants every parameter used)
+            else:  # after cluster_until: a zero term keeps the classifiers in the graph (DDP wants every parameter used)
                 cluster_loss, w = sum(out.float().sum() for out in logits) * 0.0, 0.0
             loss = (loss / n_large + merged_loss + w * cluster_loss) / (len(scores) + len(merged_scores) + w * len(logits))
         else:
@@ -447,8 +455,7 @@ class SwAV(OnlineClusterer):
 
     def _clustering(self, epoch: int) -> bool:
         """Whether the cluster heads cluster and train in this epoch."""
-        p = self.params
-        return p["cluster_heads"] > 0 and (p["cluster_epochs"] is None or epoch < p["cluster_epochs"])
+        return self.params["cluster_heads"] > 0 and (self._cluster_epochs is None or epoch < self._cluster_epochs)
 
     def _merged_sizes(self) -> list[int]:
         """Groups of each merged set: k * merge_scale**j, at least 2."""
