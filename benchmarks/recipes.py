@@ -185,6 +185,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "swav_dc1_e5": ({"clusterer": "swav", "options": {"swav": {"cluster_heads": 1, "cluster_until": 0.5}}},
                     "SwAV with one DeepCluster head in the first half of the epochs only (5 of 10), SwAV alone after "
                     "(cluster_until 0.5; the v27 rows ran it as the option's first form, cluster_epochs=5)"),
+    "swav_dc1_u0.3": ({"clusterer": "swav", "options": {"swav": {"cluster_heads": 1, "cluster_until": 0.3}}},
+                      "SwAV with one DeepCluster head in the first 30 % of the epochs only (3 of 10), SwAV alone after"),
     "swav_relu": ({"clusterer": "swav", "options": {"swav": {"feature_relu": True}}},
                   "SwAV whose projection gets AlexNet's fc7 after its ReLU (TrainSpec.preactivation), as the k-means head does"),
     "dcv2_relu": ({"clusterer": "dcv2", "options": {"dcv2": {"feature_relu": True}}},

@@ -103,6 +103,30 @@ def test_two_processes_train_one_run_with_identical_ranks(tmp_path):
     assert ranks[0][1]["nmi_labels"] == pytest.approx(single.rows[1]["nmi_labels"], abs=0.1)
 
 
+def _swav_train(rank: int, world: int, port: int, out: str, results: str) -> None:
+    _join(rank, world, port)
+    record = Record()
+    cfg = _config(clusterer="swav", k=8, options={"digits": {"limit": 96}, "alexnet": {"fc_dim": 32},
+                                                  "swav": {"proj_dim": 8, "cluster_heads": 1, "cluster_until": 0.5}})
+    try:
+        execute(new_run(cfg, Path(out), callbacks=(record,)))
+    finally:
+        distributed.shutdown()
+    torch.save(record.rows, Path(results) / f"rank{rank}.pt")
+
+
+def test_swav_cluster_heads_stop_after_cluster_until_under_ddp(tmp_path):
+    """swav.cluster_until 0.5 of 2 epochs: the classifiers train in epoch 0 only, and in epoch 1 their zero
+    term keeps DistributedDataParallel's every-parameter-used reduction working; the ranks stay identical."""
+    out, results = tmp_path / "runs" / "swav", tmp_path / "results"
+    results.mkdir()
+    _spawn(_swav_train, str(out), str(results))
+    ranks = [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    for a, b in zip(*ranks):
+        assert np.array_equal(a["weights"], b["weights"])
+
+
 def _kmeans(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
     _join(rank, world, port)
     w = world_from_env()
