@@ -20,7 +20,9 @@ neighbours are pulled onto the same prototypes, as the merged heads pull neighbo
 
 ``cluster_heads`` > 0 (not in the reference) adds DeepCluster's objective beside the codes: each epoch,
 k-means(k) of the whole dataset's backbone features, preprocessed as the kmeans clusterer's, and a
-fresh linear classifier per clustering on the features, trained by cross-entropy from every view.
+fresh linear classifier per clustering on the features, trained by cross-entropy from every view;
+``cluster_weight`` scales them against a prototype set's swapped loss and ``cluster_until`` stops them
+after that fraction of the run's epochs (docs/recipes.md, "The DeepCluster head, lighter or earlier").
 """
 
 from __future__ import annotations
