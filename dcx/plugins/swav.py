@@ -361,9 +361,10 @@ class SwAV(OnlineClusterer):
             merged_loss = self._merged_loss(merged_scores, n_views, step) if merged_scores else 0.0
             if logits and self._clustering(step.epoch):
                 cluster_loss, w = self._cluster_loss(logits, n_views, step), p["cluster_weight"]
-            else:  # after cluster_until: a zero term keeps the classifiers in the graph, for a head in DDP (every parameter used)
+            else:  # after cluster_until: a zero term keeps the classifiers in the graph (a head in DDP uses them all)
                 cluster_loss, w = sum(out.float().sum() for out in logits) * 0.0, 0.0
-            loss = (loss / n_large + merged_loss + w * cluster_loss) / (len(scores) + len(merged_scores) + w * len(logits))
+            n_terms = len(scores) + len(merged_scores) + w * len(logits)
+            loss = (loss / n_large + merged_loss + w * cluster_loss) / n_terms
         else:
             loss = loss / (n_large * len(scores))
         # the first large crop's embeddings, for the merged sets and neighbour codes (which checked the indices)
