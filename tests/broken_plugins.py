@@ -531,6 +531,13 @@ class JitterPastOne(GoodDataset):
     defaults = RunDefaults(image_size=16, k=9, epochs=1, batch_size=16, width=0.25, jitter=2.0)
 
 
+class SobelAsText(GoodDataset):
+    """Declares its Sobel setting as a string, which --sobel cannot take."""
+
+    name = "sobelastext"
+    defaults = RunDefaults(image_size=16, k=9, epochs=1, batch_size=16, width=0.25, sobel="off")  # type: ignore[arg-type]
+
+
 GOOD = [GoodOffline, SelaLike, Counting, GoodOnline, GoodBackbone, GoodDataset]
 
 #: (plugin, the check that must catch its bug)
@@ -576,6 +583,7 @@ BROKEN = [
     (TestSplitMissing, "check_dataset_splits_loadable"),
     (ShuffledLabels, "check_dataset_labels_match_images"),
     (JitterPastOne, "check_dataset_run_defaults"),
+    (SobelAsText, "check_dataset_run_defaults"),
     (ReshuffledEachLoad, "check_dataset_load_reproducible"),
     (ChannelsLie, "check_dataset_images"),
 ]

@@ -341,6 +341,26 @@ def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(ti
     assert all(_jitter_of(t) for t in crops)
 
 
+def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
+    """The patch sets declare no Sobel (colour and intensity tell their classes apart); digits declares
+    nothing and gets AlexNet's Sobel, a ResNet none; --sobel/--no-sobel decide when given, and the
+    network and the probe's random init follow the resolved setting."""
+    from dcx.core.network import Sobel
+
+    digits = setup(tiny_config)
+    assert digits.config.sobel is True and isinstance(digits.model.input, Sobel)
+    photos = tiny_config.model_copy(update={"dataset": "photos", "options": {"photos": {"limit": 40}}})
+    s = setup(photos)
+    assert s.config.sobel is False and not isinstance(s.model.input, Sobel)
+    assert s.model.net.blocks["conv1"][0].in_channels == 3  # colour reaches the first conv
+    textures = photos.model_copy(update={"dataset": "textures", "options": {"textures": {"limit": 40}}})
+    assert setup(textures, load_images=False).config.sobel is False
+    assert setup(textures.model_copy(update={"sobel": True}), load_images=False).config.sobel is True
+    assert setup(tiny_config.model_copy(update={"sobel": False})).config.sobel is False
+    resnet = tiny_config.model_copy(update={"backbone": "resnet18", "options": {"digits": {"limit": 300}}})
+    assert setup(resnet, load_images=False).config.sobel is False
+
+
 def test_swav_views_take_twice_the_datasets_jitter_unless_jitter_is_given(tiny_config):
     """SwAV's colour distortion is 0.8 where digits declares 0.4 for k-means; a dataset that declares
     none stays at none, and --jitter or swav.jitter_scale decide when given."""

@@ -58,7 +58,7 @@ def evaluate(
     seed: int = typer.Option(None, "--seed", help="with --random: initialisation seed (default: 0)"),
     width: float = typer.Option(None, "--width", help="with --random: channel multiplier (default: the dataset's)"),
     image_size: int = typer.Option(None, "--image-size", help="with --random: input side (default: the dataset's)"),
-    sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="with --random: Sobel input layer (default: the backbone's)"),
+    sobel: bool = typer.Option(None, "--sobel/--no-sobel", help="with --random: Sobel input layer (default: the dataset's, else the backbone's)"),
     device: str = typer.Option(None, "--device", help="cpu | cuda | auto (default: the run's)"),
     cluster_runs: int = typer.Option(
         None, "--cluster-runs", help="k-means seeds averaged per layer by the cluster protocol (default 5); one run's "

@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
     weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)
     image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", ge=8)
     width: float | None = setting(None, "channel multiplier of the backbone (1.0 = paper)", gt=0, le=16)
-    sobel: bool | None = setting(None, "fixed Sobel input layer (default: the backbone's)")
+    sobel: bool | None = setting(None, "fixed Sobel input layer (default: the dataset's, else the backbone's)")
     flip: bool | None = setting(None, "random horizontal flips in training (default: the dataset's; off for "
                                       "digits and characters)")
     augment: Literal["crop", "affine", "elastic"] | None = setting(

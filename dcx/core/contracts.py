@@ -375,6 +375,10 @@ class RunDefaults:
     #: never decide a class here (glyphs: +0.011 on digits, +0.028 on characters; docs/recipes.md
     #: "Photometric jitter").
     jitter: float = 0.0
+    #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
+    #: False where colour or absolute intensity is part of the class, which Sobel throws away
+    #: (the patch sets: k-means on photos 0.62 vs 0.45; docs/recipes.md "Sobel").
+    sobel: bool | None = None
 
 
 @dataclass

@@ -127,7 +127,8 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     cfg.epochs = cfg.epochs or d.epochs
     cfg.batch_size = cfg.batch_size or d.batch_size
     cfg.width = cfg.width or d.width
-    cfg.sobel = backbone.sobel_default if cfg.sobel is None else cfg.sobel
+    if cfg.sobel is None:
+        cfg.sobel = d.sobel if d.sobel is not None else backbone.sobel_default
     flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
     cfg.flip = flip
     cfg.augment = cfg.augment or d.augment or default_augment(cfg.image_size)

@@ -133,3 +133,4 @@ def check_dataset_run_defaults(p: PluginUnderTest) -> None:
     assert isinstance(d, RunDefaults), f"run_defaults returned a {type(d).__name__}"
     for which, rd in (("defaults", dataset.defaults), ("run_defaults", d)):
         assert 0 <= rd.jitter <= 1, f"{which}.jitter is {rd.jitter!r}, not in [0, 1] (--jitter's range)"
+        assert rd.sobel is None or isinstance(rd.sobel, bool), f"{which}.sobel is {rd.sobel!r}, not None or a bool"
