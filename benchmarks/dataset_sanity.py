@@ -9,7 +9,9 @@ The random-init network numbers come from ``dcx eval --random --backbone alexnet
     python benchmarks/dataset_sanity.py [--datasets textures,photos,characters,digits] [--random-init]
 
 ``--random-init`` also runs that ``dcx eval --random`` per dataset (a minute or two each on 2
-cores) and adds its k-means NMI (L2, mean of 5 seeds) and kNN-20 top-1 per block.
+cores) and adds its k-means NMI (L2, mean of 5 seeds) and kNN-20 top-1 per block; the network has
+each dataset's Sobel setting (photos: none since v29), ``--sobel`` puts the layer on
+every one (how docs/datasets.md's table was made).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def pixels(images) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
 
 
-def random_init(name: str) -> str:
-    """k-means(#classes) NMI after L2 and kNN-20 top-1 per block of a random-init AlexNet."""
+def random_init(name: str, sobel: bool = False) -> str:
+    """k-means(#classes) NMI after L2 and kNN-20 top-1 per block of a random-init AlexNet (with the
+    Sobel layer when ``sobel``, else the dataset's setting)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
         subprocess.run(
             [sys.executable, "-m", "dcx", "eval", "--random", "--backbone", "alexnet", "--dataset", name,
-             "--protocol", "cluster,knn", "--out", str(out), "--quiet"],
+             "--protocol", "cluster,knn", "--out", str(out), "--quiet", *(["--sobel"] if sobel else [])],
             check=True, stdout=subprocess.DEVNULL,
         )
         result = json.loads(out.read_text())["random"]
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", default="textures,photos,characters,digits")
     parser.add_argument("--random-init", action="store_true", help="also run dcx eval --random per dataset")
+    parser.add_argument("--sobel", action="store_true", help="--random-init with the Sobel layer on every dataset")
     args = parser.parse_args()
     registry = Registry()
     print("| dataset | train / test | classes | load s | raw k-means NMI (5 seeds) | raw 1-NN acc |")
@@ -80,7 +84,7 @@ def main() -> None:
             sizes = f"{len(train)} (70/30)"
         print(f"| {name} | {sizes} | {k} | {seconds:.1f} | {np.mean(scores):.3f} ± {np.std(scores):.3f} | {acc:.3f} |")
         if args.random_init:
-            print(f"|  random-init AlexNet, k-means NMI (L2) / kNN-20 per block: {random_init(name)} |||||")
+            print(f"|  random-init AlexNet, k-means NMI (L2) / kNN-20 per block: {random_init(name, args.sobel)} |||||")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "pca32": ({"pca_dim": 32}, "PCA to 32 dims before k-means"),
     "no_pca": ({"pca_dim": 100000}, "no dimension reduction (whitening only)"),
     "no_sobel": ({"sobel": False}, "no Sobel input layer"),
-    "sobel": ({"sobel": True}, "the fixed Sobel input layer (AlexNet's default; textures and photos declare none since v29)"),
+    "sobel": ({"sobel": True}, "the fixed Sobel input layer (AlexNet's default; photos declares none since v29)"),
     "swav_no_sobel": ({"clusterer": "swav", "sobel": False}, "SwAV without the Sobel input layer"),
     "dcv2_no_sobel": ({"clusterer": "dcv2", "sobel": False}, "DeepCluster-v2 without the Sobel input layer"),
     "lr_0.1": ({"lr": 0.1}, "learning rate 0.1"),

@@ -342,9 +342,9 @@ def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(ti
 
 
 def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
-    """The patch sets declare no Sobel (colour and intensity tell their classes apart); digits declares
-    nothing and gets AlexNet's Sobel, a ResNet none; --sobel/--no-sobel decide when given, and the
-    network and the probe's random init follow the resolved setting."""
+    """Photos declares no Sobel (colour tells its classes apart); digits and textures declare nothing
+    and get AlexNet's Sobel, a ResNet none; --sobel/--no-sobel decide when given, and the network
+    follows the resolved setting."""
     from dcx.core.network import Sobel
 
     digits = setup(tiny_config)
@@ -353,9 +353,10 @@ def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
     s = setup(photos)
     assert s.config.sobel is False and not isinstance(s.model.input, Sobel)
     assert s.model.net.blocks["conv1"][0].in_channels == 3  # colour reaches the first conv
+    assert setup(photos.model_copy(update={"sobel": True}), load_images=False).config.sobel is True
     textures = photos.model_copy(update={"dataset": "textures", "options": {"textures": {"limit": 40}}})
-    assert setup(textures, load_images=False).config.sobel is False
-    assert setup(textures.model_copy(update={"sobel": True}), load_images=False).config.sobel is True
+    assert setup(textures, load_images=False).config.sobel is True
+    assert setup(textures.model_copy(update={"sobel": False}), load_images=False).config.sobel is False
     assert setup(tiny_config.model_copy(update={"sobel": False})).config.sobel is False
     resnet = tiny_config.model_copy(update={"backbone": "resnet18", "options": {"digits": {"limit": 300}}})
     assert setup(resnet, load_images=False).config.sobel is False

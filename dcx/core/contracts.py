@@ -376,8 +376,8 @@ class RunDefaults:
     #: "Photometric jitter").
     jitter: float = 0.0
     #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
-    #: False where colour or absolute intensity is part of the class, which Sobel throws away
-    #: (the patch sets: k-means on photos 0.62 vs 0.45; docs/recipes.md "Sobel").
+    #: False where colour tells the classes apart, which Sobel throws away (``photos``: k-means
+    #: 0.63 vs 0.46, SwAV 0.65 vs 0.49; docs/recipes.md "Sobel").
     sobel: bool | None = None
 
 

@@ -165,9 +165,7 @@ class PatchDataset(Dataset):
     mode: ClassVar[str] = "L"
     base: ClassVar[int] = 48
     # 32-px images: a small net and several passes per clustering round, k ~ 10x classes (as digits).
-    # No Sobel: a patch's source is told by its colour and intensity too, which Sobel removes
-    # (docs/recipes.md "Sobel": k-means photos 0.45 -> 0.62, textures 0.72 -> 0.74).
-    defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3, sobel=False)
+    defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3)
     options = (
         Option("per_class", int, 240, "training patches per source image", min=1),
         Option("test_per_class", int, 100, "test patches per source image", min=1),
