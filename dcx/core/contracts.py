@@ -377,7 +377,7 @@ class RunDefaults:
     jitter: float = 0.0
     #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
     #: False where colour tells the classes apart, which Sobel throws away (``photos``: k-means
-    #: 0.63 vs 0.46, SwAV 0.65 vs 0.49; docs/recipes.md "Sobel").
+    #: 0.63 vs 0.46, SwAV 0.66 vs 0.49; docs/recipes.md "Sobel").
     sobel: bool | None = None
 
 

@@ -34,5 +34,5 @@ class Photos(PatchDataset):
     sources = SOURCES
     mode = "RGB"
     # No Sobel: colour tells most of these photographs apart and Sobel keeps only edges (docs/recipes.md
-    # "Sobel": k-means 0.46 -> 0.63, SwAV 0.49 -> 0.65, same seeds). Textures keep it (SwAV loses there).
+    # "Sobel": k-means 0.46 -> 0.63, SwAV 0.49 -> 0.66, same seeds). Textures keep it (SwAV loses there).
     defaults = replace(PatchDataset.defaults, sobel=False)
