@@ -10,7 +10,7 @@ summary) and prints both versions of the comparison. docs/recipes.md, "How noisy
 
 ``--restarts R`` also scores each block as k-means itself is meant to be run: the seeds in groups of
 R, each group's run with the lowest objective kept (faiss's ``nredo``, scikit-learn's ``n_init``),
-the block's score the mean over the groups; the engine's final probe keeps the best of 10 so.
+the block's score the mean over the groups (the engine's final probe keeps the best of 10 the same way).
 
     python benchmarks/probe_noise.py COMPARE_DIR --runs 20 --out benchmarks/results/probe-noise-digits-intel.json
     python benchmarks/probe_noise.py COMPARE_DIR --runs 50 --restarts 10 --out benchmarks/results/probe-restarts-digits-intel.json
