@@ -204,6 +204,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "swav_lr_0.025": ({"clusterer": "swav", "lr": 0.025}, "SwAV at lr 0.025 (defaults: 0.05)"),
     "swav_passes12_128": ({"clusterer": "swav", "passes": 12},
                           "SwAV at twice its default steps: 6 passes of its 2 views per epoch (4x k-means' image-steps)"),
+    "dcv2_passes12": ({"clusterer": "dcv2", "passes": 12},
+                      "DeepCluster-v2 at twice its default steps: 6 passes of its 2 views per epoch"),
     "swav_queue_512_eps05": ({"clusterer": "swav", "options": {"swav": {"queue_length": 512, "queue_start_epoch": 2,
                                                                        "epsilon": 0.05}}},
                              "SwAV with a 512-row queue from epoch 2 at SwAV's epsilon 0.05 (its small-batch recipe)"),
