@@ -150,7 +150,7 @@ def main() -> None:
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps({"runs": args.runs, "restarts": args.restarts, "compare_dir": str(args.compare_dir),
-                                        "blocks": results, "report": lines}, indent=1))
+                                        "blocks": results, "report": lines}))
 
 
 if __name__ == "__main__":
