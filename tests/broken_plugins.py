@@ -357,6 +357,15 @@ class NegativeJitterScale(GoodOnline):
         return CropSpec(jitter_scale=-1.0)
 
 
+class ZeroPassesScale(GoodOnline):
+    """Asks for no training passes at all."""
+
+    name = "zeropasses"
+
+    def crops(self):
+        return CropSpec(passes_scale=0.0)
+
+
 class NanLoss(GoodOnline):
     name = "nanloss"
 
@@ -572,6 +581,7 @@ BROKEN = [
     (TensorStats, "check_online_stats_serialisable"),
     (NanLoss, "check_online_loss"),
     (NegativeJitterScale, "check_online_head"),
+    (ZeroPassesScale, "check_online_head"),
     (NotAtMinSize, "check_backbone_min_image_size"),
     (ThreeChannelsOnly, "check_backbone_channels"),
     (ThreeChannelsOnly, "check_backbone_sobel"),

@@ -43,20 +43,27 @@ def test_swav_online_epoch_trains_and_reports_collapse_guard():
     assert summary["final"]["clusters"] == 10
 
 
-def test_online_clusterers_see_each_image_as_often_as_kmeans_by_default():
-    """Default passes: the dataset's image passes, times the views an online step takes, so
-    passes // views (what the engine trains) equals k-means' passes; an explicit value is kept."""
+def test_online_clusterers_see_each_image_their_passes_scale_times_as_often_as_kmeans_by_default():
+    """Default passes: the dataset's image passes, times the views an online step takes, times the
+    clusterer's passes_scale (SwAV 2, DeepCluster-v2 1), so passes // views (what the engine trains)
+    is passes_scale times k-means' passes; an explicit --passes is kept as given."""
     def resolved(clusterer, **extra):
         s = setup(RunConfig(clusterer=clusterer, dataset="digits", k=10, **extra), load_images=False)
         return s.config.passes, s.clusterer
 
     kmeans_passes, _ = resolved("kmeans")
-    for name, extra in (("dcv2", {}), ("swav", {}), ("swav", {"options": {"swav": {"n_small": 2}}})):
+    for name, extra, scale in (("dcv2", {}, 1), ("swav", {}, 2), ("swav", {"options": {"swav": {"n_small": 2}}}, 2),
+                               ("swav", {"options": {"swav": {"passes_scale": 1.0}}}, 1)):
         passes, clusterer = resolved(name, **extra)
         crops = clusterer.crops()
-        assert passes == kmeans_passes * crops.views
-        assert passes // crops.views == kmeans_passes
+        assert crops.passes_scale == scale
+        assert passes == kmeans_passes * crops.views * scale
+        assert passes // crops.views == kmeans_passes * scale
     assert resolved("dcv2", passes=2)[0] == 2
+    assert resolved("swav", passes=2)[0] == 2
+    # A fraction rounds to whole passes and never to none.
+    assert resolved("swav", options={"swav": {"passes_scale": 0.5}})[0] == kmeans_passes
+    assert resolved("swav", options={"swav": {"passes_scale": 0.1}})[0] == 1
 
 
 def test_a_checkpoint_that_no_longer_fits_the_config_is_one_clear_error(tiny_config):

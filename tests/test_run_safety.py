@@ -222,7 +222,8 @@ def test_only_builtin_plugins_get_the_options_they_ran_with():
     assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3, "merged_heads": 0}}
     # SwAV's views took the dataset's jitter as it was before swav.jitter_scale came with a default of 2.
     swav = RunConfig(clusterer="swav", plugins={"clusterer": {"name": "swav", "package": "dcx", "version": "0.1.0"}})
-    assert options_ran_at({"swav": {"k": 5}}, swav.plugin_names()) == {"swav": {"k": 5, "jitter_scale": 1.0}}
+    assert options_ran_at({"swav": {"k": 5}}, swav.plugin_names()) == {"swav": {"k": 5, "jitter_scale": 1.0,
+                                                                             "passes_scale": 1.0}}
     # DeepCluster-v2 trained the reference's heads only before dcv2.merged_heads came with a default of 1.
     dcv2 = RunConfig(clusterer="dcv2", plugins={"clusterer": {"name": "dcv2", "package": "dcx", "version": "0.1.0"}})
     assert options_ran_at({"dcv2": {"k": 5}}, dcv2.plugin_names()) == {"dcv2": {"k": 5, "merged_heads": 0}}

@@ -22,11 +22,12 @@ RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
 #: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
 #: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
 #: kmeans.merged_heads: none before it came with a default of 1;
-#: swav.jitter_scale: its views took the dataset's jitter as it was; dcv2.merged_heads: the
+#: swav.jitter_scale: its views took the dataset's jitter as it was; swav.passes_scale: it trained
+#: the one-view passes times its views; dcv2.merged_heads: the
 #: reference's prototype sets only, before it came with a default of 1, now 2; a run that records
 #: merged_heads records its merge_scale too).
 OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1, "merged_heads": 0},
-                                                       "swav": {"jitter_scale": 1.0},
+                                                       "swav": {"jitter_scale": 1.0, "passes_scale": 1.0},
                                                        "dcv2": {"merged_heads": 0}}
 
 
@@ -62,7 +63,8 @@ class RunConfig(BaseModel):
     epochs: int | None = setting(None, "clustering rounds (default: the dataset's)", short="-e", ge=1)
     passes: int | None = setting(
         None, "backbone passes over the data per clustering round (online clusterers: divided by their views "
-        "per image; default: the dataset's, times those views for online clusterers)", ge=1)
+        "per image; default: the dataset's, times those views and the clusterer's passes_scale for online "
+        "clusterers)", ge=1)
     batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
     lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
     lr_schedule: Literal["cosine", "cosine-restarts", "constant"] = setting(

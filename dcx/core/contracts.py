@@ -246,6 +246,10 @@ class CropSpec:
     #: The views' photometric jitter as a multiple of the dataset's declared strength, used when
     #: --jitter is not given (a dataset that declares none, whose class is intensity, stays at none).
     jitter_scale: float = 1.0
+    #: Backbone passes per round as a multiple of the one-view default (the dataset's passes times
+    #: the views), used when --passes is not given: an online method may need more steps than
+    #: k-means' labels do (SwAV: 2, docs/recipes.md "SwAV at twice its steps").
+    passes_scale: float = 1.0
 
     @property
     def views(self) -> int:

@@ -161,8 +161,9 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
         # A step sees `views` crops of each image and the engine gives it passes // views image
         # passes: by default every image is seen as often per round as in a one-view k-means run,
         # at views x the compute. Compute-equal (one image pass of two views), DeepCluster-v2
-        # on digits scored 0.06 NMI below k-means (docs/recipes.md).
-        cfg.passes = d.passes * cfg.views
+        # on digits scored 0.06 NMI below k-means (docs/recipes.md). An online clusterer may ask
+        # for a multiple of that (CropSpec.passes_scale).
+        cfg.passes = max(1, round(d.passes * cfg.views * (crops.passes_scale if crops else 1.0)))
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml
     # reproduces the run even if a default changes later. None ("auto") is left out.

@@ -187,6 +187,11 @@ class SwAV(OnlineClusterer):
         # jitter"), k-means loses. Datasets that declare none (their class is intensity) stay at none.
         Option("jitter_scale", float, 2.0, "the views' photometric jitter as a multiple of the dataset's declared "
                "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
+        # 2: twice the k-means-equal passes (12 of its 2 views per round where the dataset declares 3)
+        # raised the best block on digits, textures and photos, 9 of 9 seed pairs (docs/recipes.md,
+        # "SwAV at twice its steps"); DeepCluster-v2 did not gain from the same doubling.
+        Option("passes_scale", float, 2.0, "backbone passes per round as a multiple of the dataset's passes times "
+               "the views, when --passes is not given (2: twice a one-view k-means run's image passes)", min=0.1),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
         Option("queue_start_epoch", int, 15, "epoch from which the queue fills (SwAV: 15)", min=0),
         *merge_options("set", 0, 0.25, "further prototype sets: each image's first-set prototype (equal-size "
@@ -244,6 +249,7 @@ class SwAV(OnlineClusterer):
             small_scale=(p["small_min_scale"], p["small_max_scale"]),
             small_size_ratio=p["small_size_ratio"],
             jitter_scale=p["jitter_scale"],
+            passes_scale=p["passes_scale"],
         )
 
     def build_head(self, spec: TrainSpec) -> nn.Module:

@@ -76,7 +76,8 @@ def _assign(plugin: OnlineClusterer, head: nn.Module, x: np.ndarray) -> torch.Te
         return plugin.assign(head, torch.from_numpy(x))
 
 
-@check("build_head returns an nn.Module and crops() a CropSpec with at least one large crop and a jitter_scale >= 0",
+@check("build_head returns an nn.Module and crops() a CropSpec with at least one large crop, a jitter_scale >= 0 "
+       "and a passes_scale > 0",
        applies=is_online)
 def check_online_head(p: PluginUnderTest) -> None:
     plugin, _ = _online(p)
@@ -84,6 +85,7 @@ def check_online_head(p: PluginUnderTest) -> None:
     assert isinstance(crops, CropSpec), f"crops() must return a CropSpec, got {type(crops).__name__}"
     assert crops.n_large >= 1 and crops.n_small >= 0, f"crops() asks for {crops.n_large} large, {crops.n_small} small"
     assert crops.jitter_scale >= 0, f"crops().jitter_scale is {crops.jitter_scale!r}: a jitter strength cannot be negative"
+    assert crops.passes_scale > 0, f"crops().passes_scale is {crops.passes_scale!r}: a run needs at least one pass"
 
 
 @check("through start_epoch and the step hooks, loss returns a finite scalar tensor and a dict", applies=is_online)
