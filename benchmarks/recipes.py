@@ -203,7 +203,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "swav_lr_0.1": ({"clusterer": "swav", "lr": 0.1}, "SwAV at lr 0.1 (defaults: 0.05)"),
     "swav_lr_0.025": ({"clusterer": "swav", "lr": 0.025}, "SwAV at lr 0.025 (defaults: 0.05)"),
     "swav_passes12_128": ({"clusterer": "swav", "passes": 12},
-                          "SwAV at twice its default steps: 6 passes of its 2 views per epoch (4x k-means' image-steps)"),
+                          "SwAV at twice its former default steps: 6 passes of its 2 views per epoch (4x k-means' image-steps; "
+                          "its default since swav.passes_scale=2 on a 3-pass dataset)"),
     "dcv2_passes12": ({"clusterer": "dcv2", "passes": 12},
                       "DeepCluster-v2 at twice its default steps: 6 passes of its 2 views per epoch"),
     "swav_queue_512_eps05": ({"clusterer": "swav", "options": {"swav": {"queue_length": 512, "queue_start_epoch": 2,
