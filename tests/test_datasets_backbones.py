@@ -79,19 +79,13 @@ def test_training_augmentations_keep_size_and_vary(augment):
     assert a.shape == b.shape == (1, 32, 32) and not torch.equal(a, b)
 
 
-def test_warp_scales_the_affine_and_elastic_magnitudes():
+def test_elastic_augmentation_draws_from_the_documented_ranges():
     from dcx.core.data import train_transform
 
-    def magnitudes(warp):
-        steps = train_transform(32, 1, flip=False, min_scale=0.5, augment="elastic", warp=warp).transforms
-        affine = next(s for s in steps if type(s).__name__ == "RandomAffine")
-        elastic = next(s for s in steps if type(s).__name__ == "RandomApply").transforms[0]
-        return affine.degrees[1], affine.translate[0], affine.shear[1], float(elastic.alpha[0])
-
-    base, strong = magnitudes(1.0), magnitudes(2.0)
-    assert base == (12.0, 0.08, 8.0, 32.0)
-    assert strong == pytest.approx(tuple(2 * m for m in base))
-    assert magnitudes(0.0) == (0.0, 0.0, 0.0, 0.0)  # no warp at all, crops only in effect
+    steps = train_transform(32, 1, flip=False, min_scale=0.5, augment="elastic").transforms
+    affine = next(s for s in steps if type(s).__name__ == "RandomAffine")
+    elastic = next(s for s in steps if type(s).__name__ == "RandomApply").transforms[0]
+    assert (affine.degrees[1], affine.translate[0], affine.shear[1], float(elastic.alpha[0])) == (12.0, 0.08, 8.0, 32.0)
 
 
 def test_jitter_changes_brightness_and_contrast_and_colour_only_when_asked():

@@ -30,12 +30,10 @@ def _ctx(x, epoch=0):
                         features=lambda: x)
 
 
-@pytest.mark.parametrize("cluster_on", ["crops", "images"])
-def test_start_epoch_clusters_the_bank_and_sets_prototypes_to_centroids(cluster_on):
-    # crops (reference): the bank is filled once and later epochs cluster what training wrote;
-    # images: every epoch re-embeds the plain views and clusters those.
+def test_start_epoch_clusters_the_bank_and_sets_prototypes_to_centroids():
+    # As the reference: the bank is filled once and later epochs cluster what training wrote.
     x, y = _unit_blobs(d=12)
-    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0, cluster_on=cluster_on)
+    plugin = DeepClusterV2(k=5, heads=2, proj_dim=8, hidden_dim=0, merged_heads=0)
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
     calls = []
@@ -49,13 +47,7 @@ def test_start_epoch_clusters_the_bank_and_sets_prototypes_to_centroids(cluster_
         head.projection.weight.mul_(-1)  # the network moved
     ctx.epoch = 1
     plugin.start_epoch(head, ctx)
-    with torch.no_grad():
-        z = head.embed(x)
-    if cluster_on == "crops":
-        assert calls == [1] and torch.equal(plugin.bank.rows[0][:10], torch.zeros(10, 8))
-    else:
-        assert calls == [1, 1] and torch.allclose(plugin.bank.rows, z.expand(2, -1, -1))
-        assert nmi(y.numpy(), plugin.assignments[0].numpy()) > 0.9
+    assert calls == [1] and torch.equal(plugin.bank.rows[0][:10], torch.zeros(10, 8))
     for h, protos in enumerate(head.prototypes):
         # every bank row is assigned to its nearest prototype, and the prototypes are unit centroids
         assert torch.equal((plugin.bank.rows[h] @ protos.weight.t()).argmax(1), plugin.assignments[h])
@@ -118,25 +110,7 @@ def test_merged_set_groups_the_first_heads_clusters_into_classes_with_mean_proto
     assert head.merged_prototypes[0].weight.grad is None and torch.isfinite(loss)
 
 
-def test_merge_every_head_merges_each_heads_own_clusters():
-    x, y = _unit_blobs(n=400, d=12, k=5)
-    plugin = DeepClusterV2(k=20, heads=3, proj_dim=12, hidden_dim=0, merged_heads=2, merge_scale=0.5,
-                           merge_every_head=True)
-    torch.manual_seed(0)
-    head = plugin.build_head(TrainSpec(feature_dim=12, num_samples=len(x)))
-    assert [p.weight.shape[0] for p in head.merged_prototypes] == [10, 5] * 3
-    plugin.start_epoch(head, _ctx(x))
-    assert plugin.assignments.shape == (9, len(x))
-    for h in range(3):
-        own = plugin.assignments[h]
-        assert not torch.equal(own, plugin.assignments[0]) or h == 0  # the heads' k-means differ
-        for merged in plugin.assignments[3 + 2 * h : 5 + 2 * h]:  # unions of this head's clusters
-            assert all(len(torch.unique(merged[own == c])) == 1 for c in torch.unique(own))
-
-
-@pytest.mark.parametrize("relu", [True, False])
-def test_dcv2_projection_takes_pre_activation_features_through_their_relu(relu):
-    """With TrainSpec.preactivation (AlexNet's fc7) the projection sees ReLU(features) unless feature_relu is off."""
-    head = DeepClusterV2(k=5, proj_dim=8, hidden_dim=0, feature_relu=relu).build_head(TrainSpec(16, 100, preactivation=True))
-    x = -torch.rand(4, 16) - 0.1  # all negative: the ReLU zeroes them
-    assert torch.allclose(head.embed(x), head.embed(torch.zeros(4, 16))) == relu
+def test_dcv2_projection_takes_pre_activation_features_as_they_are():
+    head = DeepClusterV2(k=5, proj_dim=8, hidden_dim=0).build_head(TrainSpec(16, 100, preactivation=True))
+    x = -torch.rand(4, 16) - 0.1  # all negative: a ReLU would zero them
+    assert not torch.allclose(head.embed(x), head.embed(torch.zeros(4, 16)))

@@ -103,138 +103,14 @@ def test_two_processes_train_one_run_with_identical_ranks(tmp_path):
     assert ranks[0][1]["nmi_labels"] == pytest.approx(single.rows[1]["nmi_labels"], abs=0.1)
 
 
-def _swav_ddp_head(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
+def _dcv2_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
     from dcx.core.contracts import EpochContext, StepContext, TrainSpec
-    from dcx.plugins.swav import SwAV
-
-    _join(rank, world, port)
-    w = world_from_env()
-    feats = torch.from_numpy(x).float()
-    plugin = SwAV(k=6, proj_dim=8, hidden_dim=0, cluster_heads=1, cluster_until=0.5)
-    torch.manual_seed(0)
-    head = torch.nn.parallel.DistributedDataParallel(
-        plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x), epochs=2)))
-    mine = torch.arange(len(x))[rank::world][:16]
-    grads = []
-    try:
-        for epoch in (0, 1):
-            plugin.start_epoch(head, EpochContext(epoch=epoch, seed=0, steps_per_epoch=2, num_samples=len(x),
-                                                  device=torch.device("cpu"), features=lambda: feats, rank=rank,
-                                                  world_size=world, all_reduce=w.all_reduce))
-            for i in range(2):  # a second backward is where DDP reports parameters the first one left unused
-                head.zero_grad()
-                loss, _ = plugin.loss(head, [feats[mine] + 0.01, feats[mine] - 0.01],
-                                      StepContext(epoch, 2 * epoch + i, 2, indices=mine, rank=rank, world_size=world))
-                loss.backward()
-            grads.append(float(head.module.classifiers[0][-1].weight.grad.abs().max()))
-    finally:
-        distributed.shutdown()
-    np.save(Path(results) / f"rank{rank}.npy", np.array(grads))
-
-
-def test_swav_cluster_heads_after_cluster_until_keep_a_ddp_wrapped_head_training(tmp_path, blobs):
-    """A head wrapped in DistributedDataParallel (the contract allows it): after cluster_until the classifiers
-    take a zero term, so DDP, which wants every parameter used in every backward, keeps reducing; their
-    gradient is zero then, not before."""
-    x, _ = blobs
-    _spawn(_swav_ddp_head, x, str(tmp_path))
-    for r in range(2):
-        before, after = np.load(tmp_path / f"rank{r}.npy")
-        assert before > 0 and after == 0
-
-
-def _kmeans(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
-    _join(rank, world, port)
-    w = world_from_env()
-    try:
-        res = kmeans(x, 6, 15, seed=3, backend="torch", rows=w.block(len(x)), all_reduce=w.all_reduce)
-    finally:
-        distributed.shutdown()
-    np.save(Path(results) / f"rank{rank}.npy", res.labels)
-
-
-def test_distributed_kmeans_gives_the_single_process_partition(tmp_path, blobs):
-    x, _ = blobs
-    _spawn(_kmeans, x, str(tmp_path))
-    single = kmeans(x, 6, 15, seed=3, backend="torch").labels
-    for r in range(2):
-        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
-
-
-def _merged_heads(rank: int, world: int, port: int, x: np.ndarray, results: str) -> None:
-    from dcx.core.contracts import FitContext
-    from dcx.plugins.kmeans import KMeans
-
-    _join(rank, world, port)
-    w = world_from_env()
-    try:
-        ctx = FitContext(seed=3, rank=rank, world_size=world, rows=w.block(len(x)), all_reduce=w.all_reduce)
-        part = KMeans(k=12, niter=10, backend="torch", heads=1, merged_heads=2, merge_scale=0.5).fit(x, ctx)
-    finally:
-        distributed.shutdown()
-    np.save(Path(results) / f"rank{rank}.npy", np.column_stack([part.labels, part.more_labels]))
-
-
-def test_merged_heads_reach_every_rank_as_one_process_computes_them(tmp_path, blobs):
-    """Rank 0 merges the clusters; the others receive its labels (kmeans.merged_heads)."""
-    from dcx.core.contracts import FitContext
-    from dcx.plugins.kmeans import KMeans
-
-    x, _ = blobs
-    _spawn(_merged_heads, x, str(tmp_path))
-    part = KMeans(k=12, niter=10, backend="torch", heads=1, merged_heads=2, merge_scale=0.5).fit(x, FitContext(seed=3))
-    single = np.column_stack([part.labels, part.more_labels])
-    assert [len(np.unique(c)) for c in single.T] == [12, 6, 3]
-    for r in range(2):
-        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
-
-
-def _dcv2_start(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
-    from dcx.core.contracts import EpochContext, TrainSpec
     from dcx.plugins.dcv2 import DeepClusterV2
 
     feats = torch.from_numpy(x).float()
     plugin = DeepClusterV2(k=12, heads=1, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5)
     torch.manual_seed(0)
     head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
-    ctx = EpochContext(epoch=0, seed=3, steps_per_epoch=1, num_samples=len(x), device=torch.device("cpu"),
-                       features=lambda: feats)
-    if rank is not None:
-        _join(rank, world, port)
-        w = world_from_env()
-        ctx.rank, ctx.world_size, ctx.all_reduce = rank, world, w.all_reduce
-    try:
-        plugin.start_epoch(head, ctx)
-    finally:
-        if rank is not None:
-            distributed.shutdown()
-    out = plugin.assignments.numpy()
-    if results is not None:
-        np.save(Path(results) / f"rank{rank}.npy", out)
-    return out
-
-
-def test_dcv2_merged_sets_reach_every_rank_as_one_process_computes_them(tmp_path, blobs):
-    """dcv2.merged_heads: rank 0 merges the bank's clusters; every rank trains towards the same targets."""
-    x, _ = blobs
-    _spawn(_dcv2_start, x, str(tmp_path))
-    single = _dcv2_start(None, 1, 0, x, None)
-    assert [len(np.unique(r)) for r in single] == [12, 6, 3]
-    for r in range(2):
-        assert np.array_equal(np.load(tmp_path / f"rank{r}.npy"), single)
-
-
-def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
-    from dcx.core.contracts import EpochContext, StepContext, TrainSpec
-    from dcx.plugins.swav import SwAV
-
-    feats = torch.from_numpy(x).float()
-    plugin = SwAV(k=12, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5, neighbour_weight=0.5,
-                  cluster_heads=1)
-    torch.manual_seed(0)
-    head = plugin.build_head(TrainSpec(feature_dim=x.shape[1], num_samples=len(x)))
-    with torch.no_grad():  # prototypes at 12 images' embeddings: 12 non-empty first-set clusters
-        head.prototypes.weight.copy_(head.embed(feats[:: len(x) // 12][:12]))
     ctx = EpochContext(epoch=0, seed=3, steps_per_epoch=1, num_samples=len(x), device=torch.device("cpu"),
                        features=lambda: feats)
     mine = torch.arange(len(x))
@@ -245,33 +121,29 @@ def _swav_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results:
         mine = mine[rank::world]
     try:
         plugin.start_epoch(head, ctx)
-        targets = np.concatenate([plugin.merged_targets.numpy(), plugin.cluster_targets.numpy(),
-                                  plugin.neighbour_table.numpy().T]).astype(np.float32)
+        targets = plugin.assignments.numpy().astype(np.float32)
         with torch.no_grad():
             plugin.loss(head, [2 * feats[mine], feats[mine]], StepContext(0, 0, 1, indices=mine))
         plugin.end_epoch(head, ctx)
     finally:
         if rank is not None:
             distributed.shutdown()
-    out = np.concatenate([targets, plugin.bank.rows[0].numpy().T])  # merged sets, kNN table, bank
+    out = np.concatenate([targets, plugin.bank.rows[0].numpy().T])  # k-means and merged labels, then the bank
     if results is not None:
         np.save(Path(results) / f"rank{rank}.npy", out)
     return out
 
 
-def test_swav_merged_sets_reach_every_rank_and_the_bank_gathers_every_ranks_rows(tmp_path, blobs):
-    """swav.merged_heads, neighbour codes and cluster heads: rank 0 merges, builds the bank's kNN graph and
-    clusters the features, every rank gets the same targets and graph; after the epoch every rank's bank holds the rows all ranks wrote
-    (MemoryBank.sync, which DeepCluster-v2 shares)."""
+def test_dcv2_merged_sets_reach_every_rank_and_the_bank_gathers_every_ranks_rows(tmp_path, blobs):
+    """Rank 0 merges the bank's clusters along its kNN graph and every rank gets the same targets; after
+    the epoch every rank's bank holds the rows all ranks wrote (MemoryBank.sync)."""
     x, _ = blobs
-    _spawn(_swav_epoch, x, str(tmp_path))
-    single = _swav_epoch(None, 1, 0, x, None)
-    assert [len(np.unique(r)) for r in single[:3]] == [6, 3, 12]  # merged sets, then the k-means labels
-    graph = 3 + 10  # the merged sets' and k-means rows, then the 10 neighbours' columns
-    assert (single[3:graph] != np.arange(len(x))).all()
+    _spawn(_dcv2_epoch, x, str(tmp_path))
+    single = _dcv2_epoch(None, 1, 0, x, None)
+    assert [len(np.unique(r)) for r in single[1:3]] == [6, 3]  # the merged sets' groups
     for r in range(2):
         got = np.load(tmp_path / f"rank{r}.npy")
-        assert np.array_equal(got[:graph], single[:graph]) and np.allclose(got[graph:], single[graph:], atol=1e-6)
+        assert np.array_equal(got[:3], single[:3]) and np.allclose(got[3:], single[3:], atol=1e-6)
 
 
 def _codes(rank: int, world: int, port: int, scores: torch.Tensor, results: str) -> None:

@@ -17,6 +17,11 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
 
 
+def _partition(engine, epoch=0):
+    """The offline epoch's clustering of the engine's current features."""
+    return engine.epochs._cluster(engine.extract(), epoch)[0]
+
+
 def test_an_epoch_changes_weights_and_labels(tiny_config):
     tiny_config.epochs = 2
     s = setup(tiny_config)
@@ -100,65 +105,20 @@ def test_features_over_the_memory_budget_stream_to_a_memory_map(tiny_config, tmp
     in_ram = Engine(setup(tiny_config)).run()
     tiny_config.feature_memory_gb = 1e-6  # a few hundred bytes: everything goes to the memory map
     engine = Engine(setup(tiny_config))
-    engine.scratch = tmp_path
+    engine.extract.scratch = tmp_path
     seen = []
-    real = engine._feature_array
+    real = engine.extract._array
 
     def spy(d):
         out = real(d)
         seen.append(type(out))
         return out
 
-    engine._feature_array = spy
+    engine.extract._array = spy
     on_disk = engine.run()
     assert seen and all(t is np.memmap for t in seen)
     assert not (tmp_path / "features.f32.npy").exists()  # removed at the end of the run
     assert on_disk["final"]["nmi_labels"] == pytest.approx(in_ram["final"]["nmi_labels"], abs=1e-6)
-
-
-def test_cluster_layer_clusters_the_pooled_block(tiny_config):
-    """--cluster-layer conv5: the clusterer receives conv5 as dcx eval pools it, not the fc output."""
-    from dcx.core.layers import pooled_layer
-
-    tiny_config.cluster_layer, tiny_config.epochs = "conv5", 1
-    s = setup(tiny_config)
-    engine = Engine(s)
-    _, dim = pooled_layer(s.model, "conv5", 32, 1, torch.device("cpu"))
-    feats = engine.extract_features()
-    assert feats.shape == (300, dim) and dim != s.model.feature_dim
-    assert engine.run()["final"]["clusters"] == 20
-
-
-@pytest.mark.parametrize("layer, clusterer, message", [
-    ("conv9", "kmeans", "--cluster-layer conv9: this network's layers are conv1, conv2, conv3, conv4, conv5, features"),
-    ("all", "kmeans", "--cluster-layer all: this network's layers are conv1"),
-    ("conv5", "swav", "swav labels batches from its own head"),
-])
-def test_cluster_layer_mistakes_are_input_errors(tiny_config, layer, clusterer, message):
-    tiny_config.cluster_layer, tiny_config.clusterer = layer, clusterer
-    with pytest.raises(InputError, match=message):
-        setup(tiny_config)
-
-
-def test_label_smoothing_softens_the_pseudo_label_loss():
-    """--label-smoothing e: (1 - e) x cross-entropy to the pseudo-label + e x the mean over all k."""
-    from torch import nn
-
-    from dcx.core.contracts import StepContext, TrainingHead
-    from dcx.core.objective import PartitionObjective
-
-    torch.manual_seed(0)
-    head, feats = nn.Linear(6, 4), torch.randn(5, 6)
-    targets = np.array([0, 3, 1, 2, 3, 0, 1])
-    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.tensor([1, 2, 4, 5, 6]))
-    hard, _ = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu")).loss([feats], step)
-    soft, _ = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu"),
-                                 label_smoothing=0.2).loss([feats], step)
-    logp = torch.log_softmax(head(feats), dim=1)
-    y = torch.as_tensor(targets[[1, 2, 4, 5, 6]])
-    nll = -logp[torch.arange(5), y].mean()
-    assert hard.item() == pytest.approx(nll.item(), rel=1e-6)
-    assert soft.item() == pytest.approx((0.8 * nll - 0.2 * logp.mean(dim=1).mean()).item(), rel=1e-6)
 
 
 def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
@@ -168,12 +128,12 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
 
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "merged_heads": 0}}
     engine = Engine(setup(tiny_config))
-    part, _, _ = engine._cluster(engine.extract_features(), 0)
+    part = _partition(engine)
     assert part.more_labels.shape == (300, 2)
     one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {"heads": 1}}})))
-    assert np.array_equal(part.labels, one._cluster(one.extract_features(), 0)[0].labels)
+    assert np.array_equal(part.labels, _partition(one).labels)
     assert all(normalized_mutual_info_score(part.labels, col) < 1 for col in part.more_labels.T)
-    objective = engine._partition_objective(part)
+    objective = engine.epochs._objective(part)
     feats, idx = torch.randn(5, engine.spec.feature_dim), torch.tensor([3, 1, 4, 159, 26])
     logits = objective.head(feats)
     assert logits.shape == (5, 20, 3)
@@ -185,139 +145,40 @@ def test_several_kmeans_heads_train_one_head_per_clustering(tiny_config):
     assert np.isfinite(engine.run()["final_loss"])
 
 
-def test_head_scale_trains_coarser_heads_beside_the_runs_labels(tiny_config):
-    """kmeans.head_scale=0.5 with 3 heads (cluster counts: test_kmeans): the first clustering is the
-    one-head labels, every head one (B, k) slice of the module, and the run trains."""
-    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 3, "head_scale": 0.5, "merged_heads": 0}}
-    engine = Engine(setup(tiny_config))
-    part, _, _ = engine._cluster(engine.extract_features(), 0)
-    assert int(part.more_labels[:, 1].max()) < 5  # the k/4 head's ids stay within its 5 clusters
-    one = Engine(setup(tiny_config.model_copy(update={"options": {**tiny_config.options, "kmeans": {"heads": 1}}})))
-    assert np.array_equal(part.labels, one._cluster(one.extract_features(), 0)[0].labels)
-    assert engine._partition_objective(part).head(torch.randn(4, engine.spec.feature_dim)).shape == (4, 20, 3)
-    assert np.isfinite(engine.run()["final_loss"])
-
-
 def test_merged_heads_train_on_the_runs_clusters_merged(tiny_config):
     """kmeans.merged_heads=1 beside one k-means head: the second target column groups the run's
     labels (each cluster inside one of k/4 groups), one more (B, k) slice, and the run trains."""
     tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 1, "merged_heads": 1}}
     engine = Engine(setup(tiny_config))
-    part, _, _ = engine._cluster(engine.extract_features(), 0)
+    part = _partition(engine)
     groups = part.more_labels[:, 0]
     assert len(np.unique(groups)) == 5
     assert all(len(np.unique(groups[part.labels == c])) == 1 for c in np.unique(part.labels))
-    assert engine._partition_objective(part).head(torch.randn(4, engine.spec.feature_dim)).shape == (4, 20, 2)
+    assert engine.epochs._objective(part).head(torch.randn(4, engine.spec.feature_dim)).shape == (4, 20, 2)
     assert np.isfinite(engine.run()["final_loss"])
 
 
-def test_several_kmeans_heads_refuse_a_kept_head(tiny_config):
-    tiny_config.options = {**tiny_config.options, "kmeans": {"heads": 2, "keep_head": True}}
-    with pytest.raises(InputError, match="add --opt kmeans.heads=1 --opt kmeans.merged_heads=0"):
-        setup(tiny_config)
-
-
-@pytest.mark.parametrize("head_lr, expected", [(None, 0.05), (0.5, 0.5)])
-def test_head_lr_sets_only_the_fresh_heads_rate(tiny_config, head_lr, expected):
-    """--head-lr: the offline head's SGD runs at it (default --lr, as the reference's optimizer_tl);
-    the backbone keeps --lr."""
-    tiny_config.head_lr, tiny_config.lr = head_lr, 0.05
-    engine = Engine(setup(tiny_config))
-    part, _, _ = engine._cluster(engine.extract_features(), 0)
-    objective = engine._partition_objective(part)
-    assert [g["lr"] for g in objective.optimizers[0].param_groups] == [expected]
-    assert {g["initial_lr"] for g in engine.optimizer.param_groups} == {0.05}
-
-
-@pytest.mark.parametrize("whiten", [True, False])
-def test_the_clusterer_gets_pca_whitened_or_only_pca_rows(tiny_config, whiten):
-    """--no-whiten: the clusterer receives PCA + L2 rows without the eigenvalue scaling."""
+def test_the_clusterer_gets_pca_whitened_rows(tiny_config):
+    """The clusterer receives PCA + whitening + L2 rows (paper §3.2), not PCA + L2 alone."""
     from dcx.core.features import preprocess
 
-    tiny_config.whiten, tiny_config.pca_dim = whiten, 16
+    tiny_config.pca_dim = 16
     s = setup(tiny_config)
     engine = Engine(s)
-    feats = engine.extract_features()
+    feats = engine.extract()
     seen = []
     fit = s.clusterer.fit
     s.clusterer.fit = lambda x, ctx: seen.append(np.array(x)) or fit(x, ctx)
-    engine._cluster(feats, 0)
-    assert np.allclose(seen[0], preprocess(feats, 16, whiten=whiten), atol=1e-5)
-    assert not np.allclose(seen[0], preprocess(feats, 16, whiten=not whiten), atol=1e-3)
+    engine.epochs._cluster(feats, 0)
+    assert np.allclose(seen[0], preprocess(feats, 16), atol=1e-5)
+    assert not np.allclose(seen[0], preprocess(feats, 16, whiten=False), atol=1e-3)
 
 
-def test_several_views_train_every_crop_towards_the_image_label():
-    """--views 2: the loss is the mean of each view's cross-entropy to the image's pseudo-label."""
-    from torch import nn
-
-    from dcx.core.contracts import StepContext, TrainingHead
-    from dcx.core.objective import PartitionObjective
-
-    torch.manual_seed(0)
-    head, a, b = nn.Linear(6, 4), torch.randn(3, 6), torch.randn(3, 6)
-    targets = np.array([2, 0, 3, 1])
-    step = StepContext(epoch=0, step=0, steps_per_epoch=1, indices=torch.tensor([3, 0, 2]))
-    objective = PartitionObjective(TrainingHead(head, targets), 0.1, 0.0, torch.device("cpu"))
-    both, _ = objective.loss([a, b], step)
-    one_a, _ = objective.loss([a], step)
-    one_b, _ = objective.loss([b], step)
-    assert both.item() == pytest.approx((one_a.item() + one_b.item()) / 2, rel=1e-6)
-    y = torch.tensor([1, 2, 3])
-    assert one_a.item() == pytest.approx(nn.functional.cross_entropy(head(a), y).item(), rel=1e-6)
-
-
-def test_offline_views_give_each_step_several_crops_at_the_same_image_passes(tiny_config):
-    tiny_config.views, tiny_config.passes = 2, None
-    s = setup(tiny_config)
-    assert s.config.views == 2 and s.config.passes == 2 * s.dataset.run_defaults(s.images).passes
-    engine = Engine(s)
-    crops, i, ok = engine.train_set[5]
-    assert ok and i == 5 and len(crops) == 2 and crops[0].shape == crops[1].shape
-    assert not torch.equal(crops[0], crops[1])  # independent draws of the augmentation
-    one = Engine(setup(tiny_config.model_copy(update={"views": None})))
-    assert one.views == 1 and engine.images_per_epoch() == one.images_per_epoch()
-    before = _params(s.model)
-    summary = engine.run()
-    assert not torch.equal(before, _params(s.model)) and np.isfinite(summary["final_loss"])
-
-
-def test_cluster_views_cluster_the_mean_of_plain_and_augmented_features(tiny_config, caplog):
-    """--cluster-views 2: each row is the mean of the plain image's features and one augmented
-    view's, drawn from a seed of the epoch's own, leaving training's random stream as it was."""
-    from torchvision.transforms import functional as TF
-
-    from dcx.core import data as D
-
-    tiny_config.cluster_views = 2
-    s = setup(tiny_config)
-    assert s.config.cluster_views == 2 and setup(tiny_config.model_copy(update={"cluster_views": None})).config.cluster_views == 1
-    engine = Engine(s)
-    plain = engine.extract_features()
-    state = torch.get_rng_state()
-    mixed = engine.extract_features(cluster_epoch=0)
-    assert torch.equal(state, torch.get_rng_state())  # the training stream is untouched
-    assert np.array_equal(mixed, engine.extract_features(cluster_epoch=0))  # seeded by the epoch
-    assert not np.allclose(mixed, plain) and not np.array_equal(mixed, engine.extract_features(cluster_epoch=1))
-    # The mean itself, with a deterministic "augmentation" (a flip) in place of the random one.
-    eval_t = engine.eval_set.transform
-    engine.cluster_set = D.IndexedImages(s.images, D.PlainAndAugmented(eval_t, lambda im: TF.hflip(eval_t(im)), 2))
-    engine.eval_set = D.IndexedImages(s.images, lambda im: TF.hflip(eval_t(im)))
-    flipped = engine.extract_features()
-    np.testing.assert_allclose(engine.extract_features(cluster_epoch=0), (plain + flipped) / 2, rtol=1e-5, atol=1e-6)
-
-    tiny_config.clusterer = "swav"  # online clusterers label their own crops
-    assert setup(tiny_config).config.cluster_views == 1
-    assert "swav labels its own crops in each step: --cluster-views 2 is ignored" in caplog.text
-
-
-def test_online_clusterers_take_their_views_from_their_crops(tiny_config, caplog):
+def test_online_clusterers_take_their_views_from_their_crops(tiny_config):
     tiny_config.clusterer = "swav"
-    s = setup(tiny_config)
-    assert s.config.views == s.clusterer.crops().views == 2
-    tiny_config.views = 1  # e.g. a k-means run's config.toml reused for swav
-    assert setup(tiny_config).config.views == 2
-    assert "swav takes 2 crops of each image from its own options (dcx list --options): --views 1 is ignored" \
-        in caplog.text
+    engine = Engine(setup(tiny_config))
+    assert engine.epochs.views == engine.s.clusterer.crops().views == 2
+    assert len(engine.train_set.transform.transforms) == 2
 
 
 def _jitter_of(transform):
@@ -363,16 +224,41 @@ def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
 
 
 def test_swav_views_take_twice_the_datasets_jitter_unless_jitter_is_given(tiny_config):
-    """SwAV's colour distortion is 0.8 where digits declares 0.4 for k-means; a dataset that declares
-    none stays at none, and --jitter or swav.jitter_scale decide when given."""
+    """SwAV's colour distortion is 0.8 where digits declares 0.4 for k-means (its run_defaults); a
+    dataset that declares none stays at none, and --jitter decides when given."""
     swav = tiny_config.model_copy(update={"clusterer": "swav"})
     s = setup(swav)
-    assert s.config.jitter == pytest.approx(0.8) and s.config.options["swav"]["jitter_scale"] == 2.0
+    assert s.config.jitter == pytest.approx(0.8)
     assert all(j.brightness == pytest.approx((0.2, 1.8))
                for t in Engine(s).train_set.transform.transforms for j in _jitter_of(t))
     assert setup(swav.model_copy(update={"jitter": 0.3})).config.jitter == 0.3
-    own = swav.model_copy(update={"options": {**swav.options, "swav": {"jitter_scale": 1.0}}})
-    assert setup(own).config.jitter == pytest.approx(0.4)
     assert setup(tiny_config.model_copy(update={"clusterer": "dcv2"})).config.jitter == pytest.approx(0.4)
     textures = swav.model_copy(update={"dataset": "textures", "options": {"textures": {"limit": 40}}})
     assert setup(textures, load_images=False).config.jitter == 0.0
+
+
+def test_swav_fits_its_prototypes_to_the_batch_unless_k_is_given(tiny_config, caplog):
+    """A default SwAV run has no more prototypes than a batch has codes for (no warning about its own
+    defaults); --k or the queue decide when given."""
+    swav = tiny_config.model_copy(update={"clusterer": "swav", "k": None, "batch_size": 16})
+    assert setup(swav).config.k == 16
+    assert setup(swav.model_copy(update={"k": 20})).config.k == 20
+    queued = swav.model_copy(update={"options": {**swav.options, "swav": {"queue_length": 64}}})
+    assert setup(queued).config.k == 100  # the digits default: the queue makes the codes fit
+
+
+def test_online_clusterers_hold_a_folders_time_budget(tiny_config):
+    """Where the defaults were sized to a time budget (a folder), an online clusterer trains the k-means
+    run's view-passes in rounds of at least one image pass; elsewhere every image is seen as often per
+    round as in a one-view k-means run (SwAV: twice that)."""
+    from dcx.core.contracts import RunDefaults
+    from dcx.plugins.dcv2 import DeepClusterV2
+    from dcx.plugins.swav import SwAV
+
+    free = RunDefaults(k=100, epochs=10, batch_size=64, passes=3)
+    assert DeepClusterV2(k=10).run_defaults(free).passes == 6
+    assert SwAV(k=10).run_defaults(free).passes == 12
+    budget = RunDefaults(k=500, epochs=5, batch_size=128, passes=1, budget=150_000.0)
+    for plugin in (DeepClusterV2(k=10), SwAV(k=10)):
+        d = plugin.run_defaults(budget)
+        assert (d.passes, d.epochs) == (2, 3)  # 6 view-passes where k-means trains 5

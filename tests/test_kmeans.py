@@ -37,14 +37,12 @@ def test_seed_makes_it_deterministic_and_plugin_reports_stats(blobs):
     assert a.n_clusters == 12
 
 
-@pytest.mark.parametrize("k, heads, scale, sizes", [(1, 1, 1.0, [1]), (1, 3, 0.5, [1, 1, 1]), (3, 3, 0.5, [3, 2, 2]),
-                                                    (12, 3, 0.5, [12, 6, 3]), (12, 2, 1.0, [12, 12])])
-def test_first_head_has_exactly_k_clusters_and_further_ones_k_times_the_scale(blobs, k, heads, scale, sizes):
-    """head_scale shrinks only the further heads (never below 2, nor above k): k = 1 stays one cluster."""
+@pytest.mark.parametrize("k, heads", [(1, 1), (1, 3), (12, 3)])
+def test_every_kmeans_head_has_exactly_k_clusters(blobs, k, heads):
     x, _ = blobs
-    part = KMeans(k=k, niter=5, heads=heads, head_scale=scale, merged_heads=0).fit(x, FitContext(seed=0)).validate(len(x), "kmeans")
+    part = KMeans(k=k, niter=5, heads=heads, merged_heads=0).fit(x, FitContext(seed=0)).validate(len(x), "kmeans")
     labels = part.labels[:, None] if part.more_labels is None else np.column_stack([part.labels, part.more_labels])
-    assert [len(np.unique(col)) for col in labels.T] == sizes and part.n_clusters == k
+    assert [len(np.unique(col)) for col in labels.T] == [k] * heads and part.n_clusters == k
 
 
 @pytest.mark.parametrize(
@@ -58,31 +56,3 @@ def test_first_head_has_exactly_k_clusters_and_further_ones_k_times_the_scale(bl
 def test_bad_input(x, k, match):
     with pytest.raises(InputError, match=match):
         kmeans(x, k)
-
-
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
-def test_given_starting_centroids_replace_the_random_rows(blobs, backend):
-    x, _ = blobs
-    fitted = kmeans(x, 6, niter=20, seed=0, backend=backend)
-    again = kmeans(x, 6, niter=20, seed=5, backend=backend, init=fitted.centroids)
-    assert np.array_equal(again.labels, fitted.labels)  # a fixed point stays put, ids included
-    assert again.history[0] == pytest.approx(fitted.objective, rel=1e-4)
-    with pytest.raises(InputError, match=r"init centroids have shape \(5, 16\), expected \(6, 16\)"):
-        kmeans(x, 6, backend=backend, init=fitted.centroids[:5])
-
-
-def test_init_previous_carries_cluster_ids_over_rounds(blobs):
-    """kmeans.init=previous starts from the means of the previous round's clusters: on features
-    that moved a little, each cluster keeps its id; random init draws new ones."""
-    x, y = blobs
-    first = KMeans(k=6, seed=0).fit(x, FitContext(seed=0))
-    moved = x + np.random.default_rng(1).normal(scale=0.05, size=x.shape).astype(np.float32)
-    ctx = FitContext(epoch=1, seed=7, previous_labels=first.labels)
-    warm = KMeans(k=6, init="previous", heads=1).fit(moved, ctx)
-    cold = KMeans(k=6).fit(moved, ctx)
-    assert np.array_equal(warm.labels, first.labels)
-    assert not np.array_equal(cold.labels, first.labels)
-    # A cluster the previous round left empty starts from a data row, not from NaN.
-    prev = first.labels.copy()
-    prev[prev == 5] = 4
-    assert len(np.unique(KMeans(k=6, init="previous", heads=1).fit(moved, FitContext(previous_labels=prev)).labels)) == 6

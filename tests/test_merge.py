@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from dcx.core.contracts import FitContext
-from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
 from dcx.core.knn import knn_graph
 from dcx.core.merge import cluster_affinity, merge_clusters
@@ -54,17 +53,3 @@ def test_merged_heads_are_unions_of_the_first_heads_clusters(blobs):
         assert all(len(np.unique(column[part.labels == c])) == 1 for c in np.unique(part.labels))
     alone = KMeans(k=12, niter=5, heads=1, merged_heads=2, merge_scale=0.5).fit(x, FitContext(seed=0))
     assert np.array_equal(alone.more_labels, part.more_labels[:, 1:])  # the k-means heads do not change them
-
-
-def test_merged_heads_refuse_a_kept_head():
-    with pytest.raises(InputError, match="kmeans.merged_heads=0"):
-        KMeans(heads=1, merged_heads=1, keep_head=True)
-
-
-def test_init_previous_takes_merged_heads_but_not_more_kmeans_heads(blobs):
-    """Merged heads derive from the round's own first clustering, so they carry nothing across rounds."""
-    x, _ = blobs
-    part = KMeans(k=6, init="previous", heads=1, merged_heads=1).fit(x, FitContext(previous_labels=np.arange(len(x)) % 6))
-    assert part.more_labels.shape == (len(x), 1)
-    with pytest.raises(InputError, match="kmeans.init=previous .* add --opt kmeans.heads=1"):
-        KMeans(init="previous", heads=2)

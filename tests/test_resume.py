@@ -26,7 +26,7 @@ def _config(clusterer: str) -> RunConfig:
 def _state(engine: Engine) -> dict:
     return {
         "model": {k: v.clone() for k, v in engine.s.model.state_dict().items()},
-        "head": {k: v.clone() for k, v in engine.head.state_dict().items()},
+        "head": {k: v.clone() for k, v in engine.epochs.head.state_dict().items()},
         "plugin": engine.s.clusterer.state_dict(),
         "labels": engine.labels.copy(),
     }

@@ -26,7 +26,7 @@ runner = CliRunner()
         (["--workers", "-1"], ["--workers must be >= 0"]),
         (["--epochs", "two"], ["--epochs must be an integer"]),
         (["--lr", "nan"], ["--lr must be a finite number"]),
-        (["--lr-schedule", "linear"], ["--lr-schedule must be one of cosine, cosine-restarts or constant"]),
+        (["--lr-schedule", "linear"], ["--lr-schedule must be one of cosine or constant"]),
         (["--device", "tpu"], ["--device must be cpu, cuda, cuda:N or auto"]),
         (["--opt", "pic.nnn=3"], ["options given for 'pic'", "not part of this run"]),
         (["--opt", "kmeans.niter=0"], ["kmeans", "'niter'", ">= 1"]),
@@ -65,7 +65,7 @@ def test_compare_offers_every_run_training_option():
 
 def test_enumerated_settings_list_their_choices_in_help():
     text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"}).output
-    assert "cosine|cosine-restarts|constant" in text
+    assert "cosine|constant" in text
 
 
 def test_there_is_one_training_step_in_the_engine():

@@ -159,71 +159,42 @@ def test_run_files_follow_the_umask(tmp_path):
 
 def test_the_checkpoint_records_its_config_and_api(finished):
     state = RunDir(finished).load_checkpoint()
-    assert state["api"].startswith("2.") and state["config"]["k"] == 10
+    assert state["api"].startswith("3.") and state["config"]["k"] == 10
     assert tomllib.loads((finished / "config.toml").read_text())["k"] == 10
 
 
-def test_a_setting_added_after_the_checkpoint_counts_as_its_default(finished):
-    """Runs written before a setting existed (e.g. --warp) resume; an edited setting still does not."""
-    from dcx.core.errors import RunDirError
-    from dcx.core.runner import _check_checkpoint, read_run_config
+def test_a_run_that_used_a_removed_setting_is_refused_naming_it(finished, tmp_path):
+    """A config that used a removed setting at another value than dcx trains at now is refused in one
+    line naming it and the last dcx version that had it; at that value it is dropped silently."""
+    run = _copy(finished, tmp_path / "run")
+    toml = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(toml + "warp = 2.0\n")
+    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", *QUIET])
+    assert result.exit_code == 2 and "setting 'warp' = 2.0 was removed after dcx 0.1.0" in result.output
+    (run / "config.toml").write_text(toml + "warp = 1.0\n")
+    from dcx.core.runner import read_run_config
 
-    run_dir, stored = RunDir(finished), read_run_config(finished)
-    state = run_dir.load_checkpoint()
-    for added in ("warp", "cluster_layer", "whiten", "label_smoothing", "views", "cluster_views"):  # jitter: below
-        del state["config"][added]
-    _check_checkpoint(run_dir, state, stored)  # absent = ran at the default: no error
-    # --views defaults to None, resolved by setup: an older run's config.toml lacks it or (once
-    # resumed) holds the resolved value; either matches a checkpoint without it.
-    assert stored.views == 1
-    _check_checkpoint(run_dir, state, stored.model_copy(update={"views": None}))
-    with pytest.raises(RunDirError, match="differs from the checkpoint in warp"):
-        _check_checkpoint(run_dir, state, stored.model_copy(update={"warp": 2.0}))
+    assert "warp" not in read_run_config(run).to_dict()
 
 
-@pytest.mark.parametrize("path, written, ran_at", [
-    (("jitter",), "jitter = 0.4", 0.0),  # --jitter came with a dataset default (digits: 0.4)
-    (("options", "kmeans", "heads"), "heads = 3", 1),  # kmeans.heads came with a default of 3
-], ids=["jitter", "kmeans.heads"])
-def test_a_run_from_before_a_setting_resumes_at_what_it_trained_with(finished, tmp_path, path, written, ran_at):
-    """A run whose files lack a setting added later trained at that setting's earlier value and
-    resumes at it (written back to config.toml and the checkpoint), not at today's default, which
-    a new run records."""
+def test_a_removed_plugin_option_is_refused_and_a_third_partys_kept():
+    from dcx.core.config import RunConfig
+    from dcx.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"option swav.heads = 3 was removed after dcx 0.1.0"):
+        RunConfig.from_dict({"clusterer": "swav", "options": {"swav": {"heads": 3}}})
+    assert RunConfig.from_dict({"clusterer": "swav", "options": {"swav": {"heads": 1}}}).options == {"swav": {}}
+    theirs = {"clusterer": "swav", "plugins": {"clusterer": {"name": "swav", "package": "their-pkg", "version": "1"}},
+              "options": {"swav": {"heads": 3}}}
+    assert RunConfig.from_dict(theirs).options == {"swav": {"heads": 3}}
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_in_one_line(finished, tmp_path):
     import torch
 
     run = _copy(finished, tmp_path / "run")
-    toml = (run / "config.toml").read_text()
-    assert written in toml
-    key = path[-1]
-    (run / "config.toml").write_text("\n".join(l for l in toml.splitlines() if not l.startswith(key)))
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    saved = state["config"]
-    for part in path[:-1]:
-        saved = saved[part]
-    del saved[key]
+    state["format"], state["api"] = 2, "2.0"
     torch.save(state, run / "checkpoint.pt")
-    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "2", *QUIET])
-    assert result.exit_code == 0, result.output
-    assert f"{key} = {ran_at}" in (run / "config.toml").read_text()
-    saved = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
-    for part in path:
-        saved = saved[part]
-    assert saved == ran_at
-
-
-def test_only_builtin_plugins_get_the_options_they_ran_with():
-    """A third-party plugin that happens to be named kmeans keeps its own recorded options."""
-    from dcx.core.config import RunConfig, options_ran_at
-
-    builtin = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "dcx", "version": "0.1.0"}})
-    other = RunConfig(plugins={"clusterer": {"name": "kmeans", "package": "their-pkg", "version": "1.0"}})
-    assert options_ran_at({"kmeans": {"k": 5}}, builtin.plugin_names()) == {"kmeans": {"k": 5, "heads": 1, "merged_heads": 0}}
-    assert options_ran_at({"kmeans": {"k": 5}}, other.plugin_names()) == {"kmeans": {"k": 5}}
-    assert options_ran_at({"kmeans": {"heads": 3}}, builtin.plugin_names()) == {"kmeans": {"heads": 3, "merged_heads": 0}}
-    # SwAV's views took the dataset's jitter as it was before swav.jitter_scale came with a default of 2.
-    swav = RunConfig(clusterer="swav", plugins={"clusterer": {"name": "swav", "package": "dcx", "version": "0.1.0"}})
-    assert options_ran_at({"swav": {"k": 5}}, swav.plugin_names()) == {"swav": {"k": 5, "jitter_scale": 1.0,
-                                                                             "passes_scale": 1.0}}
-    # DeepCluster-v2 trained the reference's heads only before dcv2.merged_heads came with a default of 1.
-    dcv2 = RunConfig(clusterer="dcv2", plugins={"clusterer": {"name": "dcv2", "package": "dcx", "version": "0.1.0"}})
-    assert options_ran_at({"dcv2": {"k": 5}}, dcv2.plugin_names()) == {"dcv2": {"k": 5, "merged_heads": 0}}
+    result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", *QUIET])
+    assert result.exit_code == 2 and "dcx 0.1.0" in result.output and "Traceback" not in result.output

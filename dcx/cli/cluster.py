@@ -23,7 +23,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def open_features(path: Path) -> NpyRows:
     """An (N, d) finite numeric .npy file, checked chunk by chunk; InputError otherwise."""
-    from dcx.core.features import check_finite
+    from dcx.core.arrays import check_finite
 
     if not path.is_file():
         raise InputError(f"{path} does not exist: pass a .npy file holding an (N, d) feature array")

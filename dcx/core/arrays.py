@@ -1,4 +1,5 @@
-"""Feature matrices too large for RAM: a ``.npy`` file read in row chunks, and row-chunk iteration.
+"""Feature matrices: a ``.npy`` file too large for RAM read in row chunks, row-chunk iteration, and the
+NaN / inf check every consumer of features runs.
 
 ``NpyRows`` reads rows with plain file reads rather than ``np.load(mmap_mode="r")``: pages of a
 memory map count towards the process's resident memory until the kernel reclaims them, so one
@@ -75,3 +76,24 @@ def row_chunks(n: int, d: int, rows: slice | None = None) -> Iterator[slice]:
     step = chunk_rows(d)
     for a in range(start, stop, step):
         yield slice(a, min(stop, a + step))
+
+
+def check_finite(features: np.ndarray, what: str = "features") -> None:
+    """Raise InputError naming the first bad rows if ``features`` holds NaN or inf (read in chunks)."""
+    n = len(features)
+    d = int(np.prod(features.shape[1:])) if features.ndim > 1 else 1
+    bad: list[int] = []
+    total = 0
+    for rows in row_chunks(n, d):
+        chunk = np.asarray(features[rows]).reshape(rows.stop - rows.start, -1)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            idx = np.flatnonzero(~finite) + rows.start
+            total += len(idx)
+            bad.extend(idx[: 5 - len(bad)].tolist() if len(bad) < 5 else [])
+    if total:
+        shown = ", ".join(map(str, bad)) + (", ..." if total > len(bad) else "")
+        raise InputError(
+            f"{what} contain NaN or inf in {total} row(s) ({shown}): the network diverged "
+            "(lower --lr) or the input holds invalid values"
+        )

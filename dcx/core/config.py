@@ -16,29 +16,60 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dcx.core.errors import InputError
 
-#: Settings that a run directory written before they existed lacks, with the value that run trained
-#: at, where today's default would resolve to something else (the dataset's --jitter).
-RAN_AT_WHEN_ABSENT: dict[str, Any] = {"jitter": 0.0, "cluster_views": 1}
-#: The same for plugin options: a run that used the plugin but whose recorded options lack one ran
-#: at this value (kmeans.heads: one clustering per round before the option came with a default of 3;
-#: kmeans.merged_heads: none before it came with a default of 1;
-#: swav.jitter_scale: its views took the dataset's jitter as it was; swav.passes_scale: it trained
-#: the one-view passes times its views; dcv2.merged_heads: the
-#: reference's prototype sets only, before it came with a default of 1, now 2; a run that records
-#: merged_heads records its merge_scale too).
-OPTION_RAN_AT_WHEN_ABSENT: dict[str, dict[str, Any]] = {"kmeans": {"heads": 1, "merged_heads": 0},
-                                                       "swav": {"jitter_scale": 1.0, "passes_scale": 1.0},
-                                                       "dcv2": {"merged_heads": 0}}
+#: Settings and plugin options removed from dcx (they measured to lose; docs/decisions.md), with the
+#: value that trained as dcx trains now and the last dcx version that had them. A run or config file
+#: that used one at another value is refused, naming it; at that value it is dropped silently.
+REMOVED_SETTINGS: dict[str, Any] = {"warp": 1.0, "cluster_layer": "features", "cluster_views": 1, "label_smoothing": 0.0,
+                                    "whiten": True, "views": 1, "head_lr": None}
+REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
+    "kmeans": {"init": "random", "head_scale": 1.0, "keep_head": False},
+    "swav": {"heads": 1, "head_scale": 1.0, "merged_heads": 0, "merge_scale": 0.25, "neighbours": 10,
+             "neighbour_weight": 0.0, "feature_relu": False, "cluster_heads": 0, "cluster_weight": 1.0,
+             "cluster_until": 1.0, "jitter_scale": 2.0, "passes_scale": 2.0, "small_max_scale": 0.14},
+    "dcv2": {"feature_relu": False, "merge_every_head": False, "cluster_on": "crops", "train_prototypes": False,
+             "small_max_scale": 0.14},
+    "pic": {"distribute_singletons": True},
+    "sinkhorn": {"batch_size": 4096},
+}
+#: The last release that had them.
+REMOVED_AFTER = "0.1.0"
 
 
-def options_ran_at(options: dict[str, dict[str, Any]], plugins: set[str]) -> dict[str, dict[str, Any]]:
-    """``options`` of a run that used ``plugins``, with OPTION_RAN_AT_WHEN_ABSENT's values where absent."""
-    out = {p: dict(o) for p, o in options.items()}
-    for plugin, values in OPTION_RAN_AT_WHEN_ABSENT.items():
-        if plugin in plugins:
-            for key, value in values.items():
-                out.setdefault(plugin, {}).setdefault(key, value)
+def drop_removed(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` (a config's settings) without removed settings and built-in plugin options that hold
+    the value dcx now trains at; any other value of one is an InputError naming it."""
+    out = dict(data)
+    for name, kept in REMOVED_SETTINGS.items():
+        if name in out:
+            value = out.pop(name)
+            if value != kept and not (name == "views" and value is None):
+                raise InputError(f"{source}: setting '{name}' = {value!r} was removed after dcx {REMOVED_AFTER} (it "
+                                 f"measured to lose, docs/decisions.md): drop it, or use dcx {REMOVED_AFTER} for this run")
+    options = {plugin: dict(values) for plugin, values in (out.get("options") or {}).items()}
+    builtin = _builtin_names(out)
+    for plugin, removed in REMOVED_OPTIONS.items():
+        for key, kept in removed.items() if plugin in builtin else ():
+            if key in options.get(plugin, {}):
+                value = options[plugin].pop(key)
+                if value != kept:
+                    raise InputError(f"{source}: option {plugin}.{key} = {value!r} was removed after dcx "
+                                     f"{REMOVED_AFTER} (docs/decisions.md): drop it, or use dcx {REMOVED_AFTER} for this run")
+    if "options" in out:
+        out["options"] = options
     return out
+
+
+def _builtin_names(data: dict[str, Any]) -> set[str]:
+    """The names of a config's plugins that dcx provides: recorded so, or not qualified by another package."""
+    names = set()
+    for kind in ("clusterer", "backbone", "dataset"):
+        given = str(data.get(kind) or RunConfig.model_fields[kind].default)
+        provider = (data.get("plugins") or {}).get(kind, {}).get("package")
+        if provider is None:
+            provider = given.split(":", 1)[0] if ":" in given else "dcx"
+        if provider == "dcx":
+            names.add(given.rsplit(":", 1)[-1])
+    return names
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None, cli: str = "train",
@@ -63,13 +94,11 @@ class RunConfig(BaseModel):
     epochs: int | None = setting(None, "clustering rounds (default: the dataset's)", short="-e", ge=1)
     passes: int | None = setting(
         None, "backbone passes over the data per clustering round (online clusterers: divided by their views "
-        "per image; default: the dataset's, times those views and the clusterer's passes_scale for online "
-        "clusterers)", ge=1)
+        "per image; default: the dataset's, as the clusterer adjusts it)", ge=1)
     batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
     lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
-    lr_schedule: Literal["cosine", "cosine-restarts", "constant"] = setting(
-        "cosine", "backbone learning-rate schedule: cosine (decays to 0 over the run), cosine-restarts (a cosine to "
-        "0 within every clustering round, its peak following the run's cosine) or constant (the reference)")
+    lr_schedule: Literal["cosine", "constant"] = setting(
+        "cosine", "backbone learning-rate schedule: cosine (decays to 0 over the run) or constant (the reference)")
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs (SwAV: 10)", ge=0)
     momentum: float = setting(0.9, "SGD momentum (reference: 0.9)", ge=0, lt=1)
     weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)
@@ -81,34 +110,14 @@ class RunConfig(BaseModel):
     augment: Literal["crop", "affine", "elastic"] | None = setting(
         None, "training augmentation: crop (random resized crops, the reference), affine (+ small rotations, "
         "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
-    warp: float = setting(1.0, "strength of the affine and elastic warps (1 = rotations up to 12 degrees, "
-                               "shifts 8%, zoom 10%, shear 8 degrees, elastic alpha = image side)", ge=0, le=4)
     jitter: float | None = setting(
         None, "photometric jitter: brightness and contrast by up to this fraction (colour images: saturation too, "
         "hue by a quarter of it) with p 0.8, and Gaussian blur with p 0.5 (SwAV's colour distortion is 0.8) "
         "(default: the dataset's: 0.4 for digits and characters, whose class never depends on intensity; else 0, "
-        "the reference; swav's views take twice it: swav.jitter_scale)", ge=0, le=1)
+        "the reference; swav's views take twice it)", ge=0, le=1)
     crop_scale: float | None = setting(
         None, "smallest crop area of training crops (default: 0.08 above 64 px, 0.5 at or below)", gt=0, le=1)
-    cluster_layer: str = setting(
-        "features", "what offline clusterers cluster: features (the network's output, the paper's fc7) or a block "
-        "(conv5, ...; average-pooled as dcx eval pools it)")
-    cluster_views: int | None = setting(
-        None, "offline clusterers cluster each image's features averaged over the plain image and "
-        "cluster_views - 1 training-augmented views of it (default 1, the paper's plain image; MixMatch "
-        "averages K = 2 augmentations' predictions into its guessed labels)", ge=1, le=16)
-    label_smoothing: float = setting(
-        0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
-        "paper's hard labels; 0.1 recommended for k-means and PIC, docs/recipes.md)", ge=0, lt=1)
-    head_lr: float | None = setting(
-        None, "learning rate of the offline clusterers' classifier head, a fresh one each round (default: --lr, as "
-        "the reference's optimizer_tl)", gt=0)
-    views: int | None = setting(
-        None, "crops of each image per training step, all trained towards its label (offline clusterers: "
-        "default 1, the paper's; DeepCluster-v2 trains on 2; online clusterers: their crops, set by their "
-        "options); --passes counts views, as for online clusterers", ge=1, le=16)
     pca_dim: int = setting(256, "PCA dimensions before offline clustering (paper: 256)", ge=1)
-    whiten: bool = setting(True, "whiten the PCA components before offline clustering (paper: yes)")
     seed: int = setting(0, "seed of every random choice; same seed on CPU = identical run", ge=0, lt=2**31)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (distributed: each rank takes cuda:LOCAL_RANK)",
                           cli="run")
@@ -147,6 +156,7 @@ class RunConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
         """Validate ``data``; every problem is an InputError of one line naming ``source``."""
+        data = drop_removed(data, source)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -165,25 +175,9 @@ class RunConfig(BaseModel):
 
     @classmethod
     def load_run(cls, path: Path) -> "RunConfig":
-        """A run directory's config.toml: a setting it lacks was added to dcx after the run was
-        written, and takes the value the run trained at (``RAN_AT_WHEN_ABSENT``, else the default)."""
-        cfg = cls.load(path)
-        absent = {k: v for k, v in RAN_AT_WHEN_ABSENT.items() if k not in cfg.model_fields_set}
-        absent["options"] = options_ran_at(cfg.options, cfg.plugin_names())
-        return cfg.model_copy(update=absent)
-
-    def plugin_names(self) -> set[str]:
-        """The names of the run's built-in plugins (clusterer, backbone, dataset): those dcx provided
-        when the run recorded its providers, else those not qualified by another package."""
-        names = set()
-        for kind in ("clusterer", "backbone", "dataset"):
-            given = getattr(self, kind)
-            provider = self.plugins.get(kind, {}).get("package")
-            if provider is None:
-                provider = given.split(":", 1)[0] if ":" in given else "dcx"
-            if provider == "dcx":
-                names.add(given.rsplit(":", 1)[-1])
-        return names
+        """A run directory's config.toml (one written before a setting was removed loads while it used
+        that setting at the value dcx trains at now: ``drop_removed``)."""
+        return cls.load(path)
 
     def merged(self, overrides: dict[str, Any], source: str = "flags") -> "RunConfig":
         """A copy with the non-None ``overrides`` applied; plugin options merge per plugin."""

@@ -7,7 +7,8 @@ Third-party packages implement these classes and register them under the entry-p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
@@ -41,10 +42,9 @@ def _cpu() -> "torch.device":
     return torch.device("cpu")
 
 #: Version of this contract. A plugin declares the version it was written for in ``dcx_api``;
-#: a different major version is reported as incompatible and not loaded. 2.0: one training seam
-#: (``Clusterer.build_head`` replaced ``keeps_head``), ``TrainSpec``, ``StepContext.indices``,
-#: ``EpochContext``/``start_epoch``, plugin ``state_dict`` in checkpoints.
-API_VERSION = "2.0"
+#: a different major version is reported as incompatible and not loaded (docs/plugins.md,
+#: "Changes by API version").
+API_VERSION = "3.0"
 
 
 class Plugin(ABC):
@@ -112,8 +112,7 @@ class TrainSpec:
 
     ``preactivation``: the features are a pre-activation (AlexNet/VGG fc7 before its ReLU), so a
     classifier head on them applies ReLU first, exactly as the reference network does (``linear_head``).
-    A projection MLP may take them as they are (swav/dcv2 ``feature_relu``, off: measured on digits).
-    ``epochs``: the run's epochs (None when unknown), for options given as a fraction of the run.
+    A projection MLP may take them as they are.
     """
 
     feature_dim: int
@@ -122,7 +121,6 @@ class TrainSpec:
     preactivation: bool = False
     rank: int = 0
     world_size: int = 1
-    epochs: int | None = None
 
 
 def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> nn.Module:
@@ -219,6 +217,11 @@ class Clusterer(StatefulPlugin):
     #: Whether the ``k`` run option is meaningful (PIC ignores it and chooses its own count).
     uses_k: ClassVar[bool] = True
 
+    def run_defaults(self, defaults: RunDefaults) -> RunDefaults:
+        """The run defaults (the dataset's) this clusterer trains at where the user sets none;
+        called once by ``setup``. Default: the dataset's, unchanged."""
+        return defaults
+
     def prepare(self, spec: TrainSpec) -> None:
         """Once, before the first epoch (and before a checkpoint is restored): allocate state."""
 
@@ -243,13 +246,6 @@ class CropSpec:
     large_scale: tuple[float, float] = (0.14, 1.0)
     small_scale: tuple[float, float] = (0.05, 0.14)
     small_size_ratio: float = 96 / 224  # SwAV: 224-px large and 96-px small crops
-    #: The views' photometric jitter as a multiple of the dataset's declared strength, used when
-    #: --jitter is not given (a dataset that declares none, whose class is intensity, stays at none).
-    jitter_scale: float = 1.0
-    #: Backbone passes per round as a multiple of the one-view default (the dataset's passes times
-    #: the views), used when --passes is not given: an online method may need more steps than
-    #: k-means' labels do (SwAV: 2, docs/recipes.md "SwAV at twice its steps").
-    passes_scale: float = 1.0
 
     @property
     def views(self) -> int:
@@ -310,6 +306,18 @@ class OnlineClusterer(StatefulPlugin):
 
     def crops(self) -> CropSpec:
         return CropSpec()
+
+    def run_defaults(self, defaults: RunDefaults) -> RunDefaults:
+        """The run defaults (the dataset's) this clusterer trains at where the user sets none; called
+        once by ``setup``. Default: every image seen as often per round as in a one-view k-means
+        run (``passes`` counts views) or, where the defaults were sized to a time budget, the
+        k-means run's view-passes in fewer rounds of at least one image pass each."""
+        views = self.crops().views
+        if defaults.budget is None:
+            return replace(defaults, passes=defaults.passes * views)
+        passes = views * max(1, defaults.passes // views)
+        epochs = max(2, math.ceil(defaults.epochs * defaults.passes / passes))
+        return replace(defaults, passes=passes, epochs=epochs)
 
     @abstractmethod
     def build_head(self, spec: TrainSpec) -> nn.Module:
@@ -380,9 +388,12 @@ class RunDefaults:
     #: "Photometric jitter").
     jitter: float = 0.0
     #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
-    #: False where colour tells the classes apart, which Sobel throws away (``photos``: k-means
-    #: 0.63 vs 0.46, SwAV 0.66 vs 0.49; docs/recipes.md "Sobel").
+    #: False where colour tells the classes apart, which Sobel throws away (``photos``;
+    #: docs/decisions.md).
     sobel: bool | None = None
+    #: Image-steps these defaults were sized to (a folder's time budget, ``dcx.datasets.folder``);
+    #: None: not sized to a budget. An online clusterer then trains within it (``run_defaults``).
+    budget: float | None = None
 
 
 @dataclass

@@ -30,22 +30,25 @@ def eval_transform(image_size: int, channels: int) -> Callable:
 AUGMENTS = ("crop", "affine", "elastic")
 
 
+#: Smallest area of a training crop (reference: torchvision's 0.08), keyed by "image larger than
+#: 64 px": small images keep at least half of the image (docs/decisions.md).
+MIN_CROP_SCALE = {True: 0.08, False: 0.5}
+
+
 def train_transform(image_size: int, channels: int, flip: bool, min_scale: float, augment: str = "crop",
-                    max_scale: float = 1.0, warp: float = 1.0, jitter: float = 0.0) -> Callable:
+                    max_scale: float = 1.0, jitter: float = 0.0) -> Callable:
     """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference.
 
-    ``augment``: "crop" (the reference), "affine" (+ small rotations, shifts, zoom and shear:
-    the variation of handwriting, for characters and digits), "elastic" (+ elastic warps too);
-    ``warp`` scales the affine and elastic magnitudes; ``jitter`` > 0 adds SimCLR/SwAV's photometric
-    distortion at that strength (colour jitter with p 0.8, Gaussian blur with p 0.5).
+    ``augment``: "crop" (the reference), "affine" (+ rotations up to 12 degrees, shifts of 8 %, zoom of
+    10 %, shear of 8 degrees: the variation of handwriting), "elastic" (+ elastic warps of alpha = the
+    image side, half the time); ``jitter`` > 0 adds SimCLR/SwAV's photometric distortion at that
+    strength (colour jitter with p 0.8, Gaussian blur with p 0.5).
     """
     steps: list = [T.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
     if augment in ("affine", "elastic"):
-        shift, zoom = min(0.08 * warp, 0.5), min(0.1 * warp, 0.5)
-        steps.append(T.RandomAffine(degrees=12 * warp, translate=(shift, shift), scale=(1 - zoom, 1 + zoom),
-                                    shear=8 * warp))
+        steps.append(T.RandomAffine(degrees=12.0, translate=(0.08, 0.08), scale=(0.9, 1.1), shear=8.0))
     if augment == "elastic":
-        steps.append(T.RandomApply([T.ElasticTransform(alpha=image_size * warp, sigma=image_size / 8)], p=0.5))
+        steps.append(T.RandomApply([T.ElasticTransform(alpha=float(image_size), sigma=image_size / 8)], p=0.5))
     if flip:
         steps.append(T.RandomHorizontalFlip())
     if jitter > 0:
@@ -61,41 +64,17 @@ class MultiCrop:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
 
     def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8,
-                 augment: str = "crop", warp: float = 1.0, jitter: float = 0.0) -> None:
+                 augment: str = "crop", jitter: float = 0.0) -> None:
         # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
         small = max(min_size, int(round(image_size * spec.small_size_ratio)))
-        large_t = train_transform(image_size, channels, flip, *spec.large_scale[:1], augment, spec.large_scale[1], warp,
-                                   jitter)
-        small_t = train_transform(small, channels, flip, *spec.small_scale[:1], augment, spec.small_scale[1], warp,
-                                   jitter)
+        large_t = train_transform(image_size, channels, flip, spec.large_scale[0], augment, spec.large_scale[1],
+                                  jitter)
+        small_t = train_transform(small, channels, flip, spec.small_scale[0], augment, spec.small_scale[1], jitter)
         self.transforms = [large_t] * spec.n_large + [small_t] * spec.n_small
         self.n_large = spec.n_large
 
     def __call__(self, img) -> list[torch.Tensor]:
         return [t(img) for t in self.transforms]
-
-
-class SameCrops:
-    """``views`` independent draws of one training transform (offline clusterers' ``--views``)."""
-
-    def __init__(self, transform: Callable, views: int) -> None:
-        self.transform = transform
-        self.views = views
-
-    def __call__(self, img) -> list[torch.Tensor]:
-        return [self.transform(img) for _ in range(self.views)]
-
-
-class PlainAndAugmented:
-    """[the plain view, ``views - 1`` training-augmented views] of one image: ``--cluster-views``."""
-
-    def __init__(self, plain: Callable, augmented: Callable, views: int) -> None:
-        self.plain = plain
-        self.augmented = augmented
-        self.views = views
-
-    def __call__(self, img) -> list[torch.Tensor]:
-        return [self.plain(img), *(self.augmented(img) for _ in range(self.views - 1))]
 
 
 class IndexedImages(torch.utils.data.Dataset):

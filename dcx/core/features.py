@@ -1,95 +1,20 @@
-"""Feature extraction (eval mode, streamed) and the offline preprocessing: PCA-whitening + L2."""
+"""The offline preprocessing: PCA-whitening + L2 (DeepCluster §3.2)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from dcx.core.arrays import row_chunks
+from dcx.core.arrays import check_finite, row_chunks
 from dcx.core.errors import InputError
 
-if TYPE_CHECKING:  # pragma: no cover - torch is imported by extraction and in-memory PCA only
+if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger(__name__)
-
-
-def check_finite(features: np.ndarray, what: str = "features") -> None:
-    """Raise InputError naming the first bad rows if ``features`` holds NaN or inf (read in chunks)."""
-    n = len(features)
-    d = int(np.prod(features.shape[1:])) if features.ndim > 1 else 1
-    bad: list[int] = []
-    total = 0
-    for rows in row_chunks(n, d):
-        chunk = np.asarray(features[rows]).reshape(rows.stop - rows.start, -1)
-        finite = np.isfinite(chunk).all(axis=1)
-        if not finite.all():
-            idx = np.flatnonzero(~finite) + rows.start
-            total += len(idx)
-            bad.extend(idx[: 5 - len(bad)].tolist() if len(bad) < 5 else [])
-    if total:
-        shown = ", ".join(map(str, bad)) + (", ..." if total > len(bad) else "")
-        raise InputError(
-            f"{what} contain NaN or inf in {total} row(s) ({shown}): the network diverged "
-            "(lower --lr) or the input holds invalid values"
-        )
-
-
-def extract(
-    model: torch.nn.Module,
-    batches: Iterable,
-    n: int,
-    device: torch.device,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    on_failed: Callable[[torch.Tensor], None] | None = None,
-    out: np.ndarray | None = None,
-    expected: int | None = None,
-) -> np.ndarray:
-    """Run ``model`` in eval mode over ``batches`` of (images, indices, failed indices) and stack
-    the outputs (N, d), row i for dataset index i; a batch of several views of each image gives
-    the mean of their outputs.
-
-    The model's train/eval state is restored afterwards. ``forward`` replaces ``model(x)``
-    (e.g. to take an intermediate block); ``on_batch`` receives the batch size (progress);
-    ``on_failed`` the indices of images that could not be read (blank rows). ``out`` (e.g. a
-    memory map) receives the rows instead of a new array; ``expected`` is how many rows the
-    batches hold (default ``n``; one rank's block in a distributed run).
-    """
-    import torch
-
-    was_training = model.training
-    model.eval()
-    pos = 0
-    expected = n if expected is None else expected
-    no_grad = torch.no_grad()
-    no_grad.__enter__()
-    try:
-        for batch in batches:
-            x, idx = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-            views = x if isinstance(x, (list, tuple)) else [x]  # several views of each image: their mean
-            y = sum((forward or model)(v.to(device, non_blocking=True)).reshape(len(v), -1).float() for v in views)
-            y = (y / len(views)).cpu().numpy()
-            if out is None:
-                out = np.empty((n, y.shape[1]), dtype=np.float32)
-            if idx is None:
-                out[pos : pos + len(y)] = y
-            else:
-                out[idx.numpy()] = y
-            pos += len(y)
-            if on_failed is not None and len(batch) > 2 and len(batch[2]):
-                on_failed(batch[2])
-            if on_batch is not None:
-                on_batch(len(y))
-    finally:
-        no_grad.__exit__(None, None, None)
-        model.train(was_training)
-    if pos != expected or (out is None and expected):
-        raise InputError(f"feature extraction saw {pos} images, expected {expected}: the dataset changed while reading")
-    return out if out is not None else np.empty((n, 0), dtype=np.float32)
 
 
 @dataclass

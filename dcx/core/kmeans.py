@@ -2,7 +2,7 @@
 
 Two backends: faiss (CPU, or GPU when faiss has GPUs and a CUDA device is asked for) and a torch
 Lloyd with explicit empty-cluster splitting (paper §3.3), for machines without faiss or for
-CUDA through torch. Both: random initial centroids drawn from the data (or given ones), no subsampling
+CUDA through torch. Both: random initial centroids drawn from the data, no subsampling
 (reference ``max_points_per_centroid=10_000_000``), final assignment to the nearest centroid.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from dcx.core.errors import InputError
-from dcx.core.features import check_finite
+from dcx.core.arrays import check_finite
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported by the torch backend only
     import torch
@@ -64,7 +64,6 @@ def kmeans(
     rows: slice | None = None,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     sample: int | None = None,
-    init: np.ndarray | None = None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` into ``k`` groups. ``backend``: auto | faiss | torch.
 
@@ -74,15 +73,8 @@ def kmeans(
 
     ``sample``: train on that many seeded random rows, then assign every row to the nearest
     centroid in chunks (the reference trains on all rows).
-
-    ``init``: (k, d) starting centroids instead of ``k`` random rows (``seed`` still seeds the
-    splitting of empty clusters).
     """
     x = check_kmeans_input(x, k)
-    if init is not None:
-        init = np.ascontiguousarray(init, dtype=np.float32)
-        if init.shape != (k, x.shape[1]):
-            raise InputError(f"k-means init centroids have shape {init.shape}, expected {(k, x.shape[1])}")
     on_gpu = str(device).startswith("cuda")
     if backend == "auto":
         backend = "faiss" if faiss_available() and all_reduce is None else "torch"
@@ -95,14 +87,14 @@ def kmeans(
         if sample < k:
             raise InputError(f"k-means sample of {sample} rows is smaller than k={k}: raise the sample")
         pick = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
-        res = kmeans(x[pick], k, niter, seed, backend, device, init=init)
+        res = kmeans(x[pick], k, niter, seed, backend, device)
         res.labels, res.objective = _nearest(x, res.centroids, backend, device)
         return res
     if backend == "faiss" and all_reduce is None:
-        return _faiss_kmeans(x, k, niter, seed, use_gpu=on_gpu, init=init)
+        return _faiss_kmeans(x, k, niter, seed, use_gpu=on_gpu)
     import torch
 
-    return _torch_kmeans(x, k, niter, seed, torch.device(device), rows, all_reduce, init=init)
+    return _torch_kmeans(x, k, niter, seed, torch.device(device), rows, all_reduce)
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, backend: str, device) -> tuple[np.ndarray, float]:
@@ -120,8 +112,7 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, backend: str, device) -> tupl
     return labels.cpu().numpy().astype(np.int64), float(dists.sum().double())
 
 
-def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool,
-                  init: np.ndarray | None = None) -> KMeansResult:
+def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool) -> KMeansResult:
     import faiss
 
     gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
@@ -129,7 +120,7 @@ def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool,
         x.shape[1], k, niter=niter, seed=int(seed) % (2**31), gpu=gpu, verbose=False,
         max_points_per_centroid=10_000_000, min_points_per_centroid=1,
     )
-    km.train(x, init_centroids=init)
+    km.train(x)
     _, assign = km.index.search(x, 1)
     stats = km.iteration_stats
     history = [float(s["obj"]) for s in stats] if stats else list(map(float, km.obj))
@@ -178,16 +169,13 @@ def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) ->
 
 
 def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
-                  rows: slice | None = None, all_reduce=None, init: np.ndarray | None = None) -> KMeansResult:
+                  rows: slice | None = None, all_reduce=None) -> KMeansResult:
     import torch
 
     gen = torch.Generator().manual_seed(int(seed))
     x_all = torch.from_numpy(x_np).to(device)
     n, d = x_all.shape
-    if init is None:
-        c = x_all[torch.randperm(n, generator=gen)[:k].to(device)].clone()
-    else:
-        c = torch.from_numpy(init).to(device).clone()
+    c = x_all[torch.randperm(n, generator=gen)[:k].to(device)].clone()
     reduce = all_reduce or (lambda t: t)
     rows = rows or slice(0, n)
     x = x_all[rows]

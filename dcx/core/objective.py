@@ -40,22 +40,20 @@ class Objective:
 
 class PartitionObjective(Objective):
     """An offline clusterer's epoch: cross-entropy of ``head(features)`` against targets fixed at
-    the start of the epoch, images drawn uniformly over the targets (paper §3.3); with several
-    views of each image, every view is trained towards the image's target.
+    the start of the epoch, images drawn uniformly over the targets (paper §3.3).
 
     The head has its own SGD without momentum at the constant base rate (the reference's
     ``optimizer_tl``), recreated every epoch; the backbone follows the run's schedule.
     """
 
     def __init__(self, training_head: TrainingHead, lr: float, weight_decay: float, device: torch.device,
-                 make_sampler: Callable[[np.ndarray, int, int], torch.utils.data.Sampler] | None = None,
-                 label_smoothing: float = 0.0) -> None:
+                 make_sampler: Callable[[np.ndarray, int, int], torch.utils.data.Sampler] | None = None) -> None:
         self.head = training_head.module
         self.targets_np = np.asarray(training_head.targets, dtype=np.int64)
         self.targets = torch.as_tensor(self.targets_np)
         self.device = device
         self.optimizers = [torch.optim.SGD(self.head.parameters(), lr=lr, weight_decay=weight_decay)]
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.criterion = nn.CrossEntropyLoss()
         self._make_sampler = make_sampler or (lambda t, n, s: UniformLabelSampler(t, n, s))
 
     def sampler(self, n_total: int, seed: int) -> torch.utils.data.Sampler:
@@ -67,11 +65,7 @@ class PartitionObjective(Objective):
         # (B,) targets and (B, k) logits, or (B, h) and (B, k, h) with h heads: cross-entropy's
         # K-dimensional form averages over heads as over images.
         y = self.targets[step.indices].to(self.device, non_blocking=True)
-        if len(views) == 1:
-            return self.criterion(self.head(views[0]), y), {}
-        # Several views of each image (--views): the mean of their losses towards its one label.
-        logits = self.head(torch.cat(list(views)))
-        return self.criterion(logits, y.repeat(len(views), *([1] * (y.ndim - 1)))), {}
+        return self.criterion(self.head(views[0]), y), {}
 
 
 class OnlineObjective(Objective):

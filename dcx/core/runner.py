@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dcx.core.callbacks import Callback
-from dcx.core.config import RAN_AT_WHEN_ABSENT, RunConfig, flag_of, options_ran_at
+from dcx.core.config import REMOVED_AFTER, RunConfig, flag_of
 from dcx.core.contracts import API_VERSION
 from dcx.core.engine import Engine
 from dcx.core.errors import DcxError, InputError, RunDirError
@@ -141,19 +141,16 @@ def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
     """The checkpoint must belong to this config.toml (same settings but the resumable ones)."""
     api = str(state.get("api", "1.0"))
     if api.split(".")[0] != API_VERSION.split(".")[0]:
-        raise RunDirError(f"{run_dir.path / CHECKPOINT} was written by dcx API {api}; this dcx has {API_VERSION}: "
-                          "finish the run with the version that wrote it")
+        raise RunDirError(f"{run_dir.path / CHECKPOINT} was written by a dcx of plugin API {api}; this dcx has "
+                          f"{API_VERSION}: finish the run with the version that wrote it (API 2.0: dcx {REMOVED_AFTER})")
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
     ignore = set(RESUMABLE) | {"out"}
     ours = {k: v for k, v in stored.to_dict().items() if k not in ignore}
-    # A setting added to dcx after the checkpoint was written is absent from it: it ran at the default
-    # (or at RAN_AT_WHEN_ABSENT's value, where the default now resolves to something else).
-    # A default of None is resolved by setup (e.g. --views from the clusterer) and written as its value
-    # in config.toml on the first resume: any value matches it there.
-    defaults = {**RunConfig().to_dict(), **RAN_AT_WHEN_ABSENT}
-    saved = {**saved, "options": options_ran_at(saved.get("options", {}), stored.plugin_names())}
+    # A default of None is resolved by setup and written as its value in config.toml on the first
+    # resume: any value matches it there.
+    defaults = RunConfig().to_dict()
     theirs = {k: v for k, v in {**{k: defaults.get(k) for k in ours}, **saved}.items() if k not in ignore}
     resolved = {k for k in ours if k not in saved and defaults.get(k) is None}
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in resolved)
@@ -174,7 +171,7 @@ def execute(run: Run) -> dict[str, Any]:
     world = run.setup.world
     if not world.is_main:  # rank 0 owns the folder; the others train and share its memory maps
         world.barrier()
-        run.engine.scratch = run_dir.path
+        run.engine.extract.scratch = run_dir.path
         return run.engine.run(None)
     if not run.resume:
         run.created = run_dir.create()

@@ -1,11 +1,9 @@
 """Learning-rate schedules per optimiser step, as ``torch.optim.lr_scheduler.LambdaLR`` factors.
 
 Linear warm-up from 0 (SwAV / DeepCluster-v2: 10 epochs), then constant (the DeepCluster
-reference), a cosine decay to 0 at the end of the run, or "cosine-restarts": a cosine to 0 within
-every epoch (clustering round) from a peak that follows the run's cosine, so each round's
-clustering sees a network settled on the previous round's labels (SGDR's warm restarts, one per
-re-clustering; not the default: docs/recipes.md's decision table). The factor is a picklable
-object whose settings travel in the scheduler's ``state_dict``, so a checkpoint restores it too.
+reference) or a cosine decay to 0 at the end of the run (docs/decisions.md D12). The factor is a
+picklable object whose settings travel in the scheduler's ``state_dict``, so a checkpoint restores
+it too.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import torch
 class StepSchedule:
     """Factor of the base learning rate at optimiser step ``step`` (0-based, counted over the run)."""
 
-    kind: str  # "cosine" | "cosine-restarts" | "constant"
+    kind: str  # "cosine" | "constant"
     epochs: int
     steps_per_epoch: int
     warmup_epochs: float = 0.0
@@ -35,10 +33,6 @@ class StepSchedule:
             return (step + 1) / warm
         if self.kind == "constant":
             return 1.0
-        if self.kind == "cosine-restarts":
-            within = step % self.steps_per_epoch
-            decay = 0.5 * (1 + math.cos(math.pi * within / self.steps_per_epoch))
-            return decay * self._cosine(max(step - within, warm))  # peak: the run's cosine at the round's start
         return self._cosine(step)
 
     def _cosine(self, step: int) -> float:

@@ -8,6 +8,7 @@ missing data) surfaces here, before anything is written. The network is initiali
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from dcx.core.config import RunConfig
 from dcx.core.contracts import Backbone, Clusterer, Dataset, ImageSet, OnlineClusterer
 from dcx.core.distributed import World, world_from_env
 from dcx.core.errors import InputError, OptionError
-from dcx.core.layers import FEATURES
 from dcx.core.network import FeatureNet, build_network
 from dcx.core.registry import PluginRef, Registry
 
@@ -54,10 +54,13 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-#: Views averaged into the features offline clusterers cluster (--cluster-views; docs/recipes.md).
-CLUSTER_VIEWS = 1
-#: Largest input side that gets elastic warps by default (measured up to 32 px; docs/recipes.md).
+#: Largest input side that gets elastic warps by default (measured up to 32 px; docs/decisions.md).
 ELASTIC_MAX_SIDE = 64
+
+
+#: Run settings that are also dataset defaults (``RunDefaults``): what the user gave of them
+#: overrides the dataset's before the clusterer's ``run_defaults`` hook sees them.
+_GIVEN = ("image_size", "k", "epochs", "batch_size", "width", "passes", "jitter", "sobel", "flip", "augment")
 
 
 def default_augment(image_size: int) -> str:
@@ -121,49 +124,32 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     clusterer_cls = registry.load("clusterer", refs["clusterer"].qualified)
     split = train_split(dataset)
     images = dataset.load(config.data_root, split, config.download) if load_images else None
+    # Every default is resolved here, once: the dataset's, with what the user gave, as the clusterer
+    # adjusts them (its hook sees the given values; only the ones not given take its answer).
     d = dataset.run_defaults(images) if images is not None else dataset.defaults
-    cfg = config.model_copy(deep=True)
-    cfg.image_size = cfg.image_size or d.image_size
-    cfg.epochs = cfg.epochs or d.epochs
-    cfg.batch_size = cfg.batch_size or d.batch_size
-    cfg.width = cfg.width or d.width
-    if cfg.sobel is None:
-        cfg.sobel = d.sobel if d.sobel is not None else backbone.sobel_default
-    flip = cfg.flip if cfg.flip is not None else (d.flip if d.flip is not None else dataset.flip_invariant)
-    cfg.flip = flip
-    cfg.augment = cfg.augment or d.augment or default_augment(cfg.image_size)
-    if cfg.image_size < backbone.min_image_size:
-        raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
-    # The run-level --k feeds the clusterer's own `k` option unless --opt NAME.k already did.
+    d = dataclasses.replace(d, **{f: getattr(config, f) for f in _GIVEN if getattr(config, f) is not None})
     c_opts = dict(opts.get(refs["clusterer"].name, {}))
     declares_k = any(o.name == "k" for o in clusterer_cls.options)
-    if declares_k and "k" not in c_opts:
-        c_opts["k"] = cfg.k if cfg.k is not None else d.k
-    elif cfg.k is not None and not clusterer_cls.uses_k:
-        log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, cfg.k)
+    if declares_k and "k" not in c_opts:  # the run-level --k feeds the clusterer's own `k` unless --opt did
+        c_opts["k"] = config.k if config.k is not None else d.k
+    elif config.k is not None and not clusterer_cls.uses_k:
+        log.warning("%s chooses its own number of clusters: --k %d is ignored", config.clusterer, config.k)
     clusterer = registry.create("clusterer", refs["clusterer"].qualified, c_opts)
-    crops = clusterer.crops() if isinstance(clusterer, OnlineClusterer) else None
-    if cfg.jitter is None:  # an online clusterer's views may take a multiple of the dataset's strength
-        cfg.jitter = min(1.0, d.jitter * (crops.jitter_scale if crops else 1.0))
-    if crops is not None:
-        views = crops.views
-        if cfg.views not in (None, views):  # e.g. a k-means run's config.toml reused for swav
-            log.warning("%s takes %d crops of each image from its own options (dcx list --options): --views %d "
-                        "is ignored", config.clusterer, views, cfg.views)
-        cfg.views = views
-        if cfg.cluster_views not in (None, 1):
-            log.warning("%s labels its own crops in each step: --cluster-views %d is ignored", config.clusterer,
-                        cfg.cluster_views)
-        cfg.cluster_views = 1
-    cfg.views = cfg.views or 1
-    cfg.cluster_views = cfg.cluster_views or CLUSTER_VIEWS
-    if cfg.passes is None:
-        # A step sees `views` crops of each image and the engine gives it passes // views image
-        # passes: by default every image is seen as often per round as in a one-view k-means run,
-        # at views x the compute. Compute-equal (one image pass of two views), DeepCluster-v2
-        # on digits scored 0.06 NMI below k-means (docs/recipes.md). An online clusterer may ask
-        # for a multiple of that (CropSpec.passes_scale).
-        cfg.passes = max(1, round(d.passes * cfg.views * (crops.passes_scale if crops else 1.0)))
+    d = clusterer.run_defaults(d)
+    if declares_k and config.k is None and "k" not in opts.get(refs["clusterer"].name, {}) \
+            and clusterer.params["k"] != d.k:  # the clusterer's own default k (e.g. SwAV's k within the batch)
+        clusterer = registry.create("clusterer", refs["clusterer"].qualified, {**c_opts, "k": d.k})
+    cfg = config.model_copy(deep=True)
+    for name in _GIVEN:
+        if name != "k" and getattr(config, name) is None:
+            setattr(cfg, name, getattr(d, name))
+    if cfg.sobel is None:
+        cfg.sobel = backbone.sobel_default
+    if cfg.flip is None:
+        cfg.flip = dataset.flip_invariant
+    cfg.augment = cfg.augment or default_augment(cfg.image_size)
+    if cfg.image_size < backbone.min_image_size:
+        raise InputError(f"{backbone.name} needs --image-size >= {backbone.min_image_size}, got {cfg.image_size}")
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml
     # reproduces the run even if a default changes later. None ("auto") is left out.
@@ -189,11 +175,4 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     channels = images.channels if images is not None else 3
     torch.manual_seed(cfg.seed)
     model = build_network(backbone, channels, cfg.image_size, cfg.width, cfg.sobel).to(device)
-    if cfg.cluster_layer != FEATURES:
-        if isinstance(clusterer, OnlineClusterer):
-            raise InputError(f"--cluster-layer {cfg.cluster_layer}: {config.clusterer} labels batches from its own "
-                             f"head on the network's output; leave --cluster-layer at {FEATURES}")
-        if cfg.cluster_layer not in model.block_names:
-            raise InputError(f"--cluster-layer {cfg.cluster_layer}: this network's layers are "
-                             f"{', '.join([*model.block_names, FEATURES])}")
-    return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, flip, world)
+    return Setup(cfg, dataset, images, backbone, clusterer, model, device, split, cfg.flip, world)

@@ -256,7 +256,8 @@ def scaled_defaults(n_images: int, image_size: int, budget: float = 150_000) -> 
     epochs = int(max(3, min(10, math.floor(budget / (n * cost * (passes + 0.4))))))
     batch = 64 if n <= 5000 else 128 if n <= 50_000 else 256
     return RunDefaults(
-        image_size=image_size, k=k, epochs=epochs, batch_size=batch, width=width_for(image_size), passes=passes
+        image_size=image_size, k=k, epochs=epochs, batch_size=batch, width=width_for(image_size), passes=passes,
+        budget=budget,
     )
 
 
@@ -269,7 +270,7 @@ def folder_defaults(n_images: int, probe: FolderProbe) -> RunDefaults:
     flip = False if probe.grayscale and probe.median_side <= 64 else None
     return RunDefaults(
         image_size=d.image_size, k=d.k, epochs=d.epochs, batch_size=d.batch_size, width=d.width,
-        passes=d.passes, flip=flip,
+        passes=d.passes, flip=flip, budget=d.budget,
     )
 
 

@@ -32,52 +32,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcx.core.bank import MemoryBank, group_means
 from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.errors import InputError
-from dcx.core.bank import MemoryBank, group_means
 from dcx.core.merge import coarser, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
+from dcx.core.projection import (
+    ProjectionHead, crop_options, crop_spec, hidden_width, nearest_prototype, projection_options, unwrap,
+)
 
 log = logging.getLogger(__name__)
 
 
-class DCv2Head(nn.Module):
-    """Projection (Linear-BN-ReLU-Linear, or one Linear) -> L2-normalise -> ``heads`` prototype layers."""
+class DCv2Head(ProjectionHead):
+    """Projection to unit embeddings, scored by ``heads`` prototype sets (the k-means centroids), then
+    the merged sets' (their groups' mean embeddings)."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int, k: int, heads: int,
-                 merged: Sequence[int] = (), relu: bool = False) -> None:
-        super().__init__()
-        # With feature_relu, a pre-activation (AlexNet's fc7) gets its ReLU first, as DeepCluster's classifier;
-        # without it fc7 and the projection's first Linear compose into one linear map that shapes all of fc7.
-        self.activation = nn.ReLU() if relu else nn.Identity()
-        if hidden_dim > 0:
-            self.projection: nn.Module = nn.Sequential(
-                nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                nn.Linear(hidden_dim, proj_dim),
-            )
-        else:
-            self.projection = nn.Linear(feature_dim, proj_dim)
+                 merged: Sequence[int] = ()) -> None:
+        super().__init__(feature_dim, hidden_dim, proj_dim)
         self.prototypes = nn.ModuleList(nn.Linear(proj_dim, k, bias=False) for _ in range(heads))
-        # A separate list, so a head without merged sets keeps the state-dict keys it always had.
         self.merged_prototypes = nn.ModuleList(nn.Linear(proj_dim, g, bias=False) for g in merged)
 
     def prototype_sets(self) -> list[nn.Linear]:
         return [*self.prototypes, *self.merged_prototypes]
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.activation(x)), dim=1)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(unit embeddings (B, proj_dim), prototype scores per set [(B, K)], the merged sets last)."""
         z = self.embed(x)
         return z, [p(z) for p in self.prototype_sets()]
-
-
-def _unwrap(head: nn.Module) -> DCv2Head:
-    inner = getattr(head, "module", head)  # DistributedDataParallel and similar wrappers
-    if not isinstance(inner, DCv2Head):
-        raise InputError(f"dcv2 got a {type(inner).__name__} head; pass the module that build_head returned")
-    return inner
 
 
 @torch.no_grad()
@@ -107,45 +90,24 @@ class DeepClusterV2(OnlineClusterer):
     """DeepCluster-v2: k-means on a memory bank of embeddings every epoch, prototypes = centroids."""
 
     name = "dcv2"
+    dcx_api = "3.0"
     options = (
         Option("k", int, 3000, "prototypes per head (DeepCluster-v2 ImageNet: 3000; ~10x the classes on small data)", min=2),
         Option("heads", int, 3, "k-means heads, each with its own prototypes and assignments (reference: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (reference: 0.1)", min=1e-4),
         Option("kmeans_iters", int, 10, "spherical k-means iterations on the bank per epoch (reference: 10)", min=1),
-        Option("proj_dim", int, 128, "projection / prototype dimension (reference: 128)", min=2),
-        Option("hidden_dim", int, None, "projection MLP hidden width; 0 = one Linear; auto = the feature dim "
-               "clipped to [proj_dim, 2048] (reference: 2048)", min=0, nullable=True),
-        Option("feature_relu", bool, False, "apply the backbone's ReLU to pre-activation features (AlexNet's fc7) "
-               "before the projection (DeepCluster's classifier does; off as swav.feature_relu, which lost on digits)"),
-        Option("n_large", int, 2, "large crops; the bank stores these (reference: 2)", min=1),
-        Option("n_small", int, 0, "small crops, predictors only (reference: 6 at 96 px; only useful when "
-               "small_size_ratio * image side is above the backbone's minimum input)", min=0),
-        Option("large_min_scale", float, 0.5, "RandomResizedCrop min area of large crops (reference: 0.14 at 224 px; "
-               "0.5 = the engine's minimum for images <= 64 px)", min=0.0, max=1.0),
-        Option("small_min_scale", float, 0.05, "min area of small crops (reference: 0.05)", min=0.0, max=1.0),
-        Option("small_max_scale", float, 0.14, "max area of small crops (reference: 0.14)", min=0.0, max=1.0),
-        Option("small_size_ratio", float, 96 / 224, "small crop side / image side (reference: 96/224)",
-               min=0.01, max=1.0),
+        *projection_options("reference"),
+        *crop_options("reference"),
         *merge_options("set", 2, 0.5, "further prototype sets: the first head's clusters merged along the "
                        "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
                        "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
                        "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
                        "and textures over one of k/4, which gained over none)"),
-        Option("merge_every_head", bool, False, "merged sets for every k-means head's clusters (heads x merged_heads "
-               "sets, each head's on the bank of its crop), not only the first head's"),
-        Option("cluster_on", str, "crops", "what each epoch's k-means clusters: 'crops' = the bank of the last "
-               "epoch's large-crop embeddings (reference); 'images' = every image's plain view (evaluation transform) "
-               "embedded at the epoch's start, as DeepCluster clusters (the engine's end-of-epoch features, no extra pass)",
-               choices=("crops", "images")),
-        Option("train_prototypes", bool, False, "let gradients update the prototypes between clusterings "
-               "(reference: never; they are the centroids)"),
     )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        p = self.params
-        if p["small_min_scale"] > p["small_max_scale"]:
-            raise InputError(f"dcv2: small_min_scale={p['small_min_scale']} exceeds small_max_scale={p['small_max_scale']}")
+        self._crops = crop_spec(self.name, self.params)
         self.bank: MemoryBank | None = None  # (n_large, N, proj_dim): last embeddings of each image's large crops
         self.assignments: torch.Tensor | None = None  # (heads, N): this epoch's targets
         self._reset_stats()
@@ -153,26 +115,22 @@ class DeepClusterV2(OnlineClusterer):
     # ------------------------------------------------------------------ engine hooks
 
     def crops(self) -> CropSpec:
-        p = self.params
-        return CropSpec(n_large=p["n_large"], n_small=p["n_small"], large_scale=(p["large_min_scale"], 1.0),
-                        small_scale=(p["small_min_scale"], p["small_max_scale"]),
-                        small_size_ratio=p["small_size_ratio"])
+        return self._crops
 
     def build_head(self, spec: TrainSpec) -> nn.Module:
         p = self.params
         if p["k"] > spec.num_samples:
             raise InputError(f"dcv2: k={p['k']} prototypes for {spec.num_samples} images: lower --k")
-        hidden = p["hidden_dim"] if p["hidden_dim"] is not None else min(max(spec.feature_dim, p["proj_dim"]), 2048)
-        return DCv2Head(spec.feature_dim, hidden, p["proj_dim"], p["k"], p["heads"], self._merged_sizes(),
-                        spec.preactivation and p["feature_relu"])
+        return DCv2Head(spec.feature_dim, hidden_width(p, spec.feature_dim), p["proj_dim"], p["k"], p["heads"],
+                        self._merged_sizes())
 
     @torch.no_grad()
     def start_epoch(self, head: nn.Module, context: EpochContext) -> None:
         """Cluster the bank: assignments for this epoch, centroids into the prototypes."""
-        h = _unwrap(head)
+        h = unwrap(head, DCv2Head, self.name)
         dev = h.prototypes[0].weight.device
         p = self.params
-        if self.bank is None or p["cluster_on"] == "images":
+        if self.bank is None:
             self.bank = MemoryBank.from_features(h, context.features().to(dev), p["n_large"])
         self.bank.start_epoch(dev)
         bank = self.bank.rows
@@ -183,13 +141,10 @@ class DeepClusterV2(OnlineClusterer):
             centroids, labels = spherical_kmeans(bank[crop], p["k"], p["kmeans_iters"], gen, context.all_reduce)
             protos.weight.copy_(centroids)
             assignments.append(labels)
-        merged = []
-        merging = len(h.prototypes) if p["merge_every_head"] else 1  # heads whose clusters are merged
-        for i in range(merging if p["merged_heads"] else 0):
-            crop = i % p["n_large"]  # (heads on the same crop's bank each build its kNN graph: an option measured to lose)
-            merged += [(crop, labels) for labels in self._merged_labels(bank[crop], assignments[i], context)]
-        for protos, (crop, labels) in zip(h.merged_prototypes, merged):
-            protos.weight.copy_(group_means(bank[crop], labels, protos.weight.shape[0]))
+        # The first head's clusters, merged along the kNN graph of its bank (the first large crop's).
+        merged = self._merged_labels(bank[0], assignments[0], context) if p["merged_heads"] else []
+        for protos, labels in zip(h.merged_prototypes, merged):
+            protos.weight.copy_(group_means(bank[0], labels, protos.weight.shape[0]))
             assignments.append(labels)
         self.assignments = torch.stack(assignments)
 
@@ -226,22 +181,13 @@ class DeepClusterV2(OnlineClusterer):
 
     def after_backward(self, head: nn.Module, step: StepContext) -> None:
         """The prototypes are the centroids: no gradient step moves them (reference)."""
-        if not self.params["train_prototypes"]:
-            for protos in _unwrap(head).prototype_sets():
-                protos.weight.grad = None
+        for protos in unwrap(head, DCv2Head, self.name).prototype_sets():
+            protos.weight.grad = None
 
-    @torch.no_grad()
     def assign(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """Hard labels (B,): the nearest prototype of the first head (head in eval mode)."""
-        h = _unwrap(head)
-        dev = h.prototypes[0].weight.device
-        was = h.training
-        h.eval()
-        try:
-            z = h.embed(features.to(dev))
-            return (z @ F.normalize(h.prototypes[0].weight, dim=1).t()).argmax(dim=1).to(features.device)
-        finally:
-            h.train(was)
+        h = unwrap(head, DCv2Head, self.name)
+        return nearest_prototype(h, h.prototypes[0], features)
 
     def epoch_stats(self) -> dict:
         """Clusters used by the first head's assignments, mean loss; warns on collapse."""
@@ -273,12 +219,10 @@ class DeepClusterV2(OnlineClusterer):
 
     # ------------------------------------------------------------------ internals
 
-    def _merged_sizes(self, per_head: bool = False) -> list[int]:
-        """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2); all heads'
-        sets unless ``per_head``."""
+    def _merged_sizes(self) -> list[int]:
+        """Groups of each merged set: k * merge_scale**j, at least 2 (or k when k < 2)."""
         p = self.params
-        sizes = [coarser(p["k"], p["merge_scale"], j) for j in range(1, p["merged_heads"] + 1)]
-        return sizes if per_head or not p["merge_every_head"] else sizes * p["heads"]
+        return [coarser(p["k"], p["merge_scale"], j) for j in range(1, p["merged_heads"] + 1)]
 
     def _merged_labels(self, rows: torch.Tensor, labels: torch.Tensor, context: EpochContext) -> list[torch.Tensor]:
         """One head's merged sets' (N,) labels: its clusters merged along the kNN graph of its bank ``rows``.
@@ -287,7 +231,7 @@ class DeepClusterV2(OnlineClusterer):
         others contribute zeros), as the kmeans plugin does.
         """
         all_reduce = context.all_reduce if context.world_size > 1 else None
-        return list(merged_labels_from_rank0(rows, labels, self.params["k"], self._merged_sizes(per_head=True),
+        return list(merged_labels_from_rank0(rows, labels, self.params["k"], self._merged_sizes(),
                                              self.params["neighbours"], int(context.seed), context.rank, all_reduce,
                                              labels.device))
 

@@ -148,7 +148,6 @@ class PIC(Clusterer):
         Option("nnn", int, 5, "neighbours per node in the kNN graph (reference 5)", min=1),
         Option("alpha", float, 0.001, "power-iteration damping (reference 0.001)", min=0.0, max=1.0),
         Option("n_iter", int, 200, "power iterations (reference 200)", min=1),
-        Option("distribute_singletons", bool, True, "clusters of size 1 join their nearest non-singleton neighbour"),
         Option(
             "graph", str, "auto", "kNN graph backend; auto: exact up to 20k rows, faiss IVF above", choices=BACKENDS
         ),
@@ -175,9 +174,7 @@ class PIC(Clusterer):
         labels = (np.cumsum(seeds) - 1)[root]  # seeds numbered in index order, as the reference
         n_seeds = int(seeds.sum())
         singletons = int((np.bincount(labels) == 1).sum())
-        moved = 0
-        if p["distribute_singletons"]:
-            labels, moved = distribute_singletons(labels, graph.indices)
+        labels, moved = distribute_singletons(labels, graph.indices)  # as the reference, always
         _, labels = np.unique(labels, return_inverse=True)
         m = int(labels.max()) + 1
         t_pic = time.perf_counter() - t1

@@ -18,11 +18,14 @@ from torch import nn
 
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec, linear_head
 from dcx.core.errors import InputError
-from dcx.core.features import check_finite
+from dcx.core.arrays import check_finite
 from dcx.core.options import Option
 from dcx.core.sinkhorn import ROUNDINGS, sela_solve
 
 log = logging.getLogger(__name__)
+
+#: Rows the head scores at once (bounded memory at any N).
+SCORE_ROWS = 4096
 
 
 class SinkhornLabels(Clusterer):
@@ -49,7 +52,6 @@ class SinkhornLabels(Clusterer):
             "plan -> labels: 'argmax' (reference, sizes only roughly equal) or 'balanced' (N/K +- 1)",
             choices=ROUNDINGS,
         ),
-        Option("batch_size", int, 4096, "rows the head scores at once", min=1),
     )
 
     def __init__(self, **options: Any) -> None:
@@ -92,7 +94,7 @@ class SinkhornLabels(Clusterer):
         # would add a second clusterer's dependency for no gain SeLa reports; balanced rounding
         # keeps these early labels exactly equal-size (their plain argmax is off by 13-30%).
         t0 = time.perf_counter()
-        scores = head_scores(self.head, raw, context.device, p["batch_size"])
+        scores = head_scores(self.head, raw, context.device, SCORE_ROWS)
         if scores.shape[1] != k:
             raise InputError(
                 f"sinkhorn: the head has {scores.shape[1]} outputs but k={k}; build it as nn.Linear(D, k)"

@@ -113,8 +113,8 @@ def check_fit_refuses_nan(p: PluginUnderTest) -> None:
         return
     except Exception as exc:
         raise AssertionError(f"raised {type(exc).__name__} ({exc}), not a DcxError: check with "
-                             "dcx.core.features.check_finite") from None
-    raise AssertionError("returned labels for NaN features: check with dcx.core.features.check_finite")
+                             "dcx.core.arrays.check_finite") from None
+    raise AssertionError("returned labels for NaN features: check with dcx.core.arrays.check_finite")
 
 
 @check("Partition.stats has string keys and can be written to metrics.jsonl (JSON)", applies=is_offline)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, StepContext, TrainSpec
+from dcx.core.contracts import CropSpec, EpochContext, OnlineClusterer, RunDefaults, StepContext, TrainSpec
 from dcx.testing.base import PluginUnderTest, check, is_online
 from dcx.testing.data import D, K, N, assert_json_serialisable, blobs, saved_state, same, scramble_global_rngs
 
@@ -76,16 +76,20 @@ def _assign(plugin: OnlineClusterer, head: nn.Module, x: np.ndarray) -> torch.Te
         return plugin.assign(head, torch.from_numpy(x))
 
 
-@check("build_head returns an nn.Module and crops() a CropSpec with at least one large crop, a jitter_scale >= 0 "
-       "and a passes_scale > 0",
+@check("crops() is a CropSpec with at least one large crop, and run_defaults keeps every default positive",
        applies=is_online)
 def check_online_head(p: PluginUnderTest) -> None:
     plugin, _ = _online(p)
     crops = plugin.crops()
     assert isinstance(crops, CropSpec), f"crops() must return a CropSpec, got {type(crops).__name__}"
     assert crops.n_large >= 1 and crops.n_small >= 0, f"crops() asks for {crops.n_large} large, {crops.n_small} small"
-    assert crops.jitter_scale >= 0, f"crops().jitter_scale is {crops.jitter_scale!r}: a jitter strength cannot be negative"
-    assert crops.passes_scale > 0, f"crops().passes_scale is {crops.passes_scale!r}: a run needs at least one pass"
+    for given in (RunDefaults(k=100, epochs=10, batch_size=64, passes=3, jitter=0.4),
+                  RunDefaults(k=500, epochs=5, batch_size=128, passes=1, budget=150_000.0)):
+        d = plugin.run_defaults(given)
+        assert isinstance(d, RunDefaults), f"run_defaults must return a RunDefaults, got {type(d).__name__}"
+        for name in ("k", "epochs", "batch_size", "passes"):
+            assert getattr(d, name) >= 1, f"run_defaults({given}) gives {name}={getattr(d, name)!r}: must be >= 1"
+        assert 0 <= d.jitter <= 1, f"run_defaults gives jitter={d.jitter!r}: must be in [0, 1]"
 
 
 @check("through start_epoch and the step hooks, loss returns a finite scalar tensor and a dict", applies=is_online)

@@ -10,7 +10,8 @@ import torch
 
 from dcx.core import data as D
 from dcx.core.evaluate.data import EvalData
-from dcx.core.features import check_finite, extract
+from dcx.core.arrays import check_finite
+from dcx.core.extraction import extract
 from dcx.core.layers import MAX_DIMS, PooledLayers, layer_shapes, pooling_plan
 from dcx.core.network import FeatureNet
 from dcx.core.progress import NullProgress, Progress
