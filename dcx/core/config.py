@@ -99,7 +99,7 @@ class RunConfig(BaseModel):
         "averages K = 2 augmentations' predictions into its guessed labels)", ge=1, le=16)
     label_smoothing: float = setting(
         0.0, "label smoothing of the offline clusterers' cross-entropy against their pseudo-labels (0 = the "
-        "paper's hard labels; 0.1 recommended for k-means and PIC, docs/recipes.md)", ge=0, lt=1)
+        "paper's hard labels; no gain at the default k-means heads, docs/decisions.md D28)", ge=0, lt=1)
     head_lr: float | None = setting(
         None, "learning rate of the offline clusterers' classifier head, a fresh one each round (default: --lr, as "
         "the reference's optimizer_tl)", gt=0)

@@ -248,7 +248,7 @@ class CropSpec:
     jitter_scale: float = 1.0
     #: Backbone passes per round as a multiple of the one-view default (the dataset's passes times
     #: the views), used when --passes is not given: an online method may need more steps than
-    #: k-means' labels do (SwAV: 2, docs/recipes.md "SwAV at twice its steps").
+    #: k-means' labels do (SwAV: 2, docs/decisions.md D34).
     passes_scale: float = 1.0
 
     @property
@@ -376,12 +376,11 @@ class RunDefaults:
     #: None: the engine's rule by image size (``dcx.core.setup.default_augment``).
     augment: str | None = None
     #: Photometric jitter strength (``--jitter``): 0 (the reference) unless intensity and colour
-    #: never decide a class here (glyphs: +0.011 on digits, +0.028 on characters; docs/recipes.md
-    #: "Photometric jitter").
+    #: never decide a class here, as on glyphs (docs/decisions.md D07).
     jitter: float = 0.0
     #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
-    #: False where colour tells the classes apart, which Sobel throws away (``photos``: k-means
-    #: 0.63 vs 0.46, SwAV 0.66 vs 0.49; docs/recipes.md "Sobel").
+    #: False where colour tells the classes apart, which Sobel throws away (``photos``;
+    #: docs/decisions.md D08).
     sobel: bool | None = None
 
 

@@ -4,7 +4,7 @@ Linear warm-up from 0 (SwAV / DeepCluster-v2: 10 epochs), then constant (the Dee
 reference), a cosine decay to 0 at the end of the run, or "cosine-restarts": a cosine to 0 within
 every epoch (clustering round) from a peak that follows the run's cosine, so each round's
 clustering sees a network settled on the previous round's labels (SGDR's warm restarts, one per
-re-clustering; not the default: docs/recipes.md's decision table). The factor is a picklable
+re-clustering; not the default: docs/decisions.md D13). The factor is a picklable
 object whose settings travel in the scheduler's ``state_dict``, so a checkpoint restores it too.
 """
 

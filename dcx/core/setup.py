@@ -54,15 +54,15 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-#: Views averaged into the features offline clusterers cluster (--cluster-views; docs/recipes.md).
+#: Views averaged into the features offline clusterers cluster (--cluster-views; docs/decisions.md D21).
 CLUSTER_VIEWS = 1
-#: Largest input side that gets elastic warps by default (measured up to 32 px; docs/recipes.md).
+#: Largest input side that gets elastic warps by default (measured on small images only; docs/decisions.md D03).
 ELASTIC_MAX_SIDE = 64
 
 
 def default_augment(image_size: int) -> str:
     """Crops + affine + elastic warps for small images, where they taught every measured dataset
-    (digits, characters, textures, photos) most (docs/recipes.md); the reference's crops above."""
+    (digits, characters, textures, photos) most (docs/decisions.md D03); the reference's crops above."""
     return "elastic" if image_size <= ELASTIC_MAX_SIDE else "crop"
 
 
@@ -160,9 +160,9 @@ def setup(config: RunConfig, registry: Registry | None = None, load_images: bool
     if cfg.passes is None:
         # A step sees `views` crops of each image and the engine gives it passes // views image
         # passes: by default every image is seen as often per round as in a one-view k-means run,
-        # at views x the compute. Compute-equal (one image pass of two views), DeepCluster-v2
-        # on digits scored 0.06 NMI below k-means (docs/recipes.md). An online clusterer may ask
-        # for a multiple of that (CropSpec.passes_scale).
+        # at views x the compute: at k-means' own compute the online clusterers fell below k-means
+        # (docs/decisions.md D33, D35). An online clusterer may ask for a multiple of that
+        # (CropSpec.passes_scale).
         cfg.passes = max(1, round(d.passes * cfg.views * (crops.passes_scale if crops else 1.0)))
     cfg.k = clusterer.params.get("k", cfg.k)
     # Store every used plugin's validated options (typed, defaults filled) so config.toml

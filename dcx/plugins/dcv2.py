@@ -129,8 +129,8 @@ class DeepClusterV2(OnlineClusterer):
         *merge_options("set", 2, 0.5, "further prototype sets: the first head's clusters merged along the "
                        "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
                        "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
-                       "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
-                       "and textures over one of k/4, which gained over none)"),
+                       "heads only; docs/decisions.md D45: two sets of k/2 and k/4 gained on digits and textures "
+                       "over one of k/4, which gained over none)"),
         Option("merge_every_head", bool, False, "merged sets for every k-means head's clusters (heads x merged_heads "
                "sets, each head's on the bank of its crop), not only the first head's"),
         Option("cluster_on", str, "crops", "what each epoch's k-means clusters: 'crops' = the bank of the last "

@@ -31,15 +31,15 @@ class KMeans(Clusterer):
                "(the means of this round's features over the previous round's clusters: labels carry over)",
                choices=("random", "previous")),
         Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
-               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/recipes.md: 3 gained on digits, "
+               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/decisions.md D22: 3 gained on digits, "
                "textures and photos)", min=1),
         Option("head_scale", float, 1.0, "head h clusters into k * head_scale**h clusters: 1 gives every head k "
-               "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/recipes.md: "
-               "level with 1 over three datasets)", min=0.01, max=1.0),
+               "(DeepCluster-v2); 0.5 gives k, k/2, k/4, coarser partitions beside the first (docs/decisions.md "
+               "D23: level with 1 over three datasets)", min=0.01, max=1.0),
         *merge_options("head", 1, 0.25, "further heads beside the k-means ones, each the first clustering's k clusters "
                        "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
-                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/recipes.md, "
-                       "\"Merged heads\": 1 gained on digits, textures and photos)"),
+                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/decisions.md "
+                       "D24: 1 gained on digits, textures and photos)"),
         Option("keep_head", bool, False, "keep one classifier head across epochs instead of a fresh one per epoch "
                "(paper §3.3 re-initialises it: cluster ids mean nothing from one epoch to the next)"),
     )

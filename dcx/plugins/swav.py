@@ -22,7 +22,7 @@ neighbours are pulled onto the same prototypes, as the merged heads pull neighbo
 k-means(k) of the whole dataset's backbone features, preprocessed as the kmeans clusterer's, and a
 fresh linear classifier per clustering on the features, trained by cross-entropy from every view;
 ``cluster_weight`` scales them against a prototype set's swapped loss and ``cluster_until`` stops them
-after that fraction of the run's epochs (docs/recipes.md, "The DeepCluster head, lighter or earlier").
+after that fraction of the run's epochs (docs/decisions.md D42: each traded one dataset for another).
 """
 
 from __future__ import annotations
@@ -152,10 +152,8 @@ class SwAV(OnlineClusterer):
                "(DeepCluster-v2); 0.25 with heads=2 adds a set of k/4 beside the k (coarser codes)", min=0.01, max=1.0),
         Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
-        # SwAV's 128. A smaller auto rule, min(128, k // 3), won the first 56 steps on digits
-        # (proj 32: k-means probe 0.39 vs 0.24) but loses trained runs: digits, 10 rounds of 3
-        # passes, seeds 0-2: best block 0.890, 0.874, 0.869 at 128 vs 0.874, 0.845, 0.821 at 33
-        # (docs/recipes.md, "Clusterers compared").
+        # SwAV's 128. A smaller auto rule, min(128, k // 3), led early in a run but lost whole runs
+        # on digits and textures (docs/decisions.md D36).
         Option("proj_dim", int, 128, "projection / prototype dimension (SwAV: 128)", min=1),
         Option(
             "hidden_dim", int, None,
@@ -183,13 +181,12 @@ class SwAV(OnlineClusterer):
             min=0, nullable=True,
         ),
         # 2: SwAV's colour distortion is 0.8 (SimCLR's strength 1), twice the 0.4 that digits and
-        # characters declare for k-means; on digits SwAV gains at 0.8 (docs/recipes.md, "Photometric
-        # jitter"), k-means loses. Datasets that declare none (their class is intensity) stay at none.
+        # characters declare for k-means; SwAV gains at 0.8 where k-means loses (docs/decisions.md D37).
+        # Datasets that declare none (their class is intensity) stay at none.
         Option("jitter_scale", float, 2.0, "the views' photometric jitter as a multiple of the dataset's declared "
                "strength when --jitter is not given (2: SwAV's 0.8 on digits; 0 stays 0)", min=0.0),
-        # 2: twice the k-means-equal passes (12 of its 2 views per round where the dataset declares 3)
-        # raised the best block on digits, textures and photos, 9 of 9 seed pairs (docs/recipes.md,
-        # "SwAV at twice its steps"); DeepCluster-v2 did not gain from the same doubling.
+        # 2: twice the k-means-equal passes raised the best block on every dataset and seed measured;
+        # DeepCluster-v2 did not gain from the same doubling (docs/decisions.md D34).
         Option("passes_scale", float, 2.0, "backbone passes per round as a multiple of the dataset's passes times "
                "the views, when --passes is not given (2: twice a one-view k-means run's image passes)", min=0.1),
         Option("queue_length", int, 0, "past embeddings added to the codes' batch when batch < k; 0 = off (SwAV: 3840)", min=0),
@@ -198,16 +195,16 @@ class SwAV(OnlineClusterer):
                        "assignment of a memory bank of its last embedding), merged along the bank's kNN graph into "
                        "k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean embeddings, trained by "
                        "cross-entropy to the image's group (dcv2.merged_heads for SwAV; not in the reference; "
-                       "docs/recipes.md, \"A merged set for SwAV\": 1 lost on digits)"),
+                       "docs/decisions.md D40: lost on digits)"),
         Option("neighbour_weight", float, 0.0, "weight of the neighbour codes beside the swapped codes: every view "
                "also predicts the codes of one of its image's `neighbours` nearest images in a memory bank of last "
-               "embeddings (NNCLR's neighbour positive; not in the reference; 0 = off; docs/recipes.md, \"Screens on an "
-               "Intel Xeon\": 1 and 0.5 did not gain on digits)", min=0.0),
-        # Off: with the ReLU, digits seeds 0-2 lost 0.026 on the best block (0.873 vs 0.899; docs/recipes.md,
-        # "The projection's input"): fc7's negative half, which the k-means evaluation also sees, went untrained.
+               "embeddings (NNCLR's neighbour positive; not in the reference; 0 = off; docs/decisions.md D41: "
+               "did not gain on digits)", min=0.0),
+        # Off: with the ReLU the best block fell on digits (docs/decisions.md D38): fc7's negative half,
+        # which the k-means evaluation also sees, went untrained.
         Option("feature_relu", bool, False, "apply the backbone's ReLU to pre-activation features (AlexNet's fc7) "
                "before the projection (the cluster heads' classifiers always do, as DeepCluster's; "
-               "docs/recipes.md: lost on digits)"),
+               "docs/decisions.md D38: lost on digits)"),
         Option("cluster_heads", int, 0, "DeepCluster heads beside the prototypes: each epoch, that many k-means(k) "
                "clusterings of the whole dataset's backbone features (PCA-256, whitening, L2, as the kmeans clusterer), "
                "each with a fresh linear classifier on the features that every view trains towards its image's "
@@ -293,7 +290,7 @@ class SwAV(OnlineClusterer):
         if p["merged_heads"] == 0:
             return
         # Equal-size labels, as SwAV's equipartitioned codes: on the nearest prototype the merged set
-        # collapsed (docs/recipes.md, "A merged set for SwAV").
+        # collapsed (docs/decisions.md D40).
         labels = balanced_argmax(rows @ F.normalize(h.prototypes.weight, dim=1).t())
         merged = merged_labels_from_rank0(rows, labels, p["k"], self._merged_sizes(), p["neighbours"],
                                           int(context.seed), context.rank, all_reduce, dev,
