@@ -112,7 +112,7 @@ class TrainSpec:
 
     ``preactivation``: the features are a pre-activation (AlexNet/VGG fc7 before its ReLU), so a
     classifier head on them applies ReLU first, exactly as the reference network does (``linear_head``).
-    A projection MLP may take them as they are (swav/dcv2 ``feature_relu``, off: measured on digits).
+    A projection MLP may take them as they are (swav/dcv2 ``feature_relu``, off: docs/decisions.md D38).
     ``epochs``: the run's epochs (None when unknown), for options given as a fraction of the run.
     """
 

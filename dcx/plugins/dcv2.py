@@ -116,7 +116,7 @@ class DeepClusterV2(OnlineClusterer):
         Option("hidden_dim", int, None, "projection MLP hidden width; 0 = one Linear; auto = the feature dim "
                "clipped to [proj_dim, 2048] (reference: 2048)", min=0, nullable=True),
         Option("feature_relu", bool, False, "apply the backbone's ReLU to pre-activation features (AlexNet's fc7) "
-               "before the projection (DeepCluster's classifier does; off as swav.feature_relu, which lost on digits)"),
+               "before the projection (DeepCluster's classifier does; off: lost on digits, docs/decisions.md D38)"),
         Option("n_large", int, 2, "large crops; the bank stores these (reference: 2)", min=1),
         Option("n_small", int, 0, "small crops, predictors only (reference: 6 at 96 px; only useful when "
                "small_size_ratio * image side is above the backbone's minimum input)", min=0),
@@ -186,7 +186,7 @@ class DeepClusterV2(OnlineClusterer):
         merged = []
         merging = len(h.prototypes) if p["merge_every_head"] else 1  # heads whose clusters are merged
         for i in range(merging if p["merged_heads"] else 0):
-            crop = i % p["n_large"]  # (heads on the same crop's bank each build its kNN graph: an option measured to lose)
+            crop = i % p["n_large"]  # (heads on the same crop's bank each build its kNN graph: docs/decisions.md D46)
             merged += [(crop, labels) for labels in self._merged_labels(bank[crop], assignments[i], context)]
         for protos, (crop, labels) in zip(h.merged_prototypes, merged):
             protos.weight.copy_(group_means(bank[crop], labels, protos.weight.shape[0]))

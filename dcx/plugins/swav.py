@@ -140,10 +140,9 @@ class SwAV(OnlineClusterer):
     name = "swav"
     options = (
         Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data)", min=2),
-        # eps 0.02, not SwAV's 0.05: at K=100, B=64 the scores of a fresh head spread only ~0.1,
-        # so eps 0.05 gives near-uniform codes (entropy 4.1 of ln K = 4.6), the loss stays at
-        # ln K and the features collapse (mean cosine of embeddings 0.35 -> 0.65, digits NMI 0.24
-        # after 56 steps); eps 0.02 gives entropy ~2, cosine 0.17, NMI 0.41 (0.01: NMI 0.41, worse probe).
+        # eps 0.02, not SwAV's 0.05: at a small K and batch a fresh head's scores spread little, so
+        # eps 0.05 gives near-uniform codes, the loss stays at ln K and the features collapse
+        # (docs/decisions.md D43).
         Option("epsilon", float, 0.02, "Sinkhorn entropy eps (SwAV: 0.05; raise it for large K and batch)", min=1e-4),
         # DeepCluster-v2's 3 prototype sets (SwAV's MultiPrototypes), the k-means clusterer's 3 heads.
         Option("heads", int, 1, "prototype sets, each with its own Sinkhorn codes; the loss is their mean "
@@ -163,13 +162,13 @@ class SwAV(OnlineClusterer):
         ),
         Option("n_large", int, 2, "large crops; codes come from these (SwAV: 2)", min=1),
         # 0 small crops, not SwAV's 6: the engine clamps small crops to the backbone's minimum
-        # input (32 px for ResNet), i.e. to full size on 32-px digits, so 2 "small" crops doubled
-        # the cost (146 s vs ~65 s per digits epoch) without being multi-crop. Use them at >= 96 px.
+        # input (32 px for ResNet), i.e. to full size on 32-px digits, so "small" crops cost as much
+        # as large ones without being multi-crop, and lost (docs/decisions.md D44). Use them at >= 96 px.
         Option("n_small", int, 0, "small crops, predictors only (SwAV: 6 at 96 px; only useful when "
                "small_size_ratio * image side is above the backbone's minimum input)", min=0),
         # 0.5, not SwAV's 0.14 (tuned for 224-px photos): a 14% crop of an 8x8 digit rarely shows
         # the digit, so the two views share nothing; 0.5 is the engine's own minimum crop scale
-        # for images <= 64 px. Digits, eps 0.05, 56 steps: NMI 0.24 / probe 0.20 vs 0.20 / 0.17.
+        # for images <= 64 px (docs/decisions.md D43).
         Option("large_min_scale", float, 0.5, "RandomResizedCrop min area of large crops (SwAV: 0.14 at 224 px)",
                min=0.0, max=1.0),
         Option("small_min_scale", float, 0.05, "min area of small crops (SwAV: 0.05)", min=0.0, max=1.0),
@@ -530,8 +529,8 @@ class SwAV(OnlineClusterer):
         reduce_sum, reduce_max = _distributed_hooks(step)
         if not self._hinted_queue and p["queue_length"] == 0 and bs * step.world_size < p["k"]:
             # A warning, not an automatic queue: SwAV needs batch (+ queue) >= k for codes that
-            # use every prototype, but whether a queue of stale embeddings helps a 10-epoch
-            # digits run is unmeasured; K <= batch (e.g. --k 64) or swav.queue_length are the fixes.
+            # use every prototype, but a queue of stale embeddings lost on a 10-epoch digits run
+            # (docs/decisions.md D43); K <= batch (e.g. --k 64) or swav.queue_length are the fixes.
             log.warning("swav: batch %d < k=%d prototypes: each batch's codes cannot use every prototype; "
                         "lower --k to the batch size or set swav.queue_length (SwAV: 3840)",
                         bs * step.world_size, p["k"])
