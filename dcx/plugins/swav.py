@@ -3,7 +3,7 @@
 Per batch: the large crops' prototype scores give equipartitioned codes
 (``dcx.core.sinkhorn.swav_codes``); every other view predicts each code through a softmax with
 temperature. Hyper-parameters follow the reference ``main_swav.py`` ImageNet recipe except where
-a comment at the option says why and cites the digits measurement (epsilon, proj_dim, crops).
+a comment at the option says why and points at its row of docs/decisions.md (epsilon, proj_dim, crops).
 
 ``merged_heads`` further prototype sets (not in the reference) are DeepCluster-v2's merged sets
 for SwAV: a memory bank keeps each image's last embedding (first large crop, by
