@@ -3,7 +3,7 @@
 Trains one default k-means run and, at every round, takes the features k-means sees (PCA-whitened,
 L2) and scores against the classes: k-means into k, k/2, k/4 and #classes clusters, and the
 k-means(k) clusters merged into k/2, k/4 and #classes groups (`dcx.core.merge`, 10 neighbours).
-Purity: the share of images in their group's majority class. docs/recipes.md, "Merged heads".
+Purity: the share of images in their group's majority class. docs/decisions.md D24.
 
     python benchmarks/merge_purity.py --dataset digits --seed 0
 """

@@ -6,7 +6,7 @@ features, then keeps the best block. One k-means run's NMI moves by several hund
 seed, so the best of six such means is biased upwards by the noise it selects. This script
 reloads each finished run of a ``dcx compare`` directory, repeats the probe's clustering with
 ``--runs`` seeds (the first ``CLUSTER_RUNS`` equal the probe's: it checks that they reproduce the
-summary) and prints both versions of the comparison. docs/recipes.md, "How noisy".
+summary) and prints both versions of the comparison. docs/decisions.md D01.
 
 ``--restarts R`` also scores each block as k-means itself is meant to be run: the seeds in groups of
 R, each group's run with the lowest objective kept (faiss's ``nredo``, scikit-learn's ``n_init``),

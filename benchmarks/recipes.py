@@ -4,7 +4,8 @@ Each variant is a set of run settings on top of the defaults; each (dataset, var
 one ordinary `dcx run` (library API) whose end-of-run block probe (``dcx.core.evaluate.probe``)
 gives every block's k-means(#classes) NMI learned and at random init. Rows are appended to
 ``benchmarks/results/recipes/<dataset>.jsonl`` as they finish (an interrupted sweep resumes);
-``--report`` turns them into the tables of docs/recipes.md.
+``--report`` turns them into per-block tables (the evidence of docs/decisions.md; the sessions' own
+notes are benchmarks/results/recipes-log.md).
 
     python benchmarks/recipes.py --dataset digits --variants baseline,affine --seeds 0,1,2
     python benchmarks/recipes.py --report

@@ -62,7 +62,7 @@ def evaluate(
     device: str = typer.Option(None, "--device", help="cpu | cuda | auto (default: the run's)"),
     cluster_runs: int = typer.Option(
         None, "--cluster-runs", help="k-means seeds averaged per layer by the cluster protocol (default 5); one run's "
-        "NMI moves ~0.035 with its seed, so 20 halves the noise of 5 (docs/recipes.md, \"How noisy\")"),
+        "NMI moves with its seed, so more seeds give a less noisy score (docs/decisions.md D01)"),
     out: Path = typer.Option(None, "--out", "-o", help="with --random: also write the result as JSON here"),
     report: bool = typer.Option(True, "--report/--no-report", help="rewrite the run's report.md/png afterwards"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),

@@ -219,8 +219,8 @@ def paired_differences(table: list[dict[str, Any]], reference: str, key: str = "
     """Each other clusterer minus ``reference`` on ``key``, paired by seed (a seed starts every
     clusterer from the same initial network): mean, sd and 95 % interval (Student's t) of the per-seed
     differences, seeds won, and a verdict: "above" / "below" when the interval excludes 0, else
-    "undecided". With seed-to-seed spreads of 0.01-0.02 on digits, a 3-seed mean difference under ~0.02
-    is usually "undecided" (docs/recipes.md, "Clusterers compared")."""
+    "undecided". Three seeds resolve only gaps of a few times the seed-to-seed spread, so small
+    differences are usually "undecided" (docs/decisions.md D02)."""
     from scipy.stats import t as student_t
 
     def by_seed(name: str) -> dict[int, float]:

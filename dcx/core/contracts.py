@@ -384,12 +384,11 @@ class RunDefaults:
     #: None: the engine's rule by image size (``dcx.core.setup.default_augment``).
     augment: str | None = None
     #: Photometric jitter strength (``--jitter``): 0 (the reference) unless intensity and colour
-    #: never decide a class here (glyphs: +0.011 on digits, +0.028 on characters; docs/recipes.md
-    #: "Photometric jitter").
+    #: never decide a class here, as on glyphs (docs/decisions.md D07).
     jitter: float = 0.0
     #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
     #: False where colour tells the classes apart, which Sobel throws away (``photos``;
-    #: docs/decisions.md).
+    #: docs/decisions.md D08).
     sobel: bool | None = None
     #: Image-steps these defaults were sized to (a folder's time budget, ``dcx.datasets.folder``);
     #: None: not sized to a budget. An online clusterer then trains within it (``run_defaults``).

@@ -31,7 +31,7 @@ AUGMENTS = ("crop", "affine", "elastic")
 
 
 #: Smallest area of a training crop (reference: torchvision's 0.08), keyed by "image larger than
-#: 64 px": small images keep at least half of the image (docs/decisions.md).
+#: 64 px": small images keep at least half of the image (docs/decisions.md D04).
 MIN_CROP_SCALE = {True: 0.08, False: 0.5}
 
 

@@ -3,8 +3,7 @@
 The same seed and config give the same weights bit for bit on one machine, but another CPU kind
 (AVX2 vs AVX-512, AMD vs an AMX-capable Intel) or another torch / numpy / faiss rounds differently
 in the last bits; k-means then splits a cluster differently and the run follows another trajectory
-(docs/recipes.md, "Paired on one machine": the default digits run at seed 0 gave 0.895 on one machine
-and 0.867 on an AMD EPYC). Every run records this in summary.json, and ``dcx compare`` says when its
+(docs/decisions.md D02). Every run records this in summary.json, and ``dcx compare`` says when its
 runs do not share one.
 """
 

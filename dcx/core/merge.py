@@ -2,10 +2,9 @@
 
 k-means with k ~ 10x the classes gives nearly pure clusters (most of a class's images sharing
 their cluster with their own class only), but k-means with k ~ the classes on the same
-PCA-whitened features does not: on digits (rounds 5-10 of a default run), k-means(25) is 0.73 pure
-and k-means(10) 0.48, while the k-means(100) clusters merged by average linkage over the kNN edges
-between them are 0.91 pure at 25 groups and 0.83 at 10 (benchmarks/merge_purity.py;
-docs/recipes.md, "Merged heads"). A class is a chain of neighbouring clusters, not one blob.
+PCA-whitened features does not, while the fine clusters merged by average linkage over the kNN edges
+between them stay nearly as pure at few groups (benchmarks/merge_purity.py; docs/decisions.md D24).
+A class is a chain of neighbouring clusters, not one blob.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class ProjectionHead(nn.Module):
     """Projection (Linear-BN-ReLU-Linear, or one Linear when ``hidden_dim`` is 0) to unit embeddings.
 
     Pre-activation features (AlexNet's fc7) go in as they are: fc7 and the first Linear compose into
-    one linear map that shapes all of fc7 (docs/decisions.md, the projection's input)."""
+    one linear map that shapes all of fc7 (docs/decisions.md D38)."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, proj_dim: int) -> None:
         super().__init__()

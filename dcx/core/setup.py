@@ -54,7 +54,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-#: Largest input side that gets elastic warps by default (measured up to 32 px; docs/decisions.md).
+#: Largest input side that gets elastic warps by default (measured on small images only; docs/decisions.md D03).
 ELASTIC_MAX_SIDE = 64
 
 
@@ -65,7 +65,7 @@ _GIVEN = ("image_size", "k", "epochs", "batch_size", "width", "passes", "jitter"
 
 def default_augment(image_size: int) -> str:
     """Crops + affine + elastic warps for small images, where they taught every measured dataset
-    (digits, characters, textures, photos) most (docs/recipes.md); the reference's crops above."""
+    (digits, characters, textures, photos) most (docs/decisions.md D03); the reference's crops above."""
     return "elastic" if image_size <= ELASTIC_MAX_SIDE else "crop"
 
 

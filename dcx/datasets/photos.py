@@ -33,6 +33,6 @@ class Photos(PatchDataset):
     flip_invariant = True
     sources = SOURCES
     mode = "RGB"
-    # No Sobel: colour tells most of these photographs apart and Sobel keeps only edges (docs/recipes.md
-    # "Sobel": k-means 0.46 -> 0.63, SwAV 0.49 -> 0.66, same seeds). Textures keep it (SwAV loses there).
+    # No Sobel: colour tells most of these photographs apart and Sobel keeps only edges; textures keep it,
+    # SwAV losing there without it (docs/decisions.md D08).
     defaults = replace(PatchDataset.defaults, sobel=False)

@@ -101,8 +101,7 @@ class DeepClusterV2(OnlineClusterer):
         *merge_options("set", 2, 0.5, "further prototype sets: the first head's clusters merged along the "
                        "bank's kNN graph into k * merge_scale**j groups (j = 1, 2, ...), prototypes = the groups' mean "
                        "embeddings (kmeans.merged_heads for DeepCluster-v2; not in the reference; 0 = the reference's "
-                       "heads only; docs/recipes.md, \"Merged prototype sets\": two sets of k/2 and k/4 gained on digits "
-                       "and textures over one of k/4, which gained over none)"),
+                       "heads only; docs/decisions.md D45)"),
     )
 
     def __init__(self, **options: Any) -> None:

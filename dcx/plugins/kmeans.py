@@ -25,12 +25,12 @@ class KMeans(Clusterer):
         Option("sample", int, None, "train on this many random rows, then assign all (default: all rows, as the "
                "reference)", nullable=True, min=1),
         Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
-               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/recipes.md: 3 gained on digits, "
+               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/decisions.md D22: 3 gained on digits, "
                "textures and photos)", min=1),
         *merge_options("head", 1, 0.25, "further heads beside the k-means ones, each the first clustering's k clusters "
                        "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
-                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/recipes.md, "
-                       "\"Merged heads\": 1 gained on digits, textures and photos)"),
+                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/decisions.md "
+                       "D24)"),
     )
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:

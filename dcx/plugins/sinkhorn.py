@@ -38,11 +38,10 @@ class SinkhornLabels(Clusterer):
         Option("k", int, 3000, "clusters = outputs of the kept head (SeLa ImageNet: 3000, CIFAR-10: 128)", min=2),
         Option("lam", float, 25.0, "power lambda of softmax(scores) (SeLa: 25; 10 for CIFAR)", min=1e-3),
         Option("tol", float, 0.1, "stop when sum |c / c_prev - 1| falls below this (SeLa: 0.1)", min=0.0),
-        # Capped at 1000 (the reference has no cap): once the head is confident, P = softmax^25 is
-        # so peaked that convergence to tol 0.1 took 2,700-9,000 iterations on digits. Balanced
-        # rounding makes the sizes exact anyway, and on a 3-epoch digits head (K=100) the labels
-        # after 1000 iterations agree 98.7% with the converged ones (NMI to classes 0.548 vs
-        # 0.547) at 0.25 s instead of 0.88 s; at ImageNet scale each iteration is ~2 N K flops.
+        # Capped (the reference has no cap): once the head is confident, P = softmax^25 is so peaked
+        # that convergence to tol takes thousands of iterations; balanced rounding makes the sizes
+        # exact anyway, and the capped labels match the converged ones (docs/decisions.md D49).
+        # At ImageNet scale each iteration is ~2 N K flops.
         Option("max_iter", int, 1000, "cap on Sinkhorn iterations; stops with a warning (the reference has none)",
                min=1),
         Option(

@@ -3,7 +3,7 @@
 Per batch: the large crops' prototype scores give equipartitioned codes
 (``dcx.core.sinkhorn.swav_codes``); every other view predicts each code through a softmax with
 temperature. Hyper-parameters follow the reference ``main_swav.py`` ImageNet recipe except where
-a comment at the option says why (epsilon, crops; docs/decisions.md).
+a comment at the option says why and points at its row of docs/decisions.md (epsilon, crops).
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class SwAV(OnlineClusterer):
     options = (
         Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data; by "
                "default at most the batch when the queue is off)", min=2),
-        # Not SwAV's 0.05: at K=100, B=64 a fresh head's scores spread so little that eps 0.05 gives
-        # near-uniform codes, the loss stays at ln K and the features collapse (docs/decisions.md).
+        # eps 0.02, not SwAV's 0.05: at a small K and batch a fresh head's scores spread little, so
+        # eps 0.05 gives near-uniform codes, the loss stays at ln K and the features collapse
+        # (docs/decisions.md D43).
         Option("epsilon", float, 0.02, "Sinkhorn entropy eps (SwAV: 0.05; raise it for large K and batch)", min=1e-4),
         Option("sinkhorn_iters", int, 3, "Sinkhorn-Knopp iterations per batch (SwAV: 3)", min=1),
         Option("temperature", float, 0.1, "softmax temperature of the predictions (SwAV: 0.1)", min=1e-4),
@@ -105,7 +106,7 @@ class SwAV(OnlineClusterer):
         return self._crops
 
     def run_defaults(self, defaults: RunDefaults) -> RunDefaults:
-        """The online defaults, then SwAV's own (docs/decisions.md): twice the k-means-equal passes
+        """The online defaults, then SwAV's own (docs/decisions.md D34, D37): twice the k-means-equal passes
         where no time budget binds, views at twice the dataset's jitter (SwAV's colour distortion is
         0.8 where digits declare 0.4), and no more prototypes than a batch has codes for."""
         d = super().run_defaults(defaults)

@@ -19,8 +19,8 @@ PROTOCOLS = ("linear", "knn", "cluster")
 KNN_K = (20, 200)
 KNN_T = 0.1
 CLUSTER_PREPROCESSING = ("l2", "pca256-whiten-l2")
-#: k-means(k = #classes) NMI moves by +-0.05 with the seed on digits, even for the best of 10
-#: restarts by objective: report the mean (and std) over this many seeds instead.
+#: k-means(k = #classes) NMI moves with the seed, even for the best of 10 restarts by objective:
+#: report the mean (and std) over this many seeds instead (docs/decisions.md D01).
 CLUSTER_RUNS = 5
 #: L2 penalty of the linear probe; given several, the best on a held-out 20% of the train split
 #: is used. One fixed value by default: on digits the choice moved top-1 by <0.4% (2 images).
