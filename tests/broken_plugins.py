@@ -15,6 +15,7 @@ from dcx.core.contracts import (
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
 from dcx.core.options import Option
+from dcx.plugins.kmeans import KMeans as DcxKMeans
 
 # ----------------------------------------------------------------------------- offline clusterers
 
@@ -23,6 +24,7 @@ class GoodOffline(Clusterer):
     """k-means through dcx.core.kmeans: passes every check."""
 
     name = "goodoffline"
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "clusters", min=1), Option("niter", int, 10, "iterations", min=1))
 
     def fit(self, features, context):
@@ -216,6 +218,7 @@ class SelaLike(GoodOffline):
 
 
 class NoName(Clusterer):
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "clusters", min=1),)
 
     def fit(self, features, context):
@@ -243,6 +246,26 @@ class NoSuper(GoodOffline):
         self.params = {"k": options.get("k", 5), "niter": 10}
 
 
+class NoApi(Clusterer):
+    """Declares no dcx_api: the running dcx's would be silently assumed."""
+
+    name = "noapi"
+
+    def fit(self, features, context):
+        return Partition(np.zeros(len(features), dtype=np.int64), 1)
+
+
+class InheritsApi(DcxKMeans):
+    """Subclasses a built-in and declares no dcx_api: dcx's own does not count for it."""
+
+    name = "inheritsapi"
+
+
+class OldMajor(GoodOffline):
+    name = "oldmajor"
+    dcx_api = "2.0"
+
+
 # ----------------------------------------------------------------------------- online clusterers
 
 
@@ -251,6 +274,7 @@ class GoodOnline(OnlineClusterer):
     the number of steps taken, which sets the sharpening (a schedule)."""
 
     name = "goodonline"
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "prototypes", min=2), Option("temperature", float, 0.1, "softmax temperature", min=1e-3))
 
     def __init__(self, **options):
@@ -381,6 +405,7 @@ class GoodBackbone(Backbone):
     """Two conv blocks and a global-average-pooled neck: passes every check."""
 
     name = "goodbackbone"
+    dcx_api = "3.0"
     min_image_size = 8
     options = (Option("channels", int, 32, "channels of the first block at width 1", min=4),)
 
@@ -477,6 +502,7 @@ class GoodDataset(Dataset):
     """Generated band images, 3 classes, train and test splits: passes every check."""
 
     name = "gooddataset"
+    dcx_api = "3.0"
     flip_invariant = True
     defaults = RunDefaults(image_size=16, k=9, epochs=1, batch_size=16, width=0.25)
     options = (Option("size", int, 60, "images per split", min=3),)
@@ -571,6 +597,9 @@ BROKEN = [
     (Undocumented, "check_options_documented"),
     (BadDefault, "check_options_declared"),
     (NoSuper, "check_unknown_option_rejected"),
+    (NoApi, "check_api_version"),
+    (InheritsApi, "check_api_version"),
+    (OldMajor, "check_api_version"),
     (OnlineGlobalRandom, "check_online_deterministic"),
     (LabelsPastK, "check_online_assign"),
     (FloatLabels, "check_online_assign"),

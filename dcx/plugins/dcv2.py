@@ -107,6 +107,7 @@ class DeepClusterV2(OnlineClusterer):
     """DeepCluster-v2: k-means on a memory bank of embeddings every epoch, prototypes = centroids."""
 
     name = "dcv2"
+    dcx_api = "3.0"
     options = (
         Option("k", int, 3000, "prototypes per head (DeepCluster-v2 ImageNet: 3000; ~10x the classes on small data)", min=2),
         Option("heads", int, 3, "k-means heads, each with its own prototypes and assignments (reference: 3)", min=1),

@@ -138,6 +138,7 @@ class SwAV(OnlineClusterer):
     """SwAV: prototypes, Sinkhorn codes of the large crops, swapped prediction over multi-crop views."""
 
     name = "swav"
+    dcx_api = "3.0"
     options = (
         Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data)", min=2),
         # eps 0.02, not SwAV's 0.05: at K=100, B=64 the scores of a fresh head spread only ~0.1,
