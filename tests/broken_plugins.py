@@ -56,6 +56,30 @@ class GlobalRandom(GoodOffline):
         return super().fit(features, context)
 
 
+class UnseededSubsample(GoodOffline):
+    """Fits k-means on an unseeded random subset of up to 5,000 rows, then assigns every row to
+    the nearest centre (seeded k-means: only the subset is drawn elsewhere)."""
+
+    name = "unseededsubsample"
+
+    def fit(self, features, context):
+        x = np.asarray(features, dtype=np.float32)
+        subset = np.random.default_rng().permutation(len(x))[:5000]
+        centres = kmeans(x[subset], self.params["k"], self.params["niter"], context.seed).centroids
+        labels = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        return Partition(labels.astype(np.int64), self.params["k"], centres)
+
+
+class ShufflesIds(GoodOffline):
+    """Groups the rows deterministically but numbers the clusters in an unseeded random order."""
+
+    name = "shufflesids"
+
+    def fit(self, features, context):
+        part = super().fit(features, context)
+        return Partition(np.random.default_rng().permutation(part.n_clusters)[part.labels], part.n_clusters)
+
+
 class CentresInPlace(GoodOffline):
     """Centres the caller's array in place."""
 
@@ -580,6 +604,9 @@ BROKEN = [
     (WrongShape, "check_fit_returns_partition"),
     (Constant, "check_fit_recovers_planted_clusters"),
     (GlobalRandom, "check_fit_deterministic"),
+    (UnseededSubsample, "check_fit_deterministic"),
+    (UnseededSubsample, "check_state_dict_round_trip"),
+    (ShufflesIds, "check_fit_deterministic"),
     (CentresInPlace, "check_fit_does_not_modify_input"),
     (CentresInPlace, "check_fit_accepts_read_only_input"),
     (Float32Only, "check_fit_accepts_float64"),
