@@ -2,6 +2,7 @@
 own class; one written for another API, or declaring none, is listed and refused with one line;
 a hook that does not take what dcx passes (an unported online clusterer) is one line too."""
 
+import importlib.metadata as md
 import json
 import os
 import subprocess
@@ -120,6 +121,26 @@ def test_only_a_call_that_does_not_fit_the_signature_becomes_a_contract_error():
 
     back = pickle.loads(pickle.dumps(plugin))
     assert type(back) is _Online and back.loss(None, [2, 2], None) == (4, {})
+
+
+def test_a_missing_abstract_hook_is_a_contract_error_not_a_type_error():
+    from dcx.core.registry import Registry
+
+    fake = [md.EntryPoint("lossless", "test_plugin_api:_NoLoss", "dcx.clusterers")]
+    registry = Registry(lambda group: [e for e in fake if e.group == group])
+    with pytest.raises(PluginContractError, match=r"\(declares dcx_api 3.0; this dcx provides 3.0\): _NoLoss does "
+                                                  r"not implement assign, loss, which the contract requires"):
+        registry.create("clusterer", "lossless")
+
+
+class _NoLoss(OnlineClusterer):
+    """Implements build_head only."""
+
+    name = "lossless"
+    dcx_api = API_VERSION
+
+    def build_head(self, spec):
+        return None
 
 
 def test_dcx_api_counts_only_in_the_plugin_s_own_package():

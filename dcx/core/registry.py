@@ -214,8 +214,12 @@ class Registry:
 
     def create(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
         """Load and instantiate with validated options; its contract hooks are guarded (``guard_hooks``)."""
-        cls = self.load(kind, name)
-        return guard_hooks(cls(**(options or {})), self._info(kind, name))
+        cls, info = self.load(kind, name), self._info(kind, name)
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:  # instantiating would raise a bare TypeError
+            raise PluginContractError(f"{_owner(info, cls)}: {cls.__name__} does not implement "
+                                      f"{', '.join(missing)}, which the contract requires; see {CHANGES}")
+        return guard_hooks(cls(**(options or {})), info)
 
     def inspect(self, kind: str | None = None) -> list[PluginInfo]:
         """Every discovered plugin with its status; imports each one (broken ones are reported)."""
@@ -314,11 +318,16 @@ def _call_mismatch(method: Any, exc: TypeError, args: tuple, kwargs: dict) -> bo
     return False
 
 
+def _owner(info: PluginInfo, cls: type) -> str:
+    """The plugin, its package and the API versions, as a contract error names them."""
+    return (f"{info.kind} '{info.name}' from {info.package} {info.version} (declares dcx_api {declared_api(cls)}; "
+            f"this dcx provides {API_VERSION})")
+
+
 def guard_hooks(plugin: Any, info: PluginInfo) -> Any:
     """Wrap, on the instance, every hook the contract declares (``fit``, ``build_head``, ``loss``,
     ``load``, ...) in a ``_Hook`` naming the plugin, its package and its declared API; returns ``plugin``."""
-    owner = (f"{info.kind} '{info.name}' from {info.package} {info.version} (declares dcx_api "
-             f"{declared_api(type(plugin))}; this dcx provides {API_VERSION})")
+    owner = _owner(info, type(plugin))
     hooks = {n for base in type(plugin).__mro__ if base.__module__ == contracts.__name__
              for n, v in vars(base).items() if inspect.isfunction(v) and not n.startswith("_")}
     for hook in sorted(hooks):
