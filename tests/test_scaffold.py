@@ -55,9 +55,11 @@ def test_new_refuses_a_non_empty_dir_a_bad_name_and_a_bad_kind(tmp_path):
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     for kind, example in (("clusterer", "my-clusterer"), ("online-clusterer", "my-online-clusterer"),
                           ("backbone", "my-backbone"), ("dataset", "my-dataset")):
-        for bad in ("1x", "a.b", "a:b", "my thing", "_x", "x-", "a__b", "spëctral"):
+        for bad in ("1x", "a.b", "a:b", "my thing", "_x", "x-", "a__b", "ünï.côde"):
             result = runner.invoke(app, ["plugin", "new", bad, "--kind", kind, "--dir", str(tmp_path / "n")])
             assert_one_line_error(result, f"plugin name {bad!r} must start with a letter", f"e.g. {example}")
+        result = runner.invoke(app, ["plugin", "new", "spëctral", "--kind", kind, "--dir", str(tmp_path / "n")])
+        assert_one_line_error(result, "'spëctral' must start with a letter and hold only ASCII letters", "e.g. spectral")
     result = runner.invoke(app, ["plugin", "new", "x", "--kind", "colour", "--dir", str(tmp_path / "n")])
     assert_one_line_error(result, "unknown plugin kind 'colour'", "online-clusterer")
     assert not (tmp_path / "n").exists()

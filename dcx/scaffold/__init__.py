@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import keyword
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -74,8 +75,10 @@ def new_plugin(name: str, kind: str, directory: Path | str | None = None) -> New
     if kind not in KINDS:
         raise InputError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
     if not NAME.fullmatch(name):
+        plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()  # spëctral -> spectral
+        example = plain if not name.isascii() and NAME.fullmatch(plain) else EXAMPLES[kind]
         raise InputError(f"plugin name {name!r} must start with a letter and hold only ASCII letters, digits and "
-                         f"single '-' or '_' between them, e.g. {EXAMPLES[kind]}")
+                         f"single '-' or '_' between them, e.g. {example}")
     registry_kind, group, file, source, title = KINDS[kind]
     snake = name.replace("-", "_").lower()
     dist = "dcx-" + snake.replace("_", "-")
