@@ -3,6 +3,8 @@ one deliberate bug each. ``BROKEN`` pairs each broken plugin with the check that
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
@@ -15,6 +17,7 @@ from dcx.core.contracts import (
 from dcx.core.errors import InputError
 from dcx.core.kmeans import kmeans
 from dcx.core.options import Option
+from dcx.plugins.kmeans import KMeans as DcxKMeans
 
 # ----------------------------------------------------------------------------- offline clusterers
 
@@ -23,6 +26,7 @@ class GoodOffline(Clusterer):
     """k-means through dcx.core.kmeans: passes every check."""
 
     name = "goodoffline"
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "clusters", min=1), Option("niter", int, 10, "iterations", min=1))
 
     def fit(self, features, context):
@@ -52,6 +56,30 @@ class GlobalRandom(GoodOffline):
     def fit(self, features, context):
         context.seed = int(np.random.randint(1 << 30))
         return super().fit(features, context)
+
+
+class UnseededSubsample(GoodOffline):
+    """Fits k-means on an unseeded random subset of up to 5,000 rows, then assigns every row to
+    the nearest centre (seeded k-means: only the subset is drawn elsewhere)."""
+
+    name = "unseededsubsample"
+
+    def fit(self, features, context):
+        x = np.asarray(features, dtype=np.float32)
+        subset = np.random.default_rng().permutation(len(x))[:5000]
+        centres = kmeans(x[subset], self.params["k"], self.params["niter"], context.seed).centroids
+        labels = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        return Partition(labels.astype(np.int64), self.params["k"], centres)
+
+
+class ShufflesIds(GoodOffline):
+    """Groups the rows deterministically but numbers the clusters in an unseeded random order."""
+
+    name = "shufflesids"
+
+    def fit(self, features, context):
+        part = super().fit(features, context)
+        return Partition(np.random.default_rng().permutation(part.n_clusters)[part.labels], part.n_clusters)
 
 
 class CentresInPlace(GoodOffline):
@@ -216,6 +244,7 @@ class SelaLike(GoodOffline):
 
 
 class NoName(Clusterer):
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "clusters", min=1),)
 
     def fit(self, features, context):
@@ -243,6 +272,26 @@ class NoSuper(GoodOffline):
         self.params = {"k": options.get("k", 5), "niter": 10}
 
 
+class NoApi(Clusterer):
+    """Declares no dcx_api: the running dcx's would be silently assumed."""
+
+    name = "noapi"
+
+    def fit(self, features, context):
+        return Partition(np.zeros(len(features), dtype=np.int64), 1)
+
+
+class InheritsApi(DcxKMeans):
+    """Subclasses a built-in and declares no dcx_api: dcx's own does not count for it."""
+
+    name = "inheritsapi"
+
+
+class OldMajor(GoodOffline):
+    name = "oldmajor"
+    dcx_api = "2.0"
+
+
 # ----------------------------------------------------------------------------- online clusterers
 
 
@@ -251,6 +300,7 @@ class GoodOnline(OnlineClusterer):
     the number of steps taken, which sets the sharpening (a schedule)."""
 
     name = "goodonline"
+    dcx_api = "3.0"
     options = (Option("k", int, 5, "prototypes", min=2), Option("temperature", float, 0.1, "softmax temperature", min=1e-3))
 
     def __init__(self, **options):
@@ -348,22 +398,22 @@ class TensorStats(GoodOnline):
         return {"usage": torch.from_numpy(self._usage)}
 
 
-class NegativeJitterScale(GoodOnline):
+class NegativeJitter(GoodOnline):
     """Asks for a negative photometric jitter on its views."""
 
     name = "negativejitter"
 
-    def crops(self):
-        return CropSpec(jitter_scale=-1.0)
+    def run_defaults(self, defaults):
+        return dataclasses.replace(super().run_defaults(defaults), jitter=-1.0)
 
 
-class ZeroPassesScale(GoodOnline):
+class ZeroPasses(GoodOnline):
     """Asks for no training passes at all."""
 
     name = "zeropasses"
 
-    def crops(self):
-        return CropSpec(passes_scale=0.0)
+    def run_defaults(self, defaults):
+        return dataclasses.replace(super().run_defaults(defaults), passes=0)
 
 
 class NanLoss(GoodOnline):
@@ -381,6 +431,7 @@ class GoodBackbone(Backbone):
     """Two conv blocks and a global-average-pooled neck: passes every check."""
 
     name = "goodbackbone"
+    dcx_api = "3.0"
     min_image_size = 8
     options = (Option("channels", int, 32, "channels of the first block at width 1", min=4),)
 
@@ -477,6 +528,7 @@ class GoodDataset(Dataset):
     """Generated band images, 3 classes, train and test splits: passes every check."""
 
     name = "gooddataset"
+    dcx_api = "3.0"
     flip_invariant = True
     defaults = RunDefaults(image_size=16, k=9, epochs=1, batch_size=16, width=0.25)
     options = (Option("size", int, 60, "images per split", min=3),)
@@ -554,6 +606,9 @@ BROKEN = [
     (WrongShape, "check_fit_returns_partition"),
     (Constant, "check_fit_recovers_planted_clusters"),
     (GlobalRandom, "check_fit_deterministic"),
+    (UnseededSubsample, "check_fit_deterministic"),
+    (UnseededSubsample, "check_state_dict_round_trip"),
+    (ShufflesIds, "check_fit_deterministic"),
     (CentresInPlace, "check_fit_does_not_modify_input"),
     (CentresInPlace, "check_fit_accepts_read_only_input"),
     (Float32Only, "check_fit_accepts_float64"),
@@ -571,6 +626,9 @@ BROKEN = [
     (Undocumented, "check_options_documented"),
     (BadDefault, "check_options_declared"),
     (NoSuper, "check_unknown_option_rejected"),
+    (NoApi, "check_api_version"),
+    (InheritsApi, "check_api_version"),
+    (OldMajor, "check_api_version"),
     (OnlineGlobalRandom, "check_online_deterministic"),
     (LabelsPastK, "check_online_assign"),
     (FloatLabels, "check_online_assign"),
@@ -580,8 +638,8 @@ BROKEN = [
     (OnlineStateNotRestored, "check_online_state_dict_round_trip"),
     (TensorStats, "check_online_stats_serialisable"),
     (NanLoss, "check_online_loss"),
-    (NegativeJitterScale, "check_online_head"),
-    (ZeroPassesScale, "check_online_head"),
+    (NegativeJitter, "check_online_head"),
+    (ZeroPasses, "check_online_head"),
     (NotAtMinSize, "check_backbone_min_image_size"),
     (ThreeChannelsOnly, "check_backbone_channels"),
     (ThreeChannelsOnly, "check_backbone_sobel"),

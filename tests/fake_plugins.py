@@ -14,6 +14,7 @@ class WrongShape(Clusterer):
     """Breaks the contract: one label too few."""
 
     name = "wrongshape"
+    dcx_api = "3.0"
     options = (Option("k", int, 5, min=1),)
 
     def fit(self, features, context):
@@ -48,6 +49,8 @@ def write_distribution(root: Path, name: str, version: str, entry_points: dict[s
 
 class NoName(Clusterer):
     """Declares no ``name``: the registry must report it, not invent one."""
+
+    dcx_api = "3.0"
 
     def fit(self, features, context):
         return Partition(np.zeros(len(features), dtype=np.int64), 1)

@@ -1,11 +1,16 @@
 """The kit catches each deliberate bug with the check named for it, and its API (parametrising,
 skipping, reporting every failure) works as documented."""
 
+import numpy as np
 import pytest
 
-from broken_plugins import BROKEN, GOOD, CentresInPlace, CentresKnowingly, GoodBackbone, GoodOffline, GoodOnline, WrongShape
+from broken_plugins import (
+    BROKEN, GOOD, CentresInPlace, CentresKnowingly, GoodBackbone, GoodOffline, GoodOnline, ShufflesIds,
+    UnseededSubsample, WrongShape,
+)
 from dcx.core.errors import ContractError
 from dcx.testing import CHECKS, check_backbone, check_clusterer, check_plugin, checks, get, parametrize_with_checks
+from dcx.testing.data import same_partition
 from fake_plugins import NotAPlugin
 
 
@@ -23,6 +28,22 @@ def test_each_deliberate_bug_is_caught_by_its_named_check(plugin, name):
     message = str(err.value)
     assert message.startswith(f"{name} failed for "), message
     assert check.rule in message
+
+
+@pytest.mark.parametrize("name", ["check_fit_deterministic", "check_state_dict_round_trip"])
+def test_an_unseeded_subsample_fails_the_determinism_checks_every_time(name):
+    """6,000 rows in overlapping clusters: any two subsets of 5,000 group some rows differently."""
+    for _ in range(20):
+        with pytest.raises(AssertionError, match="grouped the rows differently"):
+            get(name)(UnseededSubsample)
+
+
+def test_determinism_is_judged_on_the_grouping_then_on_the_ids():
+    a = np.array([0, 0, 1, 1, 2])
+    assert same_partition(a, np.array([2, 2, 0, 0, 1])) and not same_partition(a, np.array([0, 0, 1, 2, 2]))
+    assert not same_partition(a, np.array([0, 0, 0, 1, 1])) and not same_partition(np.array([0, 0, 0, 1, 1]), a)
+    with pytest.raises(AssertionError, match="grouped the rows alike but numbered the clusters differently"):
+        get("check_fit_deterministic")(ShufflesIds)
 
 
 def test_contract_errors_from_the_plugin_become_assertion_errors():

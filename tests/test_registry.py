@@ -21,10 +21,11 @@ SHADOW_SOURCE = """
     from dcx.plugins.kmeans import KMeans as _Base
 
     class KMeans(_Base):
-        pass
+        dcx_api = "3.0"
 
     class Extra(_Base):
         name = "extra"
+        dcx_api = "3.0"
 """
 
 

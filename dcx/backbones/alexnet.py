@@ -22,6 +22,7 @@ class AlexNet(Backbone):
     """
 
     name = "alexnet"
+    dcx_api = "3.0"
     sobel_default = True
     options = (
         Option("fc_dim", int, None, "size of fc6/fc7 (default 4096 x width)", nullable=True, min=16),

@@ -44,6 +44,7 @@ class ResNet18(Backbone):
     """ResNet-18; features = global-average-pooled layer4 (512 x width)."""
 
     name = "resnet18"
+    dcx_api = "3.0"
 
     def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
         return _build(tv_resnet.BasicBlock, [2, 2, 2, 2], in_channels, image_size, width)
@@ -53,6 +54,7 @@ class ResNet50(Backbone):
     """ResNet-50; features = global-average-pooled layer4 (2048 x width)."""
 
     name = "resnet50"
+    dcx_api = "3.0"
 
     def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
         return _build(tv_resnet.Bottleneck, [3, 4, 6, 3], in_channels, image_size, width)

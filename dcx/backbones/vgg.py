@@ -18,6 +18,7 @@ class VGG16(Backbone):
     """
 
     name = "vgg16"
+    dcx_api = "3.0"
     sobel_default = True
     options = (
         Option("fc_dim", int, None, "size of fc6/fc7 (default 4096 x width)", nullable=True, min=16),

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover - the registry imports torch; commands imp
 
 KINDS = "clusterer, backbone, dataset"
 
-_COLOURS = {"ok": "green", "broken": "red", "incompatible": "red"}
+_COLOURS = {"ok": "green", "broken": "red", "incompatible": "red", "no dcx_api": "red"}
 
 
 def _status(info: PluginInfo) -> str:
@@ -56,7 +56,8 @@ def list_plugins(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """List clusterers, backbones and datasets with the package that provides each; a plugin that
-    fails to import is shown as broken. A name two packages provide must be given as PACKAGE:NAME."""
+    fails to import is shown as broken, one written for another dcx API (or declaring no dcx_api) as
+    incompatible (no dcx_api). A name two packages provide must be given as PACKAGE:NAME."""
     setup_logging(quiet=True)
     from dcx.core.registry import Registry
 
@@ -88,11 +89,13 @@ def list_plugins(
 
 
 def describe_class(cls: type[Plugin]) -> dict[str, Any]:
+    """What a plugin class declares besides its options: schedule, defaults, sizes, splits; its
+    description is the first paragraph of its docstring."""
     from dcx.core.contracts import Backbone, Clusterer, Dataset, OnlineClusterer
+    from dcx.core.registry import declared_api
 
-    """What a plugin class declares besides its options: schedule, defaults, sizes, splits."""
     doc = inspect.getdoc(cls) or ""
-    out: dict[str, Any] = {"class": f"{cls.__module__}:{cls.__qualname__}", "dcx_api": cls.dcx_api,
+    out: dict[str, Any] = {"class": f"{cls.__module__}:{cls.__qualname__}", "dcx_api": declared_api(cls),
                            "description": doc.split("\n\n")[0].replace("\n", " ")}
     if issubclass(cls, (Clusterer, OnlineClusterer)):
         out.update(schedule=cls.schedule, uses_k=cls.uses_k)

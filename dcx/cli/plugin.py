@@ -18,7 +18,8 @@ plugin_app = typer.Typer(no_args_is_help=True, help="Write plugins: dcx plugin n
 @plugin_app.command("new")
 @handle_errors
 def new(
-    name: str = typer.Argument(..., help="plugin name, a Python identifier (e.g. my_clusterer)"),
+    name: str = typer.Argument(..., help="plugin name: ASCII letters, digits, '-' and '_' (e.g. my-clusterer); "
+                               "its module is dcx_NAME with '-' as '_'"),
     kind: str = typer.Option(..., "--kind", help=" | ".join(KINDS)),
     directory: Path = typer.Option(None, "--dir", help="where to write the package (default: ./dcx-NAME); must be new or empty"),
 ) -> None:

@@ -41,9 +41,9 @@ def _cpu() -> "torch.device":
 
     return torch.device("cpu")
 
-#: Version of this contract. A plugin declares the version it was written for in ``dcx_api``;
-#: a different major version is reported as incompatible and not loaded (docs/plugins.md,
-#: "Changes by API version").
+#: Version of this contract. A plugin declares the version it was written for in ``dcx_api``, in its
+#: own class body; one that declares none or another major version is listed and not loaded.
+#: What changed per version: docs/plugins.md "Changes by API version".
 API_VERSION = "3.0"
 
 
@@ -52,7 +52,7 @@ class Plugin(ABC):
 
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
-    dcx_api: ClassVar[str] = API_VERSION
+    dcx_api: ClassVar[str] = ""  # declared by each plugin class; never inherited from here
 
     def __init__(self, **options: Any) -> None:
         self.params: dict[str, Any] = resolve(self.name or type(self).__name__, self.options, options)

@@ -21,6 +21,10 @@ class PluginLoadError(DcxError):
     """A plugin's entry point exists but could not be imported or is incompatible."""
 
 
+class PluginContractError(DcxError):
+    """A plugin's hook does not take the arguments this dcx's contract passes (written for another API)."""
+
+
 class OptionError(DcxError):
     """A plugin or run option is unknown or has an invalid value."""
 

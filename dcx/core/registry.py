@@ -4,21 +4,25 @@ Built-ins are registered in ``pyproject.toml`` exactly like third-party plugins.
 addressed as ``NAME`` when one package provides that name and always as ``PACKAGE:NAME`` (the
 distribution name, ``-``/``_``/``.`` and case equivalent); a bare name that several packages
 provide is refused, never resolved by sys.path order. Listing a kind imports each of its
-plugins to report its status; a broken plugin is reported, never fatal.
+plugins to report its status; a broken plugin is reported, never fatal. A plugin class must declare
+the ``dcx_api`` it was written for; ``create`` turns a hook call that does not fit the plugin's
+signature into one ``PluginContractError``.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
+import inspect
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 from packaging.utils import canonicalize_name
 
+from dcx.core import contracts
 from dcx.core.contracts import API_VERSION, Backbone, Clusterer, Dataset, OnlineClusterer, Plugin
-from dcx.core.errors import AmbiguousPluginError, PluginLoadError, PluginNotFoundError
+from dcx.core.errors import AmbiguousPluginError, PluginContractError, PluginLoadError, PluginNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ QUALIFIER = ":"
 RESERVED_CHARS = (QUALIFIER, ".", "=", " ")
 #: Minimum similarity (difflib ratio) for a "did you mean" suggestion.
 SUGGEST_CUTOFF = 0.6
+#: Status of a plugin class that declares no ``dcx_api`` of its own.
+NO_API = "no dcx_api"
+#: Where a plugin author reads what to change for this API version.
+CHANGES = 'docs/plugins.md "Changes by API version"'
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class PluginInfo:
     target: str
     package: str
     version: str
-    status: str = "unchecked"  # ok | broken | incompatible | unchecked
+    status: str = "unchecked"  # ok | broken | incompatible | no dcx_api | unchecked
     error: str = ""
     schedule: str = ""
     #: Other packages that provide the same bare name (then only the qualified name works).
@@ -189,25 +197,29 @@ class Registry:
         key = (kind, canonicalize_name(info.package), info.name)
         if key in self._loaded:
             return self._loaded[key]
-        if info.status in ("broken", "incompatible"):
+        if info.status not in ("unchecked", "ok"):
             raise PluginLoadError(_load_error(info))
         try:
             obj = self._eps[key].load()
         except Exception as exc:  # a broken third-party plugin must not take the CLI down
             info.status, info.error = "broken", f"{type(exc).__name__}: {exc}"
             raise PluginLoadError(_load_error(info)) from exc
-        problem = check_plugin_class(kind, obj, info.name)
+        status, problem = check_plugin_class(kind, obj, info.name)
         if problem:
-            info.status, info.error = "incompatible", problem
+            info.status, info.error = status, problem
             raise PluginLoadError(_load_error(info))
         info.status, info.schedule = "ok", getattr(obj, "schedule", "")
         self._loaded[key] = obj
         return obj
 
     def create(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
-        """Load and instantiate with validated options."""
-        cls = self.load(kind, name)
-        return cls(**(options or {}))
+        """Load and instantiate with validated options; its contract hooks are guarded (``guard_hooks``)."""
+        cls, info = self.load(kind, name), self._info(kind, name)
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:  # instantiating would raise a bare TypeError
+            raise PluginContractError(f"{_owner(info, cls)}: {cls.__name__} does not implement "
+                                      f"{', '.join(missing)}, which the contract requires; see {CHANGES}")
+        return guard_hooks(cls(**(options or {})), info)
 
     def inspect(self, kind: str | None = None) -> list[PluginInfo]:
         """Every discovered plugin with its status; imports each one (broken ones are reported)."""
@@ -227,20 +239,41 @@ def _load_error(info: PluginInfo) -> str:
     if info.status == "broken":
         return (f"{info.kind} '{info.name}' from {info.package} failed to import ({info.error}); "
                 "reinstall or fix that package")
-    return f"{info.kind} '{info.name}' from {info.package} is incompatible: {info.error}"
+    what = "cannot be used" if info.status == NO_API else "is incompatible"
+    return f"{info.kind} '{info.name}' from {info.package} {info.version} {what}: {info.error}"
 
 
-def check_plugin_class(kind: str, obj: Any, name: str | None = None) -> str:
-    """Empty string when ``obj`` is a usable plugin class of ``kind`` registered as ``name``, else
-    the reason. The class must declare its own ``name``; the registry never writes it."""
+def declared_api(cls: type) -> str | None:
+    """The ``dcx_api`` declared in the body of ``cls`` or of a base class from its own top-level
+    package; None when only dcx's contract or another package's class (dcx's built-ins too) gives one."""
+    top = cls.__module__.partition(".")[0]
+    for c in cls.__mro__:
+        if c.__module__ == contracts.__name__:
+            break
+        if "dcx_api" in vars(c) and c.__module__.partition(".")[0] == top:
+            return str(vars(c)["dcx_api"])
+    return None
+
+
+def check_plugin_class(kind: str, obj: Any, name: str | None = None) -> tuple[str, str]:
+    """("ok", "") when ``obj`` is a usable plugin class of ``kind`` registered as ``name``, else its
+    status and the reason. The class declares its own ``name`` and ``dcx_api``; the registry writes neither."""
     bases = _BASES[kind]
     if not (isinstance(obj, type) and issubclass(obj, bases)):
         names = " or ".join(f"dcx.core.contracts.{b.__name__}" for b in bases)
-        return f"{obj!r} is not a subclass of {names}"
-    want = API_VERSION.split(".")[0]
-    got = str(getattr(obj, "dcx_api", "")).split(".")[0]
-    if got != want:
-        return f"written for dcx API {getattr(obj, 'dcx_api', '?')}, this dcx provides {API_VERSION}"
+        return "incompatible", f"{obj!r} is not a subclass of {names}"
+    api = declared_api(obj)
+    if api is None:
+        return NO_API, (f"{obj.__name__} declares no dcx_api in its class body, so the API it was written for is "
+                        f"unknown; this dcx provides API {API_VERSION}: port it, then declare dcx_api = "
+                        f'"{API_VERSION}" (see {CHANGES})')
+    if api.split(".")[0] != API_VERSION.split(".")[0]:
+        return "incompatible", f"written for dcx API {api}, this dcx provides API {API_VERSION} (see {CHANGES})"
+    problem = _name_problem(obj, name)
+    return ("incompatible", problem) if problem else ("ok", "")
+
+
+def _name_problem(obj: type, name: str | None) -> str:
     declared = getattr(obj, "name", "")
     if not isinstance(declared, str) or not declared:
         return f"{obj.__name__} declares no `name`: set the class attribute name = {name or 'my_plugin'!r}"
@@ -250,3 +283,58 @@ def check_plugin_class(kind: str, obj: Any, name: str | None = None) -> str:
     if bad:
         return f"name {declared!r} contains {bad[0]!r}, which dcx reserves ({QUALIFIER} qualifies, . separates --opt keys)"
     return ""
+
+
+class _Hook:
+    """A plugin's bound hook: a call whose arguments do not bind to the plugin's signature (a
+    plugin written for another contract) raises PluginContractError; other errors pass unchanged."""
+
+    __slots__ = ("method", "owner")
+
+    def __init__(self, method: Any, owner: str) -> None:
+        self.method, self.owner = method, owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.method(*args, **kwargs)
+        except TypeError as exc:
+            if not _call_mismatch(self.method, exc, args, kwargs):
+                raise
+            raise PluginContractError(f"{self.owner}: {self.method.__name__}() does not take the arguments dcx "
+                                      f"passes ({exc}); see {CHANGES}") from None
+
+    def __reduce__(self) -> tuple:  # pickles as the plain bound method (data-loader workers)
+        return getattr, (self.method.__self__, self.method.__name__)
+
+
+def _call_mismatch(method: Any, exc: TypeError, args: tuple, kwargs: dict) -> bool:
+    """Whether ``exc`` was raised by the call itself: the arguments do not bind to the signature."""
+    try:
+        inspect.signature(method).bind(*args, **kwargs)
+    except TypeError:
+        return True
+    except ValueError:  # no signature (a builtin): the traceback ends in the calling frame
+        return exc.__traceback__ is not None and exc.__traceback__.tb_next is None
+    return False
+
+
+def _owner(info: PluginInfo, cls: type) -> str:
+    """The plugin, its package and the API versions, as a contract error names them."""
+    return (f"{info.kind} '{info.name}' from {info.package} {info.version} (declares dcx_api {declared_api(cls)}; "
+            f"this dcx provides {API_VERSION})")
+
+
+def guard_hooks(plugin: Any, info: PluginInfo) -> Any:
+    """Wrap, on the instance, every hook the contract declares (``fit``, ``build_head``, ``loss``,
+    ``load``, ...) in a ``_Hook`` naming the plugin, its package and its declared API; returns ``plugin``."""
+    owner = _owner(info, type(plugin))
+    hooks = {n for base in type(plugin).__mro__ if base.__module__ == contracts.__name__
+             for n, v in vars(base).items() if inspect.isfunction(v) and not n.startswith("_")}
+    for hook in sorted(hooks):
+        method = getattr(plugin, hook, None)
+        if inspect.ismethod(method) and method.__self__ is plugin:
+            try:
+                setattr(plugin, hook, _Hook(method, owner))
+            except AttributeError:  # __slots__ without __dict__: left unguarded
+                return plugin
+    return plugin

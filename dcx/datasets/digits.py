@@ -33,6 +33,7 @@ class Digits(Dataset):
     """
 
     name = "digits"
+    dcx_api = "3.0"
     flip_invariant = False
     # Small images need a small net and several passes per clustering round (see
     # docs/algorithms notes "Training steps per clustering round matter most"); k ~ 10x classes.

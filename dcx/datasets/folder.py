@@ -288,6 +288,7 @@ class ImageFolder(Dataset):
     """
 
     name = "imagefolder"
+    dcx_api = "3.0"
     # Used only when the images are not loaded; run_defaults(images) decides from the data.
     defaults = RunDefaults(image_size=64, k=100, epochs=10, batch_size=64, width=0.5, passes=2)
     options = (

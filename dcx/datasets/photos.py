@@ -30,6 +30,7 @@ class Photos(PatchDataset):
     rocket, hopper, china, flower), class = source photograph; 2,400 train / 1,000 test."""
 
     name = "photos"
+    dcx_api = "3.0"
     flip_invariant = True
     sources = SOURCES
     mode = "RGB"

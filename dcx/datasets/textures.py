@@ -27,6 +27,7 @@ class Textures(PatchDataset):
     coins, grass, gravel, moon, page, text), class = source image; 2,400 train / 1,000 test."""
 
     name = "textures"
+    dcx_api = "3.0"
     flip_invariant = True  # a mirrored patch of grass or brick is still grass or brick
     sources = SOURCES
     mode = "L"

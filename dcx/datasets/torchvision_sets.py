@@ -57,6 +57,7 @@ class MNIST(_TorchvisionSet):
     """MNIST (60k train / 10k test, 28x28 grayscale)."""
 
     name = "mnist"
+    dcx_api = "3.0"
     tv_name = "MNIST"
     channels = 1
     flip_invariant = False
@@ -67,6 +68,7 @@ class CIFAR10(_TorchvisionSet):
     """CIFAR-10 (50k train / 10k test, 32x32 colour)."""
 
     name = "cifar10"
+    dcx_api = "3.0"
     tv_name = "CIFAR10"
     defaults = RunDefaults(image_size=32, k=100, epochs=50, batch_size=128, width=0.5, passes=1)
 
@@ -75,6 +77,7 @@ class STL10(_TorchvisionSet):
     """STL-10 (5k train, 8k test, 100k unlabelled; 96x96 colour)."""
 
     name = "stl10"
+    dcx_api = "3.0"
     tv_name = "STL10"
     split_kw = "split"
     defaults = RunDefaults(image_size=96, k=100, epochs=50, batch_size=128, width=0.5, passes=1)

@@ -14,6 +14,7 @@ class KMeans(Clusterer):
     """k-means with faiss (GPU index on CUDA) or torch; empty clusters split as in paper §3.3."""
 
     name = "kmeans"
+    dcx_api = "3.0"
     #: In a multi-process run every rank runs the torch Lloyd steps on its block of rows,
     #: summing per-cluster sums and counts over ranks (faiss has no such hook).
     distributed = True

@@ -139,6 +139,7 @@ class PIC(Clusterer):
     """
 
     name = "pic"
+    dcx_api = "3.0"
     uses_k = False
     options = (
         Option(

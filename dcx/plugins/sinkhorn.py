@@ -32,6 +32,7 @@ class SinkhornLabels(Clusterer):
     """SeLa: labels from the kept head's scores, balanced by Sinkhorn-Knopp (float64, CPU or GPU)."""
 
     name = "sinkhorn"
+    dcx_api = "3.0"
     # The head consumes the raw backbone features, so PCA-whitening would only cost time.
     wants_preprocessing = False
     options = (

@@ -1,8 +1,8 @@
 """The files ``dcx plugin new`` writes, as ``string.Template`` texts.
 
 Placeholders: ``$name`` (plugin name), ``$Class``, ``$module`` (import package), ``$file``
-(module inside it), ``$dist`` (distribution name), ``$group`` (entry-point group),
-``$kind`` (registry kind), ``$dcx_requirement``, ``$title`` and ``$run_flags``.
+(module inside it), ``$test`` (test module), ``$dist`` (distribution name), ``$group`` (entry-point
+group), ``$kind`` (registry kind), ``$dcx_requirement``, ``$dcx_api``, ``$title`` and ``$run_flags``.
 """
 
 from __future__ import annotations
@@ -58,11 +58,13 @@ use `$dist:$name` (in `--opt`, too: `--opt $dist:$name.KEY=VALUE`).
 
 - Options are declared in `options` (`dcx.core.options.Option`): dcx validates `--opt $name.KEY=VALUE`
   and `[options.$name]` in a config file against them; the values are in `self.params`.
-- `tests/test_$name.py` runs every check of `dcx.testing` that applies to a $kind. A check the
+- `tests/$test.py` runs every check of `dcx.testing` that applies to a $kind. A check the
   plugin knowingly fails can be skipped with a reason: `conformance_skip = {"check_name": "why"}`
   on the class.
-- `dcx_api` is the contract version the plugin was written for: dcx refuses to load it (listed as
-  incompatible) under another major version. Change it only after updating the plugin.
+- `dcx_api` is the contract version the plugin was written for, declared in the class body (an
+  inherited one does not count): dcx refuses to load it (listed as incompatible) under another
+  major version. Change it only after porting the plugin (dcx's docs/plugins.md, "Changes by API
+  version").
 
 ## Publish
 

@@ -1,7 +1,9 @@
 """Checks of offline clusterers (``Clusterer``): fit, its inputs, build_head, state.
 
 Every check fits fresh instances on a few hundred planted-cluster rows (``data.blobs``), with
-``k`` set to the planted count when the clusterer declares it.
+``k`` set to the planted count when the clusterer declares it; the determinism checks fit 6,000
+rows of overlapping clusters (``data.overlapping``), where a subsample or start drawn from
+anything but ``context.seed`` regroups rows.
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ from torch import nn
 
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec
 from dcx.core.errors import DcxError
-from dcx.core.metrics import nmi
+from dcx.core.metrics import ari, nmi
 from dcx.testing.base import PluginUnderTest, check, is_offline
-from dcx.testing.data import D, K, N, assert_json_serialisable, blobs, saved_state, same, scramble_global_rngs
+from dcx.testing.data import (
+    D, D_OVERLAP, K, N, N_OVERLAP, assert_json_serialisable, blobs, overlapping, same, same_partition, saved_state,
+    scramble_global_rngs,
+)
 
 #: NMI a clusterer must reach on the planted clusters (they are far apart: k-means gets 1.0).
 MIN_NMI = 0.8
 SPEC = TrainSpec(feature_dim=D, num_samples=N)
+SPEC_OVERLAP = TrainSpec(feature_dim=D_OVERLAP, num_samples=N_OVERLAP)
 
 
-def _clusterer(p: PluginUnderTest) -> Clusterer:
-    """A fresh instance with k = the planted count (when declared), prepared from torch seed 0."""
-    declares_k = any(o.name == "k" for o in p.cls.options)
-    plugin = p.new(**({"k": K} if declares_k else {}))
+def _new(p: PluginUnderTest) -> Clusterer:
+    """A fresh instance with k = the planted count when the clusterer declares k."""
+    return p.new(**({"k": K} if any(o.name == "k" for o in p.cls.options) else {}))
+
+
+def _clusterer(p: PluginUnderTest, spec: TrainSpec = SPEC) -> Clusterer:
+    """A fresh instance (``_new``) prepared for ``spec`` from torch seed 0."""
+    plugin = _new(p)
     torch.manual_seed(0)
-    plugin.prepare(SPEC)
+    plugin.prepare(spec)
     return plugin
 
 
@@ -41,6 +51,12 @@ def _agree(a: np.ndarray, b: np.ndarray, what: str) -> None:
     assert nmi(a, b) > 0.99, f"{what} gave other clusters (NMI {nmi(a, b):.3f} to float32 contiguous input)"
 
 
+def _identical(a: np.ndarray, b: np.ndarray, what: str, fix: str) -> None:
+    """The same grouping of the rows (compared up to relabelling), then the same cluster ids."""
+    assert same_partition(a, b), f"{what} grouped the rows differently (adjusted Rand {ari(a, b):.3f}): {fix}"
+    assert np.array_equal(a, b), f"{what} grouped the rows alike but numbered the clusters differently: {fix}"
+
+
 @check("fit returns a Partition: (N,) integer labels in 0..n_clusters-1", applies=is_offline)
 def check_fit_returns_partition(p: PluginUnderTest) -> None:
     x, _ = blobs()
@@ -50,15 +66,17 @@ def check_fit_returns_partition(p: PluginUnderTest) -> None:
         assert np.asarray(part.centroids).shape[0] == part.n_clusters, "centroids must have one row per cluster"
 
 
-@check("fit gives the same labels for the same FitContext.seed, whatever the global RNGs hold",
+@check(f"fit gives the same partition and labels for the same FitContext.seed, whatever the global RNGs hold "
+       f"({N_OVERLAP} rows in overlapping clusters: a subsample or start drawn elsewhere regroups some)",
        applies=is_offline)
 def check_fit_deterministic(p: PluginUnderTest) -> None:
-    x, _ = blobs()
+    x = overlapping()
     scramble_global_rngs(1)
-    first = _fit(_clusterer(p), x, seed=3).labels
+    first = _fit(_clusterer(p, SPEC_OVERLAP), x, seed=3).labels
     scramble_global_rngs(2)
-    again = _fit(_clusterer(p), x, seed=3).labels
-    assert np.array_equal(first, again), "labels differ: take every random choice from context.seed"
+    again = _fit(_clusterer(p, SPEC_OVERLAP), x, seed=3).labels
+    _identical(first, again, "a second fit with the same seed",
+               "take every random choice (subsamples and starting points too) from context.seed")
 
 
 @check(f"fit recovers {K} well-separated planted clusters (NMI >= {MIN_NMI}) when it gets preprocessed features",
@@ -162,18 +180,19 @@ def check_build_head_gradients(p: PluginUnderTest) -> None:
     assert feats.grad is not None and feats.grad.abs().sum() > 0, "the head's loss does not reach the features"
 
 
-@check("state_dict() survives a checkpoint and load_state_dict() restores it: a resumed run continues exactly",
+@check("state_dict() survives a checkpoint and load_state_dict() restores it: a resumed run continues exactly "
+       f"(the next fit on {N_OVERLAP} rows in overlapping clusters gives the same partition and labels)",
        applies=is_offline)
 def check_state_dict_round_trip(p: PluginUnderTest) -> None:
-    x, _ = blobs()
-    plugin = _clusterer(p)
+    x = overlapping()
+    plugin = _clusterer(p, SPEC_OVERLAP)
     _fit(plugin, x)
     state = plugin.state_dict()
     saved = saved_state(state)
-    fresh = p.new(**({"k": K} if any(o.name == "k" for o in p.cls.options) else {}))
+    fresh = _new(p)
     torch.manual_seed(1)  # another initialisation: only the loaded state may make it equal
-    fresh.prepare(SPEC)
+    fresh.prepare(SPEC_OVERLAP)
     fresh.load_state_dict(saved)
     assert same(fresh.state_dict(), state), "the restored plugin's state_dict differs from the saved one"
-    assert np.array_equal(_fit(fresh, x, seed=1).labels, _fit(plugin, x, seed=1).labels), (
-        "the restored plugin labels the next epoch differently from the original")
+    _identical(_fit(fresh, x, seed=1).labels, _fit(plugin, x, seed=1).labels, "the restored plugin's next epoch",
+               "restore all state in load_state_dict and take every random choice from context.seed")

@@ -7,7 +7,7 @@ import pickle
 from dcx.core.contracts import API_VERSION, Backbone, Clusterer, Dataset, OnlineClusterer
 from dcx.core.errors import OptionError
 from dcx.core.options import TYPES, Option
-from dcx.core.registry import RESERVED_CHARS
+from dcx.core.registry import RESERVED_CHARS, declared_api
 from dcx.testing.base import PluginUnderTest, check, is_clusterer, is_plugin
 
 _BASES = (Clusterer, OnlineClusterer, Backbone, Dataset)
@@ -18,10 +18,12 @@ def check_plugin_class(p: PluginUnderTest) -> None:
     assert isinstance(p.cls, type) and issubclass(p.cls, _BASES), f"{p.cls!r} subclasses none of them"
 
 
-@check("dcx_api has this dcx's major version (" + API_VERSION + ")", applies=is_plugin)
+@check("the class declares its own dcx_api (not inherited from dcx or another package) with this dcx's major "
+       "version (" + API_VERSION + ")", applies=is_plugin)
 def check_api_version(p: PluginUnderTest) -> None:
-    got = str(p.cls.dcx_api)
-    assert got.split(".")[0] == API_VERSION.split(".")[0], f"dcx_api is {got!r}"
+    got = declared_api(p.cls)
+    assert got is not None, f"no dcx_api in the class body: add dcx_api = {API_VERSION!r}"
+    assert got.split(".")[0] == API_VERSION.split(".")[0], f"dcx_api is {got!r} (docs/plugins.md \"Changes by API version\")"
 
 
 @check("the class declares its own `name`, a non-empty string without ':', '.', '=' or spaces", applies=is_plugin)

@@ -15,6 +15,9 @@ from dcx.core.rundir import save_json
 
 #: Planted-cluster problem size: small enough that every check runs in milliseconds.
 N, D, K = 200, 16, 5
+#: Determinism problem size: more rows than a clusterer that subsamples to at most 5,000 keeps, in
+#: few dimensions so that a fit stays fast.
+N_OVERLAP, D_OVERLAP = 6000, 4
 
 
 def blobs(n: int = N, d: int = D, k: int = K, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +29,23 @@ def blobs(n: int = N, d: int = D, k: int = K, seed: int = 0) -> tuple[np.ndarray
     x = centres[y] + 0.05 * rng.normal(size=(n, d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), y
+
+
+def overlapping(n: int = N_OVERLAP, d: int = D_OVERLAP, k: int = K, seed: int = 0) -> np.ndarray:
+    """(n, d) float32 rows of ``k`` overlapping unit Gaussians around standard-normal centres: any
+    other subsample or starting point moves some rows to another cluster (k-means on two random
+    5,000-row subsamples regroups thousands of rows)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    return (centres[np.arange(n) % k] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labellings group the rows identically, whatever their cluster ids (every
+    cluster of one meets exactly one cluster of the other)."""
+    a, b = np.asarray(a), np.asarray(b)
+    pairs = len(np.unique(np.stack([a, b], axis=1), axis=0))
+    return a.shape == b.shape and pairs == len(np.unique(a)) == len(np.unique(b))
 
 
 def scramble_global_rngs(seed: int) -> None:

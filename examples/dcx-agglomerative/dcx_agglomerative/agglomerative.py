@@ -19,7 +19,7 @@ class Agglomerative(Clusterer):
     """
 
     name = "agglomerative"
-    dcx_api = "2.0"  # the contract this was written for: another major version will not load it
+    dcx_api = "3.0"  # the contract this was written for: another major version will not load it
     options = (
         Option("k", int, 100, "number of clusters (--k sets it)", min=1),
         Option("linkage", str, "ward", "merge criterion", choices=("ward", "average", "complete", "single")),

@@ -16,7 +16,7 @@ class LeNet(Backbone):
     """
 
     name = "lenet"
-    dcx_api = "2.0"  # the contract this was written for: another major version will not load it
+    dcx_api = "3.0"  # the contract this was written for: another major version will not load it
     min_image_size = 16
     options = (
         Option("channels", int, 32, "channels of conv1 at width 1 (conv2 has twice as many)", min=4),
