@@ -1,4 +1,4 @@
-"""Kill-and-resume equals an uninterrupted run, plugin state included (SwAV's queue and bank, dcv2's bank)."""
+"""Kill-and-resume equals an uninterrupted run, plugin state included (SwAV's queue, dcv2's bank)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dcx.core.setup import setup
 def _config(clusterer: str) -> RunConfig:
     options = {"digits": {"limit": 96}}
     if clusterer == "swav":
-        options["swav"] = {"queue_length": 64, "queue_start_epoch": 0, "merged_heads": 1}  # queue and bank
+        options["swav"] = {"queue_length": 64, "queue_start_epoch": 0}  # its queue
     if clusterer == "dcv2":
         options["dcv2"] = {"heads": 2, "proj_dim": 16}
     return RunConfig(clusterer=clusterer, backbone="resnet18", dataset="digits", k=8, epochs=3, passes=2,

@@ -168,10 +168,10 @@ def test_a_run_that_used_a_removed_setting_is_refused_naming_it(finished, tmp_pa
     line naming it and the last dcx version that had it; at that value it is dropped silently."""
     run = _copy(finished, tmp_path / "run")
     toml = (run / "config.toml").read_text()
-    (run / "config.toml").write_text(toml + "warp = 2.0\n")
+    (run / "config.toml").write_text("warp = 2.0\n" + toml)  # a top-level key: before the tables
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", *QUIET])
     assert result.exit_code == 2 and "setting 'warp' = 2.0 was removed after dcx 0.1.0" in result.output
-    (run / "config.toml").write_text(toml + "warp = 1.0\n")
+    (run / "config.toml").write_text("warp = 1.0\n" + toml)
     from dcx.core.runner import read_run_config
 
     assert "warp" not in read_run_config(run).to_dict()
