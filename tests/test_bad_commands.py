@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
@@ -22,3 +23,21 @@ def test_version_flag():
         result = runner.invoke(app, [flag])
         assert result.exit_code == 0, result.output
         assert result.output.strip() == f"dcx {__version__}"
+
+
+@pytest.mark.parametrize("line, words", [
+    ("epochs = true", ["epochs must be an integer", "got True"]),
+    ("lr = true", ["lr must be a number"]),
+    ("sobel = 1", ["sobel must be true or false"]),
+])
+def test_config_file_bool_is_not_a_number(tmp_path, monkeypatch, line, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(line + "\n")
+    one_line_error(runner.invoke(app, ["run", "--config", "c.toml"]), "config file c.toml", *words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_image_size_has_an_upper_bound(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(runner.invoke(app, ["run", "--image-size", "100000"]), "--image-size must be <= 1024")
+    assert not (tmp_path / "runs").exists()
