@@ -11,6 +11,7 @@ from dcx.cli.listing import list_plugins, show
 from dcx.cli.plugin import plugin_app
 from dcx.cli.report import report
 from dcx.cli.run import run
+from dcx.cli.ui import terminate_like_ctrl_c
 
 app = typer.Typer(
     name="dcx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -50,4 +51,5 @@ app.add_typer(plugin_app, name="plugin")
 
 
 def main() -> None:
+    terminate_like_ctrl_c()
     app()
