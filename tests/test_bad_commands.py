@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
@@ -41,3 +42,63 @@ def test_image_size_has_an_upper_bound(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one_line_error(runner.invoke(app, ["run", "--image-size", "100000"]), "--image-size must be <= 1024")
     assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_images_warn_once_and_every_left_out_file_counts(tmp_path):
+    """A corrupt file warns once over every pass and loader; a link loop and a broken link count as
+    skipped too."""
+    import json
+
+    from dcx.datasets.characters import write_folder
+
+    data = write_folder(tmp_path / "data", per_class=3, size=16)
+    (data / "0" / "broken.png").write_bytes(b"not an image at all")
+    (data / "0" / "loop.png").symlink_to("loop.png")
+    (data / "0" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(data), "--k", "3", "--epochs", "2",
+                                 "--passes", "2", "--batch-size", "8", "--width", "0.125", "--opt", "alexnet.fc_dim=32",
+                                 "--no-probe", "--quiet", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # log lines wrap at the terminal's width
+    assert "Traceback" not in text and text.count("skipping image") == 1, text
+    assert json.loads((out / "summary.json").read_text())["skipped_images"] == 3
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["same-path", "through-a-link"])
+def test_cluster_out_that_is_the_input_is_refused(tmp_path, blobs, link):
+    src = tmp_path / "x.npy"
+    np.save(src, blobs[0])
+    before = src.read_bytes()
+    out = src
+    if link:
+        out = tmp_path / "labels.npy"
+        out.symlink_to(src)
+    one_line_error(runner.invoke(app, ["cluster", str(src), "--clusterer", "kmeans", "--k", "5", "--out", str(out)]),
+                   "is the features file", "choose another --out")
+    assert src.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad_commands") / "run"
+    result = runner.invoke(app, ["run", "--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1",
+                                 "--passes", "1", "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32",
+                                 "--no-probe", "--quiet", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("flag, words", [("--layers", "--layers needs block names"),
+                                         ("--protocol", "--protocol needs linear, knn, cluster or all")])
+def test_eval_refuses_an_empty_list(finished_run, flag, words):
+    before = sorted(p.name for p in finished_run.iterdir())
+    one_line_error(runner.invoke(app, ["eval", str(finished_run), flag, "", "--quiet"]), words)
+    assert sorted(p.name for p in finished_run.iterdir()) == before  # no eval.json
+
+
+def test_plugin_name_must_be_ascii(tmp_path):
+    target = tmp_path / "pkg"
+    one_line_error(runner.invoke(app, ["plugin", "new", "spëctral", "--kind", "clusterer", "--dir", str(target)]),
+                   "must be an ASCII Python identifier, e.g. spectral")
+    assert not target.exists()

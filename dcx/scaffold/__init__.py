@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import keyword
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -54,8 +55,11 @@ def new_plugin(name: str, kind: str, directory: Path | str | None = None) -> New
     InputError for a name that is not a Python identifier, an unknown kind, or a directory that
     exists and is not empty (nothing is overwritten).
     """
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise InputError(f"plugin name {name!r} must be a Python identifier, e.g. my_clusterer")
+    if not name.isascii() or not name.isidentifier() or keyword.iskeyword(name):
+        # an ASCII identifier: it names the module, the entry point and the distribution (dcx-NAME)
+        plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+        example = plain if plain.isidentifier() and not keyword.iskeyword(plain) else "my_clusterer"
+        raise InputError(f"plugin name {name!r} must be an ASCII Python identifier, e.g. {example}")
     if kind not in KINDS:
         raise InputError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
     registry_kind, group, file, source, title = KINDS[kind]
