@@ -5,6 +5,7 @@ signals are in test_bad_runs.py."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import numpy as np
@@ -47,8 +48,6 @@ def test_image_size_has_an_upper_bound(tmp_path, monkeypatch):
 def test_unreadable_images_warn_once_and_every_left_out_file_counts(tmp_path):
     """A corrupt file warns once over every pass and loader; a link loop and a broken link count as
     skipped too."""
-    import json
-
     from dcx.datasets.characters import write_folder
 
     data = write_folder(tmp_path / "data", per_class=3, size=16)
@@ -102,3 +101,59 @@ def test_plugin_name_must_be_ascii(tmp_path):
     one_line_error(runner.invoke(app, ["plugin", "new", "spëctral", "--kind", "clusterer", "--dir", str(target)]),
                    "must be an ASCII Python identifier, e.g. spectral")
     assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- dcx compare
+
+COMPARE = ["compare", "--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1", "--passes", "1",
+           "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32", "--no-probe", "--protocol", "none",
+           "--quiet"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--clusterers", "kmeans,kmeans"], ["--clusterers lists kmeans twice"]),
+    (["--clusterers", "kmeans,dcx:kmeans"], ["--clusterers lists kmeans and dcx:kmeans, the same one"]),
+    (["--clusterers", "kmeans", "--seeds", "0,0"], ["--seeds lists 0 twice"]),
+])
+def test_compare_refuses_a_run_listed_twice(tmp_path, args, words):
+    out = tmp_path / "cmp"
+    one_line_error(runner.invoke(app, [*COMPARE, *args, "--out", str(out)]), *words)
+    assert not out.exists()
+
+
+def test_compare_resume_needs_a_comparison(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for folder in (mine, tmp_path / "absent"):
+        one_line_error(runner.invoke(app, [*COMPARE, "--clusterers", "kmeans", "--resume", "--out", str(folder)]),
+                       "is not a dcx comparison", "drop --resume")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and not (tmp_path / "absent").exists()
+
+
+def test_compare_out_that_holds_files_is_refused(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    one_line_error(runner.invoke(app, [*COMPARE, "--clusterers", "kmeans", "--out", str(mine)]),
+                   "exists and is not empty", "choose another --out")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_compare_validates_every_run_before_the_first_trains(tmp_path):
+    out = tmp_path / "cmp"
+    one_line_error(runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=0", "--out", str(out)]),
+                   "pic: option 'nnn' must be an integer >= 1")
+    assert not out.exists()  # kmeans did not train first
+
+
+def test_compare_applies_a_clusterer_option_to_that_clusterers_runs(tmp_path):
+    import tomllib
+
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pic = tomllib.loads((out / "pic-seed0" / "config.toml").read_text())["options"]
+    kmeans = tomllib.loads((out / "kmeans-seed0" / "config.toml").read_text())["options"]
+    assert pic["pic"]["nnn"] == 5 and "pic" not in kmeans
+    assert [r["status"] for r in json.loads((out / "comparison.json").read_text())["runs"]] == ["trained", "trained"]

@@ -210,8 +210,16 @@ def test_unknown_names_and_empty_or_missing_folders(tmp_path):
 
 
 def test_compare_exits_1_when_a_run_failed(tmp_path):
-    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", "--dataset", "digits",
-                                 "--opt", "digits.limit=100", "--k", "150", "--epochs", "1",
+    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", *TINY[:-2], "--lr", "1e30",
                                  "--protocol", "none", "--out", str(tmp_path / "cmp"), "--quiet"])
     assert result.exit_code == 1, result.output
-    assert "1 of 1 runs failed" in result.output and "k=150 is larger than the dataset" in result.output
+    assert "1 of 1 runs failed" in result.output and "kmeans seed 0" in result.output
+
+
+def test_compare_refuses_settings_that_would_fail_before_training(tmp_path):
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", "--dataset", "digits",
+                                 "--opt", "digits.limit=100", "--k", "150", "--epochs", "1",
+                                 "--protocol", "none", "--out", str(out), "--quiet"])
+    one_line_error(result, "k=150 is larger than the dataset")
+    assert not out.exists()
