@@ -45,23 +45,33 @@ def test_image_size_has_an_upper_bound(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
-def test_unreadable_images_warn_once_and_every_left_out_file_counts(tmp_path):
-    """A corrupt file warns once over every pass and loader; a link loop and a broken link count as
-    skipped too."""
+@pytest.fixture(scope="module")
+def odd_folder_run(tmp_path_factory):
+    """A 2-epoch run on a folder with a corrupt image, a link loop and a broken link: (output, summary)."""
     from dcx.datasets.characters import write_folder
 
-    data = write_folder(tmp_path / "data", per_class=3, size=16)
+    tmp = tmp_path_factory.mktemp("odd_folder")
+    data = write_folder(tmp / "data", per_class=3, size=16)
     (data / "0" / "broken.png").write_bytes(b"not an image at all")
     (data / "0" / "loop.png").symlink_to("loop.png")
-    (data / "0" / "gone.png").symlink_to(tmp_path / "nowhere.png")
-    out = tmp_path / "run"
+    (data / "0" / "gone.png").symlink_to(tmp / "nowhere.png")
+    out = tmp / "run"
     result = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(data), "--k", "3", "--epochs", "2",
                                  "--passes", "2", "--batch-size", "8", "--width", "0.125", "--opt", "alexnet.fc_dim=32",
                                  "--no-probe", "--quiet", "--no-report", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())  # log lines wrap at the terminal's width
+    return " ".join(result.output.split()), json.loads((out / "summary.json").read_text())  # log lines wrap
+
+
+def test_an_unreadable_image_warns_once_over_every_pass(odd_folder_run):
+    text, _ = odd_folder_run
     assert "Traceback" not in text and text.count("skipping image") == 1, text
-    assert json.loads((out / "summary.json").read_text())["skipped_images"] == 3
+
+
+def test_link_loops_and_broken_links_count_as_skipped(odd_folder_run):
+    text, summary = odd_folder_run
+    assert "loop.png" in text and "gone.png" in text, text
+    assert summary["skipped_images"] == 3  # the corrupt file, the loop, the broken link
 
 
 @pytest.mark.parametrize("link", [False, True], ids=["same-path", "through-a-link"])
@@ -157,3 +167,7 @@ def test_compare_applies_a_clusterer_option_to_that_clusterers_runs(tmp_path):
     kmeans = tomllib.loads((out / "kmeans-seed0" / "config.toml").read_text())["options"]
     assert pic["pic"]["nnn"] == 5 and "pic" not in kmeans
     assert [r["status"] for r in json.loads((out / "comparison.json").read_text())["runs"]] == ["trained", "trained"]
+    (out / "comparison.json").unlink()  # run directories of the comparison, copied elsewhere: --resume takes them
+    result = runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=5", "--resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in json.loads((out / "comparison.json").read_text())["runs"]] == ["skipped", "skipped"]

@@ -126,14 +126,15 @@ def collect(path: Path) -> dict[str, Any]:
 
 def validate(cmp: Comparison, out: Path, resume: bool, registry: Registry) -> None:
     """Refuse before anything trains: a folder that is neither new, empty, nor (with ``resume``) a
-    comparison, and any run's settings that would fail (``runner.prepare``; finished seeds vouch
-    for their clusterer's settings on resume)."""
+    comparison (its table, or run directories of these runs), and any run's settings that would
+    fail (``runner.prepare``; an existing seed vouches for its clusterer's settings on resume)."""
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file, not a folder: choose another --out")
-    ours = (out / TABLE_JSON).is_file()
+    ours = (out / TABLE_JSON).is_file() or any(RunDir(out / cmp.run_name(c, s)).is_run()
+                                               for c in cmp.clusterers for s in cmp.seeds)
     if resume and not ours:
-        raise RunDirError(f"{out} is not a dcx comparison (no {TABLE_JSON}): pass the --out of an earlier dcx "
-                          "compare, or drop --resume")
+        raise RunDirError(f"{out} is not a dcx comparison (no {TABLE_JSON}, none of these runs): pass the --out of "
+                          "an earlier dcx compare, or drop --resume")
     if not resume and out.is_dir() and any(out.iterdir()):
         raise RunDirError(f"{out} holds a comparison: continue it with --resume, or choose another --out" if ours
                           else f"{out} exists and is not empty: choose another --out")
