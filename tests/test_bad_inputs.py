@@ -5,6 +5,8 @@ Cases covered elsewhere, by file: bad run settings and config files (test_run_co
 resume/lock/orphan folders/umask/interrupts (test_run_safety.py), unknown and ambiguous plugin
 names (test_registry.py, test_provenance.py), unreadable and odd images (test_folder.py),
 a plugin returning the wrong shape (test_engine.py), NaN features in dcx cluster (test_cli.py).
+The second pass (issue 38): test_bad_runs.py (run directories, resume, SIGTERM, locks) and
+test_bad_commands.py (version, config files, cluster, eval, compare, plugin new, image folders).
 """
 
 from __future__ import annotations
