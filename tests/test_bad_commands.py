@@ -109,7 +109,7 @@ def test_eval_refuses_an_empty_list(finished_run, flag, words):
 def test_plugin_name_must_be_ascii(tmp_path):
     target = tmp_path / "pkg"
     one_line_error(runner.invoke(app, ["plugin", "new", "spëctral", "--kind", "clusterer", "--dir", str(target)]),
-                   "must be an ASCII Python identifier, e.g. spectral")
+                   "must be a Python identifier of ASCII letters", "e.g. spectral")
     assert not target.exists()
 
 

@@ -59,7 +59,8 @@ def new_plugin(name: str, kind: str, directory: Path | str | None = None) -> New
         # an ASCII identifier: it names the module, the entry point and the distribution (dcx-NAME)
         plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
         example = plain if plain.isidentifier() and not keyword.iskeyword(plain) else "my_clusterer"
-        raise InputError(f"plugin name {name!r} must be an ASCII Python identifier, e.g. {example}")
+        raise InputError(f"plugin name {name!r} must be a Python identifier of ASCII letters, digits and "
+                         f"underscores, e.g. {example}")
     if kind not in KINDS:
         raise InputError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
     registry_kind, group, file, source, title = KINDS[kind]
