@@ -56,9 +56,9 @@ def odd_folder_run(tmp_path_factory):
     (data / "0" / "loop.png").symlink_to("loop.png")
     (data / "0" / "gone.png").symlink_to(tmp / "nowhere.png")
     out = tmp / "run"
-    result = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(data), "--k", "3", "--epochs", "2",
-                                 "--passes", "2", "--batch-size", "8", "--width", "0.125", "--opt", "alexnet.fc_dim=32",
-                                 "--no-probe", "--quiet", "--no-report", "--out", str(out)])
+    result = runner.invoke(app, ["run", "--dataset", "imagefolder", "--data-root", str(data), "--k", "3",
+                                 "--epochs", "2", "--passes", "2", "--batch-size", "8", "--width", "0.125",
+                                 "--opt", "alexnet.fc_dim=32", "--no-probe", "--quiet", "--no-report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return " ".join(result.output.split()), json.loads((out / "summary.json").read_text())  # log lines wrap
 
@@ -91,9 +91,9 @@ def test_cluster_out_that_is_the_input_is_refused(tmp_path, blobs, link):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bad_commands") / "run"
-    result = runner.invoke(app, ["run", "--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1",
-                                 "--passes", "1", "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32",
-                                 "--no-probe", "--quiet", "--no-report", "--out", str(out)])
+    result = runner.invoke(app, ["run", "--dataset", "digits", "--opt", "digits.limit=100", "--k", "5",
+                                 "--epochs", "1", "--passes", "1", "--width", "0.125", "--opt", "alexnet.fc_dim=32",
+                                 "--batch-size", "32", "--no-probe", "--quiet", "--no-report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
 
@@ -152,8 +152,8 @@ def test_compare_out_that_holds_files_is_refused(tmp_path):
 
 def test_compare_validates_every_run_before_the_first_trains(tmp_path):
     out = tmp_path / "cmp"
-    one_line_error(runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=0", "--out", str(out)]),
-                   "pic: option 'nnn' must be an integer >= 1")
+    result = runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=0", "--out", str(out)])
+    one_line_error(result, "pic: option 'nnn' must be an integer >= 1")
     assert not out.exists()  # kmeans did not train first
 
 
@@ -168,6 +168,7 @@ def test_compare_applies_a_clusterer_option_to_that_clusterers_runs(tmp_path):
     assert pic["pic"]["nnn"] == 5 and "pic" not in kmeans
     assert [r["status"] for r in json.loads((out / "comparison.json").read_text())["runs"]] == ["trained", "trained"]
     (out / "comparison.json").unlink()  # run directories of the comparison, copied elsewhere: --resume takes them
-    result = runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=5", "--resume", "--out", str(out)])
+    result = runner.invoke(app, [*COMPARE, "--clusterers", "kmeans,pic", "--opt", "pic.nnn=5", "--resume",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in json.loads((out / "comparison.json").read_text())["runs"]] == ["skipped", "skipped"]
