@@ -5,6 +5,8 @@ Cases covered elsewhere, by file: bad run settings and config files (test_run_co
 resume/lock/orphan folders/umask/interrupts (test_run_safety.py), unknown and ambiguous plugin
 names (test_registry.py, test_provenance.py), unreadable and odd images (test_folder.py),
 a plugin returning the wrong shape (test_engine.py), NaN features in dcx cluster (test_cli.py).
+The second pass (issue 38): test_bad_runs.py (run directories, resume, SIGTERM, locks) and
+test_bad_commands.py (version, config files, cluster, eval, compare, plugin new, image folders).
 """
 
 from __future__ import annotations
@@ -210,8 +212,16 @@ def test_unknown_names_and_empty_or_missing_folders(tmp_path):
 
 
 def test_compare_exits_1_when_a_run_failed(tmp_path):
-    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", "--dataset", "digits",
-                                 "--opt", "digits.limit=100", "--k", "150", "--epochs", "1",
+    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", *TINY[:-2], "--lr", "1e30",
                                  "--protocol", "none", "--out", str(tmp_path / "cmp"), "--quiet"])
     assert result.exit_code == 1, result.output
-    assert "1 of 1 runs failed" in result.output and "k=150 is larger than the dataset" in result.output
+    assert "1 of 1 runs failed" in result.output and "kmeans seed 0" in result.output
+
+
+def test_compare_refuses_settings_that_would_fail_before_training(tmp_path):
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "--clusterers", "kmeans", "--dataset", "digits",
+                                 "--opt", "digits.limit=100", "--k", "150", "--epochs", "1",
+                                 "--protocol", "none", "--out", str(out), "--quiet"])
+    one_line_error(result, "k=150 is larger than the dataset")
+    assert not out.exists()

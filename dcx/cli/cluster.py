@@ -7,6 +7,7 @@ projection stream over it, so a 1.6 GB input clusters in well under 1 GB of memo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -79,6 +80,9 @@ def cluster(
         raise InputError(f"--out {out} is a folder: pass a file name such as {out / 'labels.npy'}")
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    if out.exists() and features.exists() and os.path.samefile(out, features):  # also through a link
+        raise InputError(f"--out {out} is the features file {features}: the labels would replace the features; "
+                         "choose another --out")
     registry = Registry()
     ref = registry.resolve("clusterer", clusterer)
     options: dict = {}

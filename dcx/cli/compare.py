@@ -22,6 +22,15 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
+def _once(keys: list, given: list, flag: str) -> None:
+    """InputError when two items of ``flag`` are the same (one run would be counted twice)."""
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            first = given[keys.index(key)]
+            both = f"{first} twice" if first == given[i] else f"{first} and {given[i]}, the same one,"
+            raise InputError(f"{flag} lists {both}: give each once (one run would count twice)")
+
+
 @handle_errors
 @with_run_options("run", exclude=("clusterer", "seed"))
 def compare(
@@ -46,12 +55,14 @@ def compare(
     registry = Registry()
     for name in names:  # fail on a typo before hours of training
         registry.load("clusterer", name)
+    _once([registry.resolve("clusterer", n).qualified for n in names], names, "--clusterers")
     try:
         seed_list = [int(s) for s in _split(seeds, "seeds")]
     except ValueError:
         raise InputError(f"--seeds must be integers separated by commas, got {seeds!r}") from None
     if any(s < 0 for s in seed_list):
         raise InputError(f"--seeds must be >= 0, got {seeds!r}")
+    _once(seed_list, seed_list, "--seeds")
     if resume and out is None:
         raise InputError("--resume needs --out: the comparison directory to continue")
     base = build_config(run_flags)

@@ -70,10 +70,12 @@ def evaluate(
 ) -> None:
     """Linear probe, kNN and k-means scores per layer, learned vs random init (paper Table 1)."""
     from dcx.core.evaluate import CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
-    from dcx.core.rundir import save_json
+    from dcx.core.rundir import save_json, writing
 
     setup_logging(quiet)
-    layer_list = [n.strip() for n in layers.split(",") if n.strip()] or ["all"]
+    layer_list = [n.strip() for n in layers.split(",") if n.strip()]
+    if not layer_list:
+        raise InputError(f"--layers needs block names (e.g. conv3,conv4,features) or all, got {layers!r}")
     options = parse_assignments(opt)
     cluster_runs = CLUSTER_RUNS if cluster_runs is None else cluster_runs
     with RichProgress(enabled=not quiet) as bars:
@@ -94,13 +96,14 @@ def evaluate(
                                       ("--image-size", image_size), ("--sobel", sobel), ("--out", out)) if v is not None]
             if ignored:
                 raise InputError(f"{', '.join(ignored)} only apply with --random: a run is evaluated with its own settings")
-            result = evaluate_run(run_dir, protocol, layer_list, dataset, progress=bars, data_root=data_root,
-                                  dataset_options=options.get(dataset) if dataset else None, device=device,
-                                  cluster_runs=cluster_runs)
-    if not random and report:
-        from dcx.core.report import write_report
+            with writing(run_dir):  # never beside a run that is still training
+                result = evaluate_run(run_dir, protocol, layer_list, dataset, progress=bars, data_root=data_root,
+                                      dataset_options=options.get(dataset) if dataset else None, device=device,
+                                      cluster_runs=cluster_runs)
+                if report:
+                    from dcx.core.report import write_report
 
-        write_report(run_dir)
+                    write_report(run_dir)
     if as_json:
         print_json(result)
     elif not quiet:

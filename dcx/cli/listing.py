@@ -104,7 +104,7 @@ def describe_class(cls: type[Plugin]) -> dict[str, Any]:
     elif issubclass(cls, Backbone):
         out.update(sobel_default=cls.sobel_default, min_image_size=cls.min_image_size)
     elif issubclass(cls, Dataset):
-        out.update(flip_invariant=cls.flip_invariant, defaults=asdict(cls.defaults))
+        out.update(flip_invariant=cls.flip_invariant, reads_root=cls.reads_root, defaults=asdict(cls.defaults))
         try:
             out["splits"] = list(cls().splits())
         except (DcxError, TypeError):

@@ -17,8 +17,10 @@ def report(
     """Write report.png (NMI to labels / to the previous epoch, loss, cluster sizes, timings, linear
     probe learned vs random when eval.json exists) and report.md into RUN_DIR."""
     from dcx.core.report import write_report
+    from dcx.core.rundir import writing
 
     setup_logging(quiet)
-    png, md = write_report(run_dir)
+    with writing(run_dir):
+        png, md = write_report(run_dir)
     if not quiet:
         typer.echo(f"wrote {md} and {png}")

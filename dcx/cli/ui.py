@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dcx.core.errors import DcxError
+from dcx.core.errors import DcxError, Terminated
 
 err_console = Console(stderr=True)
 
@@ -70,7 +71,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn DcxError into a one-line message and its exit code; Ctrl-C into exit 130."""
+    """Turn DcxError into a one-line message and its exit code; Ctrl-C into exit 130, SIGTERM 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,10 +79,24 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except DcxError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except Terminated:
+            raise fail("terminated", 143) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
     return wrapper
+
+
+def terminate_like_ctrl_c() -> None:
+    """Handle SIGTERM (a scheduler stopping the job) as Ctrl-C: ``Terminated`` is raised where the
+    program is, so a run keeps its finished epochs or removes its unfinished folder; a second
+    SIGTERM ends the process at once."""
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def print_json(obj: Any) -> None:

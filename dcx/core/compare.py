@@ -1,8 +1,9 @@
 """Train and evaluate several clusterers under the same seed, budget and data; tabulate and plot.
 
 Each (clusterer, seed) is an ordinary run directory under the comparison directory, so a run can
-be inspected, evaluated or resumed on its own. Runs are independent: one failing is recorded in
-the table and the others go on; ``resume`` skips the finished ones and continues the others.
+be inspected, evaluated or resumed on its own. Every run's settings are validated before the first
+trains; then runs are independent: one failing is recorded in the table and the others go on;
+``resume`` skips the finished ones and continues the others.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dcx.core.errors import DcxError, RunDirError
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry
 from dcx.core.rundir import SUMMARY, RunDir, atomic_write, save_json
-from dcx.core.runner import execute, new_run, resume_run
+from dcx.core.runner import Interrupted, execute, new_run, prepare, resume_run
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ class Comparison:
 
     def run_name(self, clusterer: str, seed: int) -> str:
         return f"{clusterer}-seed{seed}"
+
+    def config(self, clusterer: str, seed: int, registry: Registry) -> RunConfig:
+        """The base settings with this clusterer and seed; a ``--opt`` for another clusterer of the
+        comparison applies to that clusterer's runs only."""
+        others = [registry.resolve("clusterer", c) for c in self.clusterers if c != clusterer]
+        mine = registry.resolve("clusterer", clusterer)
+        options = {owner: opts for owner, opts in self.base.options.items()
+                   if mine.refers_to(owner) or not any(o.refers_to(owner) for o in others)}
+        return self.base.model_copy(update={"options": options}).merged({"clusterer": clusterer, "seed": seed})
 
 
 def _finished(path: Path, protocols: Sequence[str]) -> bool:
@@ -72,8 +82,7 @@ def run_one(cmp: Comparison, clusterer: str, seed: int, out: Path, resume: bool,
             execute(resume_run(path, registry=registry, progress=progress))
             status = "resumed"
         else:
-            cfg = cmp.base.merged({"clusterer": clusterer, "seed": seed})
-            execute(new_run(cfg, path, registry, progress))
+            execute(new_run(cmp.config(clusterer, seed, registry), path, registry, progress))
     if cmp.protocols:
         from dcx.core.evaluate import evaluate_run
 
@@ -115,14 +124,42 @@ def collect(path: Path) -> dict[str, Any]:
     return out
 
 
+def validate(cmp: Comparison, out: Path, resume: bool, registry: Registry) -> None:
+    """Refuse before anything trains: a folder that is neither new, empty, nor (with ``resume``) a
+    comparison (its table, or run directories of these runs), and any run's settings that would
+    fail (``runner.prepare``; an existing seed vouches for its clusterer's settings on resume)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder: choose another --out")
+    ours = (out / TABLE_JSON).is_file() or any(RunDir(out / cmp.run_name(c, s)).is_run()
+                                               for c in cmp.clusterers for s in cmp.seeds)
+    if resume and not ours:
+        raise RunDirError(f"{out} is not a dcx comparison (no {TABLE_JSON}, none of these runs): pass the --out of "
+                          "an earlier dcx compare, or drop --resume")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise RunDirError(f"{out} holds a comparison: continue it with --resume, or choose another --out" if ours
+                          else f"{out} exists and is not empty: choose another --out")
+    dcx_log = logging.getLogger("dcx")
+    level = dcx_log.level
+    dcx_log.setLevel(logging.ERROR)  # a run's warnings come once, with the run
+    try:
+        for clusterer in cmp.clusterers:
+            if not (resume and RunDir(out / cmp.run_name(clusterer, cmp.seeds[0])).is_run()):
+                prepare(cmp.config(clusterer, cmp.seeds[0], registry), registry)
+    finally:
+        dcx_log.setLevel(level)
+
+
 def compare(cmp: Comparison, out: Path, resume: bool = False, progress: Progress | None = None,
             registry: Registry | None = None) -> list[dict[str, Any]]:
     """Run every (clusterer, seed), then write comparison.json/.md/.png; returns the rows."""
     progress = progress or NullProgress()
     registry = registry or Registry()
     out = Path(out)
+    validate(cmp, out, resume, registry)
     out.mkdir(parents=True, exist_ok=True)
     table: list[dict[str, Any]] = []
+    if not resume:
+        write_table(out, cmp, table)  # the folder is a comparison (--resume) from its start
     for clusterer in cmp.clusterers:
         for seed in cmp.seeds:
             row: dict[str, Any] = {"clusterer": clusterer, "seed": seed, "run_dir": cmp.run_name(clusterer, seed)}
@@ -130,6 +167,9 @@ def compare(cmp: Comparison, out: Path, resume: bool = False, progress: Progress
             try:
                 row["status"] = run_one(cmp, clusterer, seed, out, resume, progress, registry)
                 row.update(collect(out / row["run_dir"]))
+            except Interrupted as exc:  # Ctrl-C or SIGTERM stops the comparison, not only this run
+                raise Interrupted(f"{exc}; or continue the comparison: the same dcx compare with --resume --out {out}",
+                                  exc.exit_code) from None
             except DcxError as exc:
                 row.update(status="failed", error=str(exc))
                 log.error("%s (seed %d) failed: %s", clusterer, seed, exc)

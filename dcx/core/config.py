@@ -102,7 +102,7 @@ class RunConfig(BaseModel):
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs (SwAV: 10)", ge=0)
     momentum: float = setting(0.9, "SGD momentum (reference: 0.9)", ge=0, lt=1)
     weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)
-    image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", ge=8)
+    image_size: int | None = setting(None, "input side in pixels, 8 to 1024 (default: the dataset's)", ge=8, le=1024)
     width: float | None = setting(None, "channel multiplier of the backbone (1.0 = paper)", gt=0, le=16)
     sobel: bool | None = setting(None, "fixed Sobel input layer (default: the dataset's, else the backbone's)")
     flip: bool | None = setting(None, "random horizontal flips in training (default: the dataset's; off for "
@@ -154,11 +154,12 @@ class RunConfig(BaseModel):
         return tomli_w.dumps(self.to_dict()).encode()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
-        """Validate ``data``; every problem is an InputError of one line naming ``source``."""
+    def from_dict(cls, data: dict[str, Any], source: str = "config", strict: bool = False) -> "RunConfig":
+        """Validate ``data``; every problem is an InputError of one line naming ``source``. ``strict``
+        (typed sources such as TOML) refuses a bool for a number and a number for a bool."""
         data = drop_removed(data, source)
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, strict=strict)
         except ValidationError as exc:
             raise InputError(describe_error(exc, source)) from None
 
@@ -171,7 +172,7 @@ class RunConfig(BaseModel):
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"config file {path} is not valid TOML ({exc}); fix or regenerate it") from None
-        return cls.from_dict(data, f"config file {path}")
+        return cls.from_dict(data, f"config file {path}", strict=True)
 
     @classmethod
     def load_run(cls, path: Path) -> "RunConfig":

@@ -418,6 +418,8 @@ class Dataset(Plugin):
 
     #: Horizontal flips keep the meaning of an image (False for digits and characters).
     flip_invariant: ClassVar[bool] = True
+    #: ``load`` reads ``root`` (``--data-root``); False for images that ship with the plugin (a root is refused).
+    reads_root: ClassVar[bool] = True
     defaults: ClassVar[RunDefaults] = RunDefaults()
 
     @abstractmethod

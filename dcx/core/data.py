@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -77,6 +78,18 @@ class MultiCrop:
         return [t(img) for t in self.transforms]
 
 
+#: Unreadable images already warned about, per image sequence: one warning per file in this process,
+#: however many passes and loaders (training, extraction) read it.
+_WARNED: "weakref.WeakKeyDictionary[Any, set[int]]" = weakref.WeakKeyDictionary()
+
+
+def _warned_for(images: Any) -> set[int]:
+    try:
+        return _WARNED.setdefault(images, set())
+    except TypeError:  # not weakly referenceable or hashable (a list, an array): one set per loader
+        return set()
+
+
 class IndexedImages(torch.utils.data.Dataset):
     """(transformed image, index, readable) triples; the index looks up pseudo-labels that change
     per epoch.
@@ -91,6 +104,7 @@ class IndexedImages(torch.utils.data.Dataset):
         self.transform = transform
         self.mode = "L" if images.channels == 1 else "RGB"
         self.blank = blank
+        self.warned = _warned_for(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,7 +113,9 @@ class IndexedImages(torch.utils.data.Dataset):
         try:
             return self.transform(self.images[i]), i, True
         except UnreadableImage as exc:
-            log.warning("skipping image %d: %s", i, exc)
+            if i not in self.warned:
+                self.warned.add(i)
+                log.warning("skipping image %d: %s", i, exc)
             if self.blank is None:
                 return None, i, False
             return self.transform(Image.new(self.mode, (self.blank, self.blank), 128)), i, False

@@ -43,6 +43,19 @@ class RunDirError(DcxError):
     """The run directory cannot be created, resumed or read."""
 
 
+class DiskFull(RunDirError):
+    """A file could not be written for lack of space; the runner says whether to resume or rerun."""
+
+    def __init__(self, what: str, then: str = "try again") -> None:
+        super().__init__(f"{what}: free some space and {then}")
+        self.what = what
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. a cluster scheduler stopping the job), raised where Ctrl-C would be and handled
+    like it, with exit code 143."""
+
+
 class UnreadableImage(DcxError):
     """One image could not be decoded when read (truncated, corrupt, over the size limit).
 

@@ -13,13 +13,15 @@ import json
 import os
 import socket
 import tempfile
+import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from dcx.core.errors import RunDirError
+from dcx.core.errors import DiskFull, RunDirError
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -39,8 +41,8 @@ def _file_mode() -> int:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename (atomic on POSIX).
 
-    The file's mode follows the umask. A full disk or another OS error is a RunDirError naming
-    the file; the previous version of the file is left in place.
+    The file's mode follows the umask. A full disk (``DiskFull``) or another OS error is a
+    RunDirError naming the file; the previous version of the file is left in place.
     """
     path = Path(path)
     try:
@@ -57,8 +59,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        hint = ": free some space and resume the run" if exc.errno == errno.ENOSPC else ""
-        raise RunDirError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise RunDirError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -109,7 +112,11 @@ class RunLock:
         self._fh = None
 
     def acquire(self) -> "RunLock":
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:  # a read-only or vanished folder
+            raise RunDirError(f"cannot write to {self.path.parent} ({exc.strerror or exc}): make it writable, "
+                              "or choose another folder") from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -139,6 +146,18 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Hold a run directory's lock while a command other than ``dcx run`` writes into it (eval,
+    report), so it never writes beside a run that is training; a folder that is not a run is left
+    untouched (the command then says what is wrong with it)."""
+    if not (Path(path) / CONFIG).is_file():
+        yield
+        return
+    with RunLock(Path(path)):
+        yield
 
 
 class RunDir:
@@ -216,7 +235,9 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. a raw pickle's protocol warning: the error below says it
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise RunDirError(f"cannot read {path} ({type(exc).__name__}): start a new run with another --out") from None
         if not isinstance(state, dict):

@@ -1,10 +1,11 @@
 """A run directory's life: start a new run or resume one, under a lock, losing nothing.
 
 * A new run validates everything (config, plugins, data) before it creates its folder, and a
-  failure or Ctrl-C before its first checkpoint removes the folder it created.
+  failure, Ctrl-C or SIGTERM before its first checkpoint removes the folder it created.
 * A resume is the run's own: it reads the run's ``config.toml``; flags may change only what does
   not alter what was trained (``RESUMABLE``); nothing in the folder is written before the
-  checkpoint has been restored.
+  checkpoint has been restored, and a run whose metrics record finished epochs never restarts
+  from epoch 0.
 * One writer at a time: an advisory lock on the folder for the run's whole life.
 """
 
@@ -21,10 +22,10 @@ from dcx.core.callbacks import Callback
 from dcx.core.config import REMOVED_AFTER, RunConfig, flag_of
 from dcx.core.contracts import API_VERSION
 from dcx.core.engine import Engine
-from dcx.core.errors import DcxError, InputError, RunDirError
+from dcx.core.errors import DcxError, DiskFull, InputError, RunDirError, Terminated
 from dcx.core.progress import Progress
 from dcx.core.registry import Registry
-from dcx.core.rundir import CHECKPOINT, CONFIG, RunDir, RunLock
+from dcx.core.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunLock
 from dcx.core.setup import Setup, setup
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch", "featur
 
 
 class Interrupted(DcxError):
-    """Ctrl-C: exit 130 with what was kept and how to go on."""
+    """Ctrl-C (exit 130) or SIGTERM (exit 143), with what was kept and how to go on."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -60,11 +63,24 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
             callbacks: tuple[Callback, ...] = ()) -> Run:
     """Validate ``config`` and build the run without writing anything; ``execute`` creates ``out``."""
     run_dir = RunDir(Path(out))
-    s = setup(config, registry)
+    s = prepare(config, registry)
     if s.world.is_main:
         run_dir.check_new()
     s.config.out = str(run_dir.path)
     return Run(s, run_dir, Engine(s, progress, _with_probe(s, callbacks)))
+
+
+def prepare(config: RunConfig, registry: Registry | None = None) -> Setup:
+    """``setup`` plus what only a new run is refused for (a resume keeps what its run recorded): a
+    ``--data-root`` its dataset never reads, a ``--batch-size`` over the number of images."""
+    s = setup(config, registry)
+    if config.data_root is not None and not s.dataset.reads_root:
+        raise InputError(f"--data-root {config.data_root}: dataset {config.dataset} reads no folder (its images come "
+                         "with it): drop --data-root, or did you mean --dataset imagefolder?")
+    if config.batch_size is not None and s.images is not None and config.batch_size > len(s.images):
+        raise InputError(f"--batch-size {config.batch_size} is larger than the dataset ({len(s.images)} images): "
+                         f"pass {len(s.images)} or less")
+    return s
 
 
 def _with_probe(s: Setup, callbacks: tuple[Callback, ...]) -> tuple[Callback, ...]:
@@ -129,12 +145,31 @@ def resume_run(path: Path, given: dict[str, Any] | None = None, options: dict[st
     s.config.out = stored.out or str(run_dir.path)
     engine = Engine(s, progress, _with_probe(s, callbacks))
     state = run_dir.load_checkpoint()
+    rows = run_dir.metrics()
+    done = {r.get("epoch") for r in rows if r.get("phase") == "train"}
     resumed_at = None
+    # Without a checkpoint, a lone row of epoch 0 is the epoch a kill cut short (row written, not its checkpoint).
+    if state is None and (done - {0} or any(r.get("phase") == "final" for r in rows)):
+        raise RunDirError(f"{run_dir.path} has no {CHECKPOINT} but its {METRICS} records {len(done)} finished "
+                          "epoch(s), which starting over would overwrite: restore the checkpoint, or start a new run "
+                          "with another --out")
     if state is not None:
         _check_checkpoint(run_dir, state, stored)
         engine.restore(state)
         resumed_at = engine.start_epoch
+        missing = [e for e in range(resumed_at) if e not in done]
+        if missing:
+            log.warning("%s lacks the rows of epoch(s) %s, which the checkpoint has trained (deleted or edited?): the "
+                        "run's curves and summary will miss them; restore the file first to keep them",
+                        run_dir.path / METRICS, _span(missing))
     return Run(s, run_dir, engine, resume=True, resumed_at=resumed_at)
+
+
+def _span(epochs: list[int]) -> str:
+    """[0, 1, 2] -> '0-2'; [0, 2] -> '0, 2'."""
+    if len(epochs) > 1 and epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"{epochs[0]}-{epochs[-1]}"
+    return ", ".join(map(str, epochs))
 
 
 def _check_checkpoint(run_dir: RunDir, state: dict, stored: RunConfig) -> None:
@@ -185,11 +220,16 @@ def execute(run: Run) -> dict[str, Any]:
             run_dir.write_config(run.setup.config.to_toml())
         world.barrier()
         return run.engine.run(run_dir)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
         if _cleanup(run, lock):
-            raise Interrupted(f"interrupted; finished epochs are saved in {run_dir.path}. "
-                              f"Resume with: dcx run --resume {run_dir.path}") from None
-        raise Interrupted("interrupted before the first epoch finished; nothing was kept") from None
+            raise Interrupted(f"{what}; finished epochs are saved in {run_dir.path}. "
+                              f"Resume with: dcx run --resume {run_dir.path}", code) from None
+        raise Interrupted(f"{what} before the first epoch finished; nothing was kept", code) from None
+    except DiskFull as exc:
+        kept = _cleanup(run, lock)
+        raise DiskFull(exc.what, f"resume with: dcx run --resume {run_dir.path}" if kept
+                       else "run it again (nothing was kept)") from None
     except BaseException:
         _cleanup(run, lock)
         raise

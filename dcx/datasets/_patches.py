@@ -163,6 +163,7 @@ class PatchDataset(Dataset):
 
     sources: ClassVar[tuple[Source, ...]] = ()
     mode: ClassVar[str] = "L"
+    reads_root = False  # cut from photos installed wheels ship
     base: ClassVar[int] = 48
     # 32-px images: a small net and several passes per clustering round, k ~ 10x classes (as digits).
     defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3)

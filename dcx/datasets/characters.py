@@ -172,6 +172,7 @@ class Characters(Dataset):
     name = "characters"
     dcx_api = "3.0"
     flip_invariant = False
+    reads_root = False
     defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3, jitter=0.4)
     options = (
         Option("alphabet", str, DIGITS, "the characters, one class each"),

@@ -35,6 +35,7 @@ class Digits(Dataset):
     name = "digits"
     dcx_api = "3.0"
     flip_invariant = False
+    reads_root = False
     # Small images need a small net and several passes per clustering round (see
     # docs/algorithms notes "Training steps per clustering round matter most"); k ~ 10x classes.
     defaults = RunDefaults(image_size=32, k=100, epochs=10, batch_size=64, width=0.25, passes=3, jitter=0.4)

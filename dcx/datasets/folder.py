@@ -121,9 +121,9 @@ class _FileImages:
 
 def index_files(root: Path) -> tuple[list[str], int]:
     """The relative paths ('a/b.png') of every image file under ``root`` by extension, sorted; and
-    the number of empty (zero-byte) files left out. Nothing is opened. Hidden files and folders
-    (names starting with '.', e.g. macOS ``._x.jpg`` resource forks) are ignored; symlinked
-    folders are followed once each."""
+    the number of image files left out: empty (zero-byte) ones and links that lead nowhere (broken,
+    or a loop). Nothing is opened. Hidden files and folders (names starting with '.', e.g. macOS
+    ``._x.jpg`` resource forks) are ignored; symlinked folders are followed once each."""
     found: list[str] = []
     prefix = len(os.path.join(str(root), ""))
     empty = 0
@@ -143,17 +143,23 @@ def index_files(root: Path) -> tuple[list[str], int]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            image = os.path.splitext(entry.name)[1].lower() in EXTENSIONS
             try:
                 if entry.is_dir():
                     stack.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in EXTENSIONS:
+                elif entry.is_file() and image:
                     if entry.stat().st_size == 0:
                         empty += 1
                         log.warning("skipping empty file %s", entry.path)
                         continue
                     found.append(entry.path[prefix:].replace(os.sep, "/"))
-            except OSError as exc:
-                log.warning("skipping %s (%s)", entry.path, exc)
+                elif image and entry.is_symlink():  # a link to nothing
+                    empty += 1
+                    log.warning("skipping %s: a broken link", entry.path)
+            except OSError as exc:  # e.g. a link loop
+                if image:
+                    empty += 1
+                log.warning("skipping %s (%s)", entry.path, exc.strerror or exc)
     found.sort()
     return found, empty
 
@@ -280,8 +286,8 @@ def folder_defaults(n_images: int, probe: FolderProbe) -> RunDefaults:
 class ImageFolder(Dataset):
     """Images under ``--data-root``: ``root/<class>/*.png`` (labelled) or ``root/*.png`` (not).
 
-    Load lists files by extension and sorts them; it decodes nothing (empty files are left out
-    and counted in ``ImageSet.skipped``). A file that cannot be decoded raises ``UnreadableImage``
+    Load lists files by extension and sorts them; it decodes nothing (empty files and broken links
+    are left out and counted in ``ImageSet.skipped``). A file that cannot be decoded raises ``UnreadableImage``
     when it is read. ``grayscale`` auto (the default) reads one channel when every image of a
     seeded sample of at most 200 is single-channel; ``run_defaults`` picks image size, width,
     flips and the training budget from the same sample and the number of images.
@@ -309,10 +315,10 @@ class ImageFolder(Dataset):
             raise InputError(f"--data-root {root} is not a folder: pass the folder that holds your images")
         files, empty = index_files(root)
         if not files:
-            more = f" ({empty} empty file(s) left out)" if empty else ""
+            more = f" ({empty} empty file(s) or broken link(s) left out)" if empty else ""
             raise InputError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}{more}")
         if empty:
-            log.warning("left out %d empty file(s) of %d under %s", empty, len(files) + empty, root)
+            log.warning("left out %d empty file(s) or broken link(s) of %d under %s", empty, len(files) + empty, root)
         probe = probe_folder(_Paths(root, files))
         if probe.sampled == 0:
             raise InputError(f"none of the sampled files under {root} is a readable image ({len(files)} files)")

@@ -80,10 +80,13 @@ def evaluate_network(
 
 
 def check_protocols(protocols: Sequence[str] | str) -> list[str]:
-    """Resolve 'all' / names (comma lists allowed) to known protocol names, in canonical order."""
-    names = [protocols] if isinstance(protocols, str) else list(protocols)
-    names = [p.strip() for n in names for p in n.split(",") if p.strip()]
-    if not names or "all" in names:
+    """Resolve 'all' / names (comma lists allowed) to known protocol names, in canonical order;
+    an empty value is refused rather than read as all."""
+    given = [protocols] if isinstance(protocols, str) else list(protocols)
+    names = [p.strip() for n in given for p in n.split(",") if p.strip()]
+    if not names:
+        raise InputError(f"--protocol needs {', '.join(PROTOCOLS)} or all (comma list allowed), got {protocols!r}")
+    if "all" in names:
         return list(PROTOCOLS)
     bad = [p for p in names if p not in PROTOCOLS]
     if bad:
