@@ -17,8 +17,8 @@ import faiss
 import numpy as np
 
 from _report import environment, write_results, write_section
-from dcx.core.kmeans import kmeans
-from dcx.core.metrics import nmi
+from dcx.algorithms.kmeans import kmeans
+from dcx.algorithms.metrics import nmi
 
 
 def mixture(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from _report import environment, write_results, write_section
-from dcx.core.features import PCAWhitening
+from dcx.algorithms.pca import PCAWhitening
 
 
 def data(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -62,7 +62,7 @@ process (`python benchmarks/bench_pca.py`, raw numbers in `benchmarks/results/pc
 | implementation | time |
 |---|---|
 | `faiss.PCAMatrix(d, 256, -0.5)` + L2 (DeepCluster reference) | {t_faiss:.1f} s |
-| `dcx.core.features.PCAWhitening` (covariance by BLAS, float64 eigh) | {t_ours:.1f} s |
+| `dcx.algorithms.pca.PCAWhitening` (covariance by BLAS, float64 eigh) | {t_ours:.1f} s |
 
 **Speed-up {speedup:.1f}x** (target >= 3x); largest difference of the outputs, up to the sign of each
 component: {err:.1e} (target 1e-4). {result['when']}, {result['machine']}.

@@ -35,10 +35,10 @@ from _report import ROOT, environment, write_results, write_section
 
 sys.path.insert(0, str(ROOT / "tests"))  # the data generators the tests use, at benchmark size
 
-from dcx.core import knn  # noqa: E402
+from dcx.algorithms import knn  # noqa: E402
 from dcx.core.contracts import FitContext  # noqa: E402
-from dcx.core.metrics import nmi  # noqa: E402
-from dcx.plugins.pic import PIC  # noqa: E402
+from dcx.algorithms.metrics import nmi  # noqa: E402
+from dcx.clusterers.pic import PIC  # noqa: E402
 from synthetic import mixture, varied_mixture  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pic.json"
@@ -260,7 +260,7 @@ def write_doc(res: dict) -> None:
         "`python benchmarks/bench_pic.py --sizes 200000 --kinds varied --reps 1 --backends exact,ivf`."
     )
     tail = (
-        "Choice of `auto` (`dcx.core.knn.auto_backend`, PIC's default `graph`): the exact graph "
+        "Choice of `auto` (`dcx.algorithms.knn.auto_backend`, PIC's default `graph`): the exact graph "
         f"(faiss flat search in blocks, the reference's graph) up to {knn.AUTO_EXACT_MAX_N:,} rows, faiss "
         "IndexIVFFlat above. At 10k rows (10 per class) IVF lists mix classes and the varied mixture "
         "needs many probes, so exact is faster; at 20k IVF gains little on the varied mixture; at 50k "

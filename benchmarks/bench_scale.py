@@ -118,7 +118,7 @@ def main() -> None:
     write_results("scale", result)
 
     lines = [
-        "`dcx cluster` reads its input in row chunks (`dcx.core.arrays.NpyRows`, plain file reads: a",
+        "`dcx cluster` reads its input in row chunks (`dcx.algorithms.arrays.NpyRows`, plain file reads: a",
         "memory map's pages would count as resident memory), fits PCA over the chunks in two passes,",
         "projects in chunks and holds only the (N, 256) projection (`python benchmarks/bench_scale.py`,",
         "raw numbers in `benchmarks/results/scale.json`). Gaussian-mixture features; one child process",

@@ -1,4 +1,4 @@
-"""One SwAV Sinkhorn call at B=4096, K=3000 (float32): dcx.core.sinkhorn.swav_codes vs the reference.
+"""One SwAV Sinkhorn call at B=4096, K=3000 (float32): dcx.algorithms.sinkhorn.swav_codes vs the reference.
 
 The reference is SwAV's ``distributed_sinkhorn`` (main_swav.py) on one process, written plainly.
 Both run in this process on the same cosine scores, interleaved, and the medians are compared:
@@ -22,7 +22,7 @@ import time
 import torch
 
 from _report import environment, write_results, write_section
-from dcx.core.sinkhorn import swav_codes, swav_codes_reference
+from dcx.algorithms.sinkhorn import swav_codes, swav_codes_reference
 
 log = logging.getLogger("bench_sinkhorn")
 
@@ -118,7 +118,7 @@ One SwAV Sinkhorn-Knopp call, B={r['batch']}, K={r['k']}, eps={r['eps']}, {r['si
 float32 cosine scores; median of {r['repeats']} interleaved runs in one process
 (`python benchmarks/bench_sinkhorn.py`, raw numbers in `benchmarks/results/sinkhorn.json`).
 
-| threads | reference (SwAV `distributed_sinkhorn`, one process) | `dcx.core.sinkhorn.swav_codes` | speed-up |
+| threads | reference (SwAV `distributed_sinkhorn`, one process) | `dcx.algorithms.sinkhorn.swav_codes` | speed-up |
 |---|---|---|---|
 {rows}
 

@@ -2,7 +2,7 @@
 
 Trains one default k-means run and, at every round, takes the features k-means sees (PCA-whitened,
 L2) and scores against the classes: k-means into k, k/2, k/4 and #classes clusters, and the
-k-means(k) clusters merged into k/2, k/4 and #classes groups (`dcx.core.merge`, 10 neighbours).
+k-means(k) clusters merged into k/2, k/4 and #classes groups (`dcx.algorithms.merge`, 10 neighbours).
 Purity: the share of images in their group's majority class. docs/decisions.md D24.
 
     python benchmarks/merge_purity.py --dataset digits --seed 0
@@ -29,10 +29,10 @@ def purity(y: np.ndarray, labels: np.ndarray) -> float:
 
 def score_round(x: np.ndarray, y: np.ndarray, k: int, classes: int, seed: int) -> dict:
     """One round's features: purity and NMI to the classes of each coarse partition."""
-    from dcx.core.kmeans import kmeans
-    from dcx.core.knn import knn_graph
-    from dcx.core.merge import merge_clusters
-    from dcx.core.metrics import nmi
+    from dcx.algorithms.kmeans import kmeans
+    from dcx.algorithms.knn import knn_graph
+    from dcx.algorithms.merge import merge_clusters
+    from dcx.algorithms.metrics import nmi
 
     graph = knn_graph(x, 10, backend="exact")
     fine = kmeans(x, k, 20, seed).labels
@@ -54,9 +54,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from dcx.core.config import RunConfig
-    from dcx.core.runner import execute, new_run
-    from dcx.core.setup import setup
-    from dcx.plugins.kmeans import KMeans
+    from dcx.runs.runner import execute, new_run
+    from dcx.training.setup import setup
+    from dcx.clusterers.kmeans import KMeans
 
     cfg = RunConfig(dataset=args.dataset, seed=args.seed, probe=False)
     s = setup(cfg)

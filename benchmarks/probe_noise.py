@@ -1,6 +1,6 @@
 """How noisy is the end-of-run best-block number? The compare's probe again with more k-means seeds.
 
-The block probe (``dcx.core.evaluate.probe``, what ``dcx compare`` tabulates) scores every block
+The block probe (``dcx.evaluation.probe``, what ``dcx compare`` tabulates) scores every block
 by the mean NMI of ``CLUSTER_RUNS`` (5) single k-means(#classes) runs on the L2-normalised
 features, then keeps the best block. One k-means run's NMI moves by several hundredths with its
 seed, so the best of six such means is biased upwards by the noise it selects. This script
@@ -33,14 +33,14 @@ def block_nmis(run_dir: Path, runs: int) -> dict[str, dict[str, list[float]]]:
     import torch
 
     from dcx.core.contracts import ImageSet
-    from dcx.core.evaluate.data import EvalData
-    from dcx.core.evaluate.extraction import extract_layers
-    from dcx.core.evaluate.probe import PROBE_IMAGES, _Subset
-    from dcx.core.evaluate.protocols import SPLIT_SEED, preprocess_for_clustering
-    from dcx.core.kmeans import kmeans
-    from dcx.core.layers import layer_names
-    from dcx.core.metrics import clustering_scores
-    from dcx.core.evaluate.runs import load_run
+    from dcx.evaluation.data import EvalData
+    from dcx.evaluation.extraction import extract_layers
+    from dcx.evaluation.probe import PROBE_IMAGES, _Subset
+    from dcx.evaluation.protocols import SPLIT_SEED, preprocess_for_clustering
+    from dcx.algorithms.kmeans import kmeans
+    from dcx.training.layers import layer_names
+    from dcx.algorithms.metrics import clustering_scores
+    from dcx.evaluation.runs import load_run
 
     loaded = load_run(run_dir)
     images, cfg = loaded.setup.images, loaded.setup.config
@@ -119,7 +119,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.restarts > 1 and args.runs < args.restarts:
         ap.error(f"--restarts {args.restarts} needs --runs of at least as many seeds")
-    from dcx.core.evaluate.protocols import CLUSTER_RUNS
+    from dcx.evaluation.protocols import CLUSTER_RUNS
 
     comparison = json.loads((args.compare_dir / "comparison.json").read_text())
     names = [r["run_dir"] for r in comparison["runs"]]

@@ -1,7 +1,7 @@
 """Ablations of the training recipe: learned-minus-random k-means NMI per block, over seeds and datasets.
 
 Each variant is a set of run settings on top of the defaults; each (dataset, variant, seed) is
-one ordinary `dcx run` (library API) whose end-of-run block probe (``dcx.core.evaluate.probe``)
+one ordinary `dcx run` (library API) whose end-of-run block probe (``dcx.evaluation.probe``)
 gives every block's k-means(#classes) NMI learned and at random init. Rows are appended to
 ``benchmarks/results/recipes/<dataset>.jsonl`` as they finish (an interrupted sweep resumes);
 ``--report`` turns them into per-block tables (the evidence of docs/decisions.md; the sessions' own
@@ -224,7 +224,7 @@ def _true_labels(labels):
     import numpy as np
 
     from dcx.core.contracts import Partition
-    from dcx.plugins.kmeans import KMeans
+    from dcx.clusterers.kmeans import KMeans
 
     truth = np.asarray(labels, dtype=np.int64)
     with mock.patch.object(KMeans, "fit", lambda self, features, context: Partition(truth, int(truth.max()) + 1)):
@@ -236,8 +236,8 @@ def run_one(dataset: str, variant: str, seed: int, base: dict, probe_runs: int =
     ``probe_runs``, also every block's mean over that many k-means seeds (``probe_noise.py``: the
     run's 5-seed probe is noisy, sd ~0.016 per block)."""
     from dcx.core.config import RunConfig
-    from dcx.core.runner import execute, new_run
-    from dcx.core.setup import setup
+    from dcx.runs.runner import execute, new_run
+    from dcx.training.setup import setup
 
     settings, _ = VARIANTS[variant]
     settings = json.loads(json.dumps(settings))

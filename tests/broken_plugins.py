@@ -15,15 +15,15 @@ from dcx.core.contracts import (
     TrainingHead, linear_head,
 )
 from dcx.core.errors import InputError
-from dcx.core.kmeans import kmeans
+from dcx.algorithms.kmeans import kmeans
 from dcx.core.options import Option
-from dcx.plugins.kmeans import KMeans as DcxKMeans
+from dcx.clusterers.kmeans import KMeans as DcxKMeans
 
 # ----------------------------------------------------------------------------- offline clusterers
 
 
 class GoodOffline(Clusterer):
-    """k-means through dcx.core.kmeans: passes every check."""
+    """k-means through dcx.algorithms.kmeans: passes every check."""
 
     name = "goodoffline"
     dcx_api = "3.0"

@@ -33,7 +33,7 @@ def machine_kind() -> str:
     CPU vendor and matrix units, and the torch version."""
     import torch
 
-    from dcx.core.environment import blas_core, cpu_kind
+    from dcx.training.environment import blas_core, cpu_kind
 
     return "-".join([torch.backends.cpu.get_cpu_capability(), blas_core(), cpu_kind(),
                      "torch" + torch.__version__.split("+")[0]]).replace(" ", "_").replace("/", "_")

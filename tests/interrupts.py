@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dcx.core.engine import Engine
-from dcx.core.rundir import RunDir
-from dcx.core.setup import setup
+from dcx.training.engine import Engine
+from dcx.training.rundir import RunDir
+from dcx.training.setup import setup
 
 
 def run_until_ctrl_c(config, run_dir: RunDir, epoch: int) -> None:

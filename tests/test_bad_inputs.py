@@ -182,7 +182,7 @@ def test_disk_full_is_one_line_and_leaves_no_half_written_run(tmp_path, monkeypa
 
 
 def test_disk_full_during_a_run_keeps_the_last_checkpoint(finished_run, tmp_path, monkeypatch):
-    from dcx.core import rundir
+    from dcx.training import rundir
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

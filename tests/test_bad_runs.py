@@ -22,8 +22,8 @@ from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
-from dcx.core import rundir
-from dcx.core.rundir import RunLock
+from dcx.training import rundir
+from dcx.training.rundir import RunLock
 
 runner = CliRunner()
 one_line_error = partial(assert_one_line_error, warnings_may_precede=True)

@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from dcx.core.compare import Comparison, compare, environment_lines
-from dcx.core.environment import environment_key
+from dcx.runs.compare import Comparison, compare, environment_lines
+from dcx.training.environment import environment_key
 from dcx.core.registry import Registry
 
 
@@ -56,7 +56,7 @@ def test_compare_tabulates_each_run_and_isolates_failures(tiny_config, tmp_path)
 
 
 def test_paired_differences_give_a_t_interval_over_the_shared_seeds_and_a_verdict():
-    from dcx.core.compare import paired_differences, paired_lines
+    from dcx.runs.compare import paired_differences, paired_lines
 
     def rows(name, values, status="done"):
         return [{"clusterer": name, "seed": s, "best_learned": v, "status": status} for s, v in values.items()]

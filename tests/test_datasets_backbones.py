@@ -5,7 +5,7 @@ from PIL import Image
 
 from dcx.backbones.alexnet import AlexNet
 from dcx.core.errors import InputError, UnreadableImage
-from dcx.core.network import Sobel, build_network
+from dcx.training.network import Sobel, build_network
 from dcx.datasets.folder import ImageFolder
 from dcx.datasets.torchvision_sets import MNIST
 
@@ -70,7 +70,7 @@ def test_training_augmentations_keep_size_and_vary(augment):
     import torch
     from PIL import Image
 
-    from dcx.core.data import train_transform
+    from dcx.data import train_transform
 
     t = train_transform(32, 1, flip=False, min_scale=0.5, augment=augment)
     img = Image.fromarray((np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8), mode="L")
@@ -80,7 +80,7 @@ def test_training_augmentations_keep_size_and_vary(augment):
 
 
 def test_elastic_augmentation_draws_from_the_documented_ranges():
-    from dcx.core.data import train_transform
+    from dcx.data import train_transform
 
     steps = train_transform(32, 1, flip=False, min_scale=0.5, augment="elastic").transforms
     affine = next(s for s in steps if type(s).__name__ == "RandomAffine")
@@ -91,7 +91,7 @@ def test_elastic_augmentation_draws_from_the_documented_ranges():
 def test_jitter_changes_brightness_and_contrast_and_colour_only_when_asked():
     """--jitter 0 is the reference pipeline; above 0 a flat crop's intensity moves (brightness /
     contrast), colour images also change hue, and grayscale ones never get colour ops."""
-    from dcx.core.data import train_transform
+    from dcx.data import train_transform
 
     def kinds(t):
         return [type(s).__name__ if type(s).__name__ != "RandomApply" else type(s.transforms[0]).__name__

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from dcx.core.contracts import EpochContext, StepContext, TrainSpec
-from dcx.core.metrics import nmi
-from dcx.plugins.dcv2 import DeepClusterV2, spherical_kmeans
+from dcx.algorithms.metrics import nmi
+from dcx.clusterers.dcv2 import DeepClusterV2, spherical_kmeans
 
 
 def _unit_blobs(n=300, d=16, k=5, seed=0):

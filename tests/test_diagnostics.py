@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from dcx.core.diagnostics import health_warnings, partition_row
-from dcx.core.engine import Engine
-from dcx.core.setup import setup
+from dcx.training.diagnostics import health_warnings, partition_row
+from dcx.training.engine import Engine
+from dcx.training.setup import setup
 
 
 def test_one_giant_cluster_is_a_collapse_warning():

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dcx.core import distributed
-from dcx.core.callbacks import Callback
+from dcx.training import distributed
+from dcx.training.callbacks import Callback
 from dcx.core.config import RunConfig
-from dcx.core.distributed import world_from_env
-from dcx.core.kmeans import kmeans
-from dcx.core.runner import execute, new_run
-from dcx.core.sinkhorn import swav_codes
+from dcx.training.distributed import world_from_env
+from dcx.algorithms.kmeans import kmeans
+from dcx.runs.runner import execute, new_run
+from dcx.algorithms.sinkhorn import swav_codes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -105,7 +105,7 @@ def test_two_processes_train_one_run_with_identical_ranks(tmp_path):
 
 def _dcv2_epoch(rank: int | None, world: int, port: int, x: np.ndarray, results: str | None) -> np.ndarray:
     from dcx.core.contracts import EpochContext, StepContext, TrainSpec
-    from dcx.plugins.dcv2 import DeepClusterV2
+    from dcx.clusterers.dcv2 import DeepClusterV2
 
     feats = torch.from_numpy(x).float()
     plugin = DeepClusterV2(k=12, heads=1, proj_dim=8, hidden_dim=0, merged_heads=2, merge_scale=0.5)

@@ -6,11 +6,11 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from interrupts import run_until_ctrl_c
 
-from dcx.core.engine import Engine
+from dcx.training.engine import Engine
 from dcx.core.errors import ContractError, InputError
 from dcx.core.registry import Registry
-from dcx.core.rundir import RunDir
-from dcx.core.setup import setup
+from dcx.training.rundir import RunDir
+from dcx.training.setup import setup
 
 
 def _params(model):
@@ -160,7 +160,7 @@ def test_merged_heads_train_on_the_runs_clusters_merged(tiny_config):
 
 def test_the_clusterer_gets_pca_whitened_rows(tiny_config):
     """The clusterer receives PCA + whitening + L2 rows (paper §3.2), not PCA + L2 alone."""
-    from dcx.core.features import preprocess
+    from dcx.algorithms.pca import preprocess
 
     tiny_config.pca_dim = 16
     s = setup(tiny_config)
@@ -206,7 +206,7 @@ def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
     """Photos declares no Sobel (colour tells its classes apart); digits and textures declare nothing
     and get AlexNet's Sobel, a ResNet none; --sobel/--no-sobel decide when given, and the network
     follows the resolved setting."""
-    from dcx.core.network import Sobel
+    from dcx.training.network import Sobel
 
     digits = setup(tiny_config)
     assert digits.config.sobel is True and isinstance(digits.model.input, Sobel)
@@ -252,8 +252,8 @@ def test_online_clusterers_hold_a_folders_time_budget(tiny_config):
     run's view-passes in rounds of at least one image pass; elsewhere every image is seen as often per
     round as in a one-view k-means run (SwAV: twice that)."""
     from dcx.core.contracts import RunDefaults
-    from dcx.plugins.dcv2 import DeepClusterV2
-    from dcx.plugins.swav import SwAV
+    from dcx.clusterers.dcv2 import DeepClusterV2
+    from dcx.clusterers.swav import SwAV
 
     free = RunDefaults(k=100, epochs=10, batch_size=64, passes=3)
     assert DeepClusterV2(k=10).run_defaults(free).passes == 6

@@ -7,13 +7,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dcx.cli import app
-from dcx.core import evaluate as E
-from dcx.core.engine import Engine
-from dcx.core.setup import setup
+from dcx import evaluation as E
+from dcx.training.engine import Engine
+from dcx.training.setup import setup
 from dcx.core.errors import InputError
-from dcx.core.features import PCAWhitening
-from dcx.core.metrics import clustering_scores, hungarian_accuracy
-from dcx.core.rundir import RunDir
+from dcx.algorithms.pca import PCAWhitening
+from dcx.algorithms.metrics import clustering_scores, hungarian_accuracy
+from dcx.training.rundir import RunDir
 
 runner = CliRunner()
 
@@ -196,8 +196,8 @@ def test_eval_of_a_missing_run_is_one_line(tmp_path):
 
 
 def test_run_summary_names_the_best_block_and_agrees_with_dcx_eval(tiny_config, tmp_path):
-    from dcx.core.evaluate import evaluate_run
-    from dcx.core.runner import execute, new_run
+    from dcx.evaluation import evaluate_run
+    from dcx.runs.runner import execute, new_run
 
     tiny_config.epochs = 1
     summary = execute(new_run(tiny_config, tmp_path / "run"))

@@ -3,7 +3,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from dcx.core.errors import InputError
-from dcx.core.features import PCAWhitening, preprocess
+from dcx.algorithms.pca import PCAWhitening, preprocess
 
 
 def test_matches_sklearn_whitened_pca_up_to_sign():
@@ -41,8 +41,8 @@ def _same_up_to_sign(a, b, tol):
 
 
 def test_chunked_and_gram_pca_match_the_in_memory_pca(tmp_path, monkeypatch):
-    from dcx.core import arrays
-    from dcx.core.arrays import NpyRows
+    from dcx.algorithms import arrays
+    from dcx.algorithms.arrays import NpyRows
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((3000, 40)) @ rng.standard_normal((40, 40))).astype(np.float32)
@@ -61,7 +61,7 @@ def test_chunked_and_gram_pca_match_the_in_memory_pca(tmp_path, monkeypatch):
 
 
 def test_npy_rows_refuses_what_it_cannot_stream(tmp_path):
-    from dcx.core.arrays import NpyRows
+    from dcx.algorithms.arrays import NpyRows
     from dcx.core.errors import InputError
 
     np.save(tmp_path / "obj.npy", np.array([[object()]], dtype=object), allow_pickle=True)

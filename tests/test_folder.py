@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 
 from dcx.core.config import RunConfig
 from dcx.core.errors import InputError, UnreadableImage
-from dcx.core.setup import setup
+from dcx.training.setup import setup
 from dcx.datasets import folder
 from dcx.datasets.characters import write_folder
 from dcx.datasets.folder import ImageFolder, image_size_for, read_image, scaled_defaults, width_for

@@ -3,9 +3,9 @@ import pytest
 
 from dcx.core.contracts import FitContext
 from dcx.core.errors import InputError
-from dcx.core.kmeans import kmeans
-from dcx.core.metrics import nmi
-from dcx.plugins.kmeans import KMeans
+from dcx.algorithms.kmeans import kmeans
+from dcx.algorithms.metrics import nmi
+from dcx.clusterers.kmeans import KMeans
 
 
 @pytest.mark.parametrize("backend", ["faiss", "torch"])

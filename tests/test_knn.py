@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcx.core import knn
+from dcx.algorithms import knn
 from dcx.core.errors import InputError, OptionError
-from dcx.core.knn import KnnGraph, knn_graph
+from dcx.algorithms.knn import KnnGraph, knn_graph
 from synthetic import mixture, varied_mixture
 
 
@@ -177,13 +177,13 @@ def test_unknown_backend_or_metric_is_an_option_error(small):
 
 
 def test_pynndescent_is_imported_only_by_its_backend():
-    # pynndescent compiles with numba on first use (30-75 s): importing dcx.core.knn or building
+    # pynndescent compiles with numba on first use (30-75 s): importing dcx.algorithms.knn or building
     # a graph with another backend must not pull it in. A fresh process, so other tests don't count.
     import subprocess
     import sys
 
     code = (
-        "import sys, numpy as np, dcx.core.knn as k; x = np.random.rand(3000, 8).astype('float32');"
+        "import sys, numpy as np, dcx.algorithms.knn as k; x = np.random.rand(3000, 8).astype('float32');"
         "k.knn_graph(x, 5, 'exact'); k.knn_graph(x, 5, 'ivf', recall_sample=100);"
         "k.knn_graph(x, 5, 'hnsw', recall_sample=100);"
         "sys.exit('pynndescent' in sys.modules or 'numba' in sys.modules)"

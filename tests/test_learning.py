@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dcx.core.config import RunConfig
-from dcx.core.runner import execute, new_run
+from dcx.runs.runner import execute, new_run
 
 
 @pytest.mark.slow

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from dcx.core.contracts import FitContext
-from dcx.core.kmeans import kmeans
-from dcx.core.knn import knn_graph
-from dcx.core.merge import cluster_affinity, merge_clusters
-from dcx.core.metrics import nmi
-from dcx.plugins.kmeans import KMeans
+from dcx.algorithms.kmeans import kmeans
+from dcx.algorithms.knn import knn_graph
+from dcx.algorithms.merge import cluster_affinity, merge_clusters
+from dcx.algorithms.metrics import nmi
+from dcx.clusterers.kmeans import KMeans
 
 
 def two_bands(n=600, seed=0):

@@ -1,7 +1,7 @@
 import numpy as np
 
-from dcx.core.metrics import ari, cluster_sizes, hungarian_accuracy, nmi
-from dcx.core.sampling import UniformLabelSampler, relabel, uniform_label_indices
+from dcx.algorithms.metrics import ari, cluster_sizes, hungarian_accuracy, nmi
+from dcx.data.sampling import UniformLabelSampler, relabel, uniform_label_indices
 
 
 def test_metrics_known_cases():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine
-from dcx.core.setup import setup
+from dcx.training.engine import Engine
+from dcx.training.setup import setup
 
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcx.core import knn
+from dcx.algorithms import knn
 from dcx.core.contracts import FitContext, Partition
 from dcx.core.errors import InputError, OptionError
-from dcx.core.metrics import nmi
+from dcx.algorithms.metrics import nmi
 from dcx.core.registry import Registry
-from dcx.plugins.pic import PIC, default_sigma, distribute_singletons, follow_to_seeds, pointers
+from dcx.clusterers.pic import PIC, default_sigma, distribute_singletons, follow_to_seeds, pointers
 from scipy import sparse
 from synthetic import mixture, varied_mixture
 

@@ -23,7 +23,7 @@ def second_kmeans(tmp_path, monkeypatch):
     """An installed package `dcx-other` that registers its own `kmeans`."""
     root = tmp_path / "site"
     write_distribution(root, "dcx-other", "9.1", {"dcx.clusterers": {"kmeans": "other_kmeans:KMeans"}},
-                       {"other_kmeans": "from dcx.plugins.kmeans import KMeans as _K\n\nclass KMeans(_K):\n    dcx_api = \"3.0\"\n"})
+                       {"other_kmeans": "from dcx.clusterers.kmeans import KMeans as _K\n\nclass KMeans(_K):\n    dcx_api = \"3.0\"\n"})
     monkeypatch.syspath_prepend(str(root))
     yield
     sys.modules.pop("other_kmeans", None)

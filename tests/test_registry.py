@@ -18,7 +18,7 @@ BUILTINS = {
 #: A second package that also provides `kmeans` (dcx's own, subclassed: it imports and is valid).
 SHADOW = {"dcx.clusterers": {"kmeans": "shadow_kmeans:KMeans", "extra": "shadow_kmeans:Extra"}}
 SHADOW_SOURCE = """
-    from dcx.plugins.kmeans import KMeans as _Base
+    from dcx.clusterers.kmeans import KMeans as _Base
 
     class KMeans(_Base):
         dcx_api = "3.0"
@@ -75,7 +75,7 @@ def test_every_plugin_has_a_qualified_name():
 
 def test_loading_is_lazy_and_broken_plugins_are_isolated():
     reg = Registry(_fake([
-        ("dcx.clusterers", "kmeans", "dcx.plugins.kmeans:KMeans"),
+        ("dcx.clusterers", "kmeans", "dcx.clusterers.kmeans:KMeans"),
         ("dcx.clusterers", "broken", "no_such_module_xyz:Thing"),
         ("dcx.clusterers", "notaplugin", "fake_plugins:NotAPlugin"),
         ("dcx.clusterers", "old", "fake_plugins:OldApi"),
@@ -91,7 +91,7 @@ def test_loading_is_lazy_and_broken_plugins_are_isolated():
 def test_the_registry_never_names_a_class():
     reg = Registry(_fake([
         ("dcx.clusterers", "noname", "fake_plugins:NoName"),
-        ("dcx.clusterers", "renamed", "dcx.plugins.kmeans:KMeans"),
+        ("dcx.clusterers", "renamed", "dcx.clusterers.kmeans:KMeans"),
     ]))
     with pytest.raises(PluginLoadError, match="NoName declares no `name`: set the class attribute name = 'noname'"):
         reg.load("clusterer", "noname")
@@ -107,7 +107,7 @@ def test_a_name_two_packages_provide_is_refused_and_both_are_listed(shadowed):
         shadowed.load("clusterer", "kmeans")
     msg = str(err.value)
     assert "\n" not in msg and "dcx, Shadow-Pkg" in msg and "'dcx:kmeans'" in msg and "'Shadow-Pkg:kmeans'" in msg
-    assert shadowed.load("clusterer", "dcx:kmeans").__module__ == "dcx.plugins.kmeans"
+    assert shadowed.load("clusterer", "dcx:kmeans").__module__ == "dcx.clusterers.kmeans"
     for spelling in ("Shadow-Pkg:kmeans", "shadow_pkg:kmeans", "shadow.pkg:kmeans"):
         assert shadowed.resolve("clusterer", spelling) == PluginRef("clusterer", "kmeans", "Shadow-Pkg", "2.3")
     assert shadowed.load("clusterer", "extra").__module__ == "shadow_kmeans"  # unique: bare works

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from dcx.cli import app
 from dcx.core.errors import RunDirError
-from dcx.core.evaluate import evaluate_run, fmt
-from dcx.core.report import EPOCH_COLUMNS, write_report
+from dcx.evaluation import evaluate_run, fmt
+from dcx.runs.report import EPOCH_COLUMNS, write_report
 
 runner = CliRunner()
 TINY = ["--opt", "digits.limit=200", "--k", "10", "--epochs", "2", "--passes", "1", "--width", "0.125",

@@ -8,9 +8,9 @@ import torch
 from interrupts import run_until_ctrl_c
 
 from dcx.core.config import RunConfig
-from dcx.core.engine import Engine
-from dcx.core.rundir import RunDir
-from dcx.core.setup import setup
+from dcx.training.engine import Engine
+from dcx.training.rundir import RunDir
+from dcx.training.setup import setup
 
 
 def _config(clusterer: str) -> RunConfig:

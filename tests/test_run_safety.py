@@ -13,7 +13,7 @@ from cli_checks import assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
-from dcx.core.rundir import RunDir, RunLock
+from dcx.training.rundir import RunDir, RunLock
 
 runner = CliRunner()
 one_line_error = partial(assert_one_line_error, warnings_may_precede=True)
@@ -115,7 +115,7 @@ def test_a_kill_between_metrics_row_and_checkpoint_resumes_to_one_row_per_epoch(
 
 
 def test_a_failure_before_the_first_epoch_leaves_no_folder(tmp_path, monkeypatch):
-    from dcx.core.engine import Engine
+    from dcx.training.engine import Engine
 
     out = tmp_path / "run"
 
@@ -172,7 +172,7 @@ def test_a_run_that_used_a_removed_setting_is_refused_naming_it(finished, tmp_pa
     result = runner.invoke(app, ["run", "--resume", str(run), "--epochs", "3", *QUIET])
     assert result.exit_code == 2 and "setting 'warp' = 2.0 was removed after dcx 0.1.0" in result.output
     (run / "config.toml").write_text("warp = 1.0\n" + toml)
-    from dcx.core.runner import read_run_config
+    from dcx.runs.runner import read_run_config
 
     assert "warp" not in read_run_config(run).to_dict()
 

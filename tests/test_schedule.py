@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from dcx.core.engine import Engine
-from dcx.core.schedule import StepSchedule
-from dcx.core.setup import setup
+from dcx.training.engine import Engine
+from dcx.training.schedule import StepSchedule
+from dcx.training.setup import setup
 
 
 def test_cosine_follows_a_warm_up_and_decays_to_zero():

@@ -1,4 +1,4 @@
-"""Sinkhorn-Knopp: SwAV codes and SeLa labels (dcx.core.sinkhorn), the sinkhorn and swav plugins."""
+"""Sinkhorn-Knopp: SwAV codes and SeLa labels (dcx.algorithms.sinkhorn), the sinkhorn and swav plugins."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from torch import nn
 
 from dcx.core.contracts import EpochContext, FitContext, Partition, StepContext, TrainSpec
 from dcx.core.errors import InputError, OptionError
-from dcx.core.metrics import nmi
-from dcx.core.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
-from dcx.plugins.sinkhorn import SinkhornLabels
-from dcx.plugins.swav import SwAV
+from dcx.algorithms.metrics import nmi
+from dcx.algorithms.sinkhorn import balanced_argmax, sela_labels, sela_solve, swav_codes, swav_codes_reference
+from dcx.clusterers.sinkhorn import SinkhornLabels
+from dcx.clusterers.swav import SwAV
 
 
 def reference_sela(probs: np.ndarray, lam: float = 25.0) -> tuple[np.ndarray, int]:
@@ -184,7 +184,7 @@ def make_head(d: int, k: int, seed: int = 0) -> nn.Linear:
 
 
 def test_sinkhorn_plugin_fits_with_head(monkeypatch):
-    import dcx.plugins.sinkhorn as sinkhorn_plugin
+    import dcx.clusterers.sinkhorn as sinkhorn_plugin
 
     monkeypatch.setattr(sinkhorn_plugin, "SCORE_ROWS", 500)  # the head scores the rows in several chunks
     rng = np.random.default_rng(0)
@@ -318,7 +318,7 @@ def test_swav_queue_fills_then_feeds_codes(caplog):
     step0 = StepContext(epoch=0, step=0, steps_per_epoch=10)
     swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], step0)
     assert swav._queue is None  # not before queue_start_epoch
-    with caplog.at_level(logging.INFO, logger="dcx.plugins.swav"):
+    with caplog.at_level(logging.INFO, logger="dcx.clusterers.swav"):
         for s in range(4):
             swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], StepContext(1, 10 + s, 10))
     assert swav._queue.shape == (2, 48, 8) and swav._queue_filled == 48
@@ -330,7 +330,7 @@ def test_swav_collapse_guard_warns(caplog):
     swav = SwAV(k=32, proj_dim=8, hidden_dim=0, n_small=0)
     head = swav.build_head(TrainSpec(6, 1000))
     same = torch.ones(64, 6)  # every image identical: uniform codes, loss at or above ln k
-    with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
+    with caplog.at_level(logging.WARNING, logger="dcx.clusterers.swav"):
         swav.loss(head, [same, same], StepContext(epoch=1, step=1, steps_per_epoch=1))
         stats = swav.epoch_stats()
     assert stats["loss"] >= math.log(32) and stats["prototypes_used"] < 32 / 2
@@ -360,7 +360,7 @@ def test_swav_small_data_defaults(caplog):
     assert SwAV(k=10, proj_dim=64).build_head(TrainSpec(16, 1000)).prototypes.weight.shape == (10, 64)
     swav = SwAV(k=40, hidden_dim=0)
     head = swav.build_head(TrainSpec(6, 1000))
-    with caplog.at_level(logging.WARNING, logger="dcx.plugins.swav"):
+    with caplog.at_level(logging.WARNING, logger="dcx.clusterers.swav"):
         swav.loss(head, [torch.randn(16, 6), torch.randn(16, 6)], StepContext(0, 0, 1))
     assert any("batch 16 < k=40" in r.message for r in caplog.records)
 

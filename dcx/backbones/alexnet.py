@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from dcx.core.contracts import Backbone, BackboneNet
-from dcx.core.network import default_dropout
+from dcx.core.backbone_net import default_dropout
 from dcx.core.options import Option
 
 # (out channels, kernel, stride, padding, max-pool after) - DeepCluster's AlexNet cfg (96 filters in conv1).

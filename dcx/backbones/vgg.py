@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from dcx.core.contracts import Backbone, BackboneNet
-from dcx.core.network import default_dropout
+from dcx.core.backbone_net import default_dropout
 from dcx.core.options import Option
 
 

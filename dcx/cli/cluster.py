@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from dcx.cli.ui import handle_errors, print_json, setup_logging
-from dcx.core.arrays import NpyRows, row_chunks
+from dcx.algorithms.arrays import NpyRows, row_chunks
 from dcx.core.errors import InputError, OptionError
 from dcx.core.options import parse_assignments
 
@@ -24,7 +24,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def open_features(path: Path) -> NpyRows:
     """An (N, d) finite numeric .npy file, checked chunk by chunk; InputError otherwise."""
-    from dcx.core.arrays import check_finite
+    from dcx.algorithms.arrays import check_finite
 
     if not path.is_file():
         raise InputError(f"{path} does not exist: pass a .npy file holding an (N, d) feature array")
@@ -67,9 +67,9 @@ def cluster(
 ) -> None:
     """Cluster a feature file with any offline clusterer; the output is written atomically."""
     from dcx.core.contracts import FitContext, OnlineClusterer
-    from dcx.core.features import PCAWhitening
+    from dcx.algorithms.pca import PCAWhitening
     from dcx.core.registry import Registry
-    from dcx.core.rundir import save_npy
+    from dcx.training.rundir import save_npy
 
     setup_logging(quiet)
     if pca_dim < 1:

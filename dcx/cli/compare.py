@@ -45,9 +45,9 @@ def compare(
     run_flags: dict = None,
 ) -> None:
     """Train one run per clusterer (and seed), evaluate each, write a table and one figure."""
-    from dcx.core.compare import (COLUMNS, FIGURE, PAIRED_MEASURES, TABLE_MD, Comparison, _fmt,
+    from dcx.runs.compare import (COLUMNS, FIGURE, PAIRED_MEASURES, TABLE_MD, Comparison, _fmt,
                                   compare as run_comparison, environment_lines, paired_differences)
-    from dcx.core.evaluate import check_protocols
+    from dcx.evaluation import check_protocols
     from dcx.core.registry import Registry
 
     setup_logging(quiet)

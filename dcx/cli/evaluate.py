@@ -35,7 +35,7 @@ def rich_table(t) -> Table:
 
 
 def _print(result: dict) -> None:
-    from dcx.core.evaluate import eval_tables
+    from dcx.evaluation import eval_tables
 
     console = Console()
     for t in eval_tables(result):
@@ -69,8 +69,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
 ) -> None:
     """Linear probe, kNN and k-means scores per layer, learned vs random init (paper Table 1)."""
-    from dcx.core.evaluate import CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
-    from dcx.core.rundir import save_json, writing
+    from dcx.evaluation import CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
+    from dcx.training.rundir import save_json, writing
 
     setup_logging(quiet)
     layer_list = [n.strip() for n in layers.split(",") if n.strip()]
@@ -101,7 +101,7 @@ def evaluate(
                                       dataset_options=options.get(dataset) if dataset else None, device=device,
                                       cluster_runs=cluster_runs)
                 if report:
-                    from dcx.core.report import write_report
+                    from dcx.runs.report import write_report
 
                     write_report(run_dir)
     if as_json:

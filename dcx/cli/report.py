@@ -16,8 +16,8 @@ def report(
 ) -> None:
     """Write report.png (NMI to labels / to the previous epoch, loss, cluster sizes, timings, linear
     probe learned vs random when eval.json exists) and report.md into RUN_DIR."""
-    from dcx.core.report import write_report
-    from dcx.core.rundir import writing
+    from dcx.runs.report import write_report
+    from dcx.training.rundir import writing
 
     setup_logging(quiet)
     with writing(run_dir):

@@ -79,7 +79,7 @@ def run(
     run_flags: dict = None,
 ) -> None:
     """Train a backbone on pseudo-labels from a clusterer (DeepCluster: -c kmeans -b alexnet)."""
-    from dcx.core import distributed
+    from dcx.training import distributed
 
     world = distributed.world_from_env()
     if nproc > 1:
@@ -117,8 +117,8 @@ def launch(nproc: int) -> int:
 
 
 def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None:
-    from dcx.core.rundir import default_run_dir
-    from dcx.core.runner import execute, new_run, resume_run
+    from dcx.training.rundir import default_run_dir
+    from dcx.runs.runner import execute, new_run, resume_run
 
     with RichProgress(enabled=not quiet and world.is_main) as bars:
         if resume:
@@ -147,7 +147,7 @@ def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None
         return
     summary["run_dir"] = str(path)
     if report:
-        from dcx.core.report import write_report
+        from dcx.runs.report import write_report
 
         write_report(path)
     if as_json:

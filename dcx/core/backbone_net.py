@@ -41,3 +41,9 @@ class BackboneNet(nn.Module):
             if len(out) == len(wanted):
                 break
         return out
+
+
+def default_dropout(width: float) -> float:
+    """The paper's 0.5 for full-width fc layers; none for narrow ones, where it drowned the signal
+    (docs/decisions.md D16)."""
+    return 0.5 if width >= 1.0 else 0.0

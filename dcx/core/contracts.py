@@ -6,16 +6,16 @@ Third-party packages implement these classes and register them under the entry-p
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import math
+from abc import abstractmethod
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from dcx.core.dataset_contract import Dataset, ImageSet, RunDefaults
 from dcx.core.errors import ContractError
-from dcx.core.options import Option, resolve
+from dcx.core.plugin import API_VERSION, Plugin
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -23,9 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from dcx.core.backbone_net import BackboneNet
 
-# torch is imported when a network is built, not with the contract: `dcx cluster` and `dcx list`
-# need no torch (its CUDA build alone is ~520 MB of resident memory). BackboneNet, an nn.Module,
-# lives in dcx.core.backbone_net and is served from here on first use (module __getattr__).
+__all__ = [
+    "API_VERSION", "Backbone", "BackboneNet", "Clusterer", "CropSpec", "Dataset", "EpochContext", "FitContext",
+    "ImageSet", "OnlineClusterer", "Partition", "Plugin", "RunDefaults", "StatefulPlugin", "StepContext",
+    "TrainSpec", "TrainingHead", "linear_head", "linear_heads",
+]
+
+# torch is imported when a network is built, not with the contract (`dcx cluster` and `dcx list` need
+# none): BackboneNet and the classifier heads are served from their modules on first use.
 
 
 def __getattr__(name: str) -> Any:
@@ -33,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from dcx.core.backbone_net import BackboneNet
 
         return BackboneNet
+    if name in ("linear_head", "linear_heads"):
+        from dcx.core import heads
+
+        return getattr(heads, name)
     raise AttributeError(f"module 'dcx.core.contracts' has no attribute {name!r}")
 
 
@@ -40,26 +49,6 @@ def _cpu() -> "torch.device":
     import torch
 
     return torch.device("cpu")
-
-#: Version of this contract. A plugin declares the version it was written for in ``dcx_api``, in its
-#: own class body; one that declares none or another major version is listed and not loaded.
-#: What changed per version: docs/plugins.md "Changes by API version".
-API_VERSION = "3.0"
-
-
-class Plugin(ABC):
-    """Common base: a name, declared options and their validated values in ``self.params``."""
-
-    name: ClassVar[str] = ""
-    options: ClassVar[tuple[Option, ...]] = ()
-    dcx_api: ClassVar[str] = ""  # declared by each plugin class; never inherited from here
-
-    def __init__(self, **options: Any) -> None:
-        self.params: dict[str, Any] = resolve(self.name or type(self).__name__, self.options, options)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({args})"
 
 
 # ----------------------------------------------------------------------------- clusterers
@@ -121,36 +110,6 @@ class TrainSpec:
     preactivation: bool = False
     rank: int = 0
     world_size: int = 1
-
-
-def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> nn.Module:
-    """DeepCluster's top layer: Linear with weights N(0, 0.01) and zero bias (reference init),
-    after a ReLU when the features are a pre-activation. Draws from torch's global RNG."""
-    from torch import nn
-
-    linear = nn.Linear(feature_dim, n_outputs)
-    nn.init.normal_(linear.weight, 0.0, 0.01)
-    nn.init.zeros_(linear.bias)
-    return nn.Sequential(nn.ReLU(), linear) if preactivation else nn.Sequential(linear)
-
-
-def linear_heads(feature_dim: int, n_outputs: int, heads: int, preactivation: bool = False) -> nn.Module:
-    """``heads`` independent DeepCluster top layers in one Linear: output (B, n_outputs, heads), the
-    layout cross-entropy takes for (B, heads) targets. Same init as ``linear_head``."""
-    from torch import nn
-
-    class Heads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.relu = nn.ReLU() if preactivation else nn.Identity()
-            self.linear = nn.Linear(feature_dim, n_outputs * heads)
-            nn.init.normal_(self.linear.weight, 0.0, 0.01)
-            nn.init.zeros_(self.linear.bias)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.linear(self.relu(x)).view(len(x), heads, n_outputs).transpose(1, 2)
-
-    return Heads()
 
 
 @dataclass
@@ -232,6 +191,8 @@ class Clusterer(StatefulPlugin):
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
         """This epoch's head and targets. Default: DeepCluster's fresh linear head (paper §3.3)
         over the non-empty clusters, renumbered 0..m-1: cluster ids mean nothing across epochs."""
+        from dcx.core.heads import linear_head
+
         kept, targets = np.unique(partition.labels, return_inverse=True)
         head = linear_head(spec.feature_dim, len(kept), spec.preactivation).to(spec.device)
         return TrainingHead(head, targets.astype(np.int64))
@@ -275,9 +236,8 @@ class EpochContext:
     """What an online clusterer gets at the start of each epoch.
 
     ``features()`` extracts the backbone features (N, feature_dim) of every image with the
-    deterministic evaluation transform, in dataset order, on every rank; it runs only if called
-    (one pass over the data, or none after the first epoch: the engine's end-of-epoch features of
-    the unchanged network), e.g. to fill a memory bank before the first epoch.
+    deterministic evaluation transform, in dataset order, on every rank (one pass over the data, only
+    if called), e.g. to fill a memory bank before the first epoch.
     """
 
     epoch: int
@@ -363,73 +323,3 @@ class Backbone(Plugin):
     @abstractmethod
     def build(self, in_channels: int, image_size: int, width: float = 1.0) -> BackboneNet:
         """``width`` scales channel counts (1.0 = the paper's network)."""
-
-
-# ----------------------------------------------------------------------------- datasets
-
-
-@dataclass(frozen=True)
-class RunDefaults:
-    """Run settings a dataset suggests when the user gives none (e.g. small images, small nets)."""
-
-    image_size: int = 224
-    k: int = 10000
-    epochs: int = 100
-    batch_size: int = 256
-    width: float = 1.0
-    passes: int = 1
-    #: Train with horizontal flips; None: the dataset's ``flip_invariant``.
-    flip: bool | None = None
-    #: Training augmentation ("crop", "affine", "elastic"; see ``dcx.core.data.train_transform``);
-    #: None: the engine's rule by image size (``dcx.core.setup.default_augment``).
-    augment: str | None = None
-    #: Photometric jitter strength (``--jitter``): 0 (the reference) unless intensity and colour
-    #: never decide a class here, as on glyphs (docs/decisions.md D07).
-    jitter: float = 0.0
-    #: The fixed Sobel input layer (``--sobel``); None: the backbone's (DeepCluster's AlexNet: on).
-    #: False where colour tells the classes apart, which Sobel throws away (``photos``;
-    #: docs/decisions.md D08).
-    sobel: bool | None = None
-    #: Image-steps these defaults were sized to (a folder's time budget, ``dcx.datasets.folder``);
-    #: None: not sized to a budget. An online clusterer then trains within it (``run_defaults``).
-    budget: float | None = None
-
-
-@dataclass
-class ImageSet:
-    """A loaded dataset: ``images[i]`` is a PIL image; ``labels`` is None when unlabelled."""
-
-    images: Sequence[Any]
-    labels: np.ndarray | None
-    classes: list[str] | None
-    channels: int
-    skipped: int = 0  # unreadable files left out
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.labels is None else int(len(np.unique(self.labels)))
-
-
-class Dataset(Plugin):
-    """Loads images (+ labels when known). Transforms are the engine's business."""
-
-    #: Horizontal flips keep the meaning of an image (False for digits and characters).
-    flip_invariant: ClassVar[bool] = True
-    #: ``load`` reads ``root`` (``--data-root``); False for images that ship with the plugin (a root is refused).
-    reads_root: ClassVar[bool] = True
-    defaults: ClassVar[RunDefaults] = RunDefaults()
-
-    @abstractmethod
-    def load(self, root: Path | None, split: str = "train", download: bool = False) -> ImageSet:
-        """``split`` is one of ``splits()``; return an ImageSet."""
-
-    def splits(self) -> tuple[str, ...]:
-        """Splits this dataset has; ('all',) when it has no train/test split of its own."""
-        return ("train", "test")
-
-    def run_defaults(self, images: ImageSet) -> RunDefaults:
-        """The defaults for these loaded images (a folder can pick its image size from the data)."""
-        return self.defaults

@@ -110,7 +110,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcx.core.contracts import Clusterer, FitContext, Partition
-from dcx.core.kmeans import kmeans
+from dcx.algorithms.kmeans import kmeans
 from dcx.core.options import Option
 
 
@@ -125,7 +125,7 @@ class $Class(Clusterer):
     )
 
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
-        # dcx.core.kmeans refuses NaN/inf with an InputError and works on a float32 copy, so any
+        # dcx.algorithms.kmeans refuses NaN/inf with an InputError and works on a float32 copy, so any
         # array the engine or a user passes is accepted and left unchanged. Every random choice
         # comes from context.seed: the same seed gives the same labels.
         result = kmeans(features, self.params["k"], self.params["niter"], context.seed, device=context.device)
@@ -151,7 +151,7 @@ from torch import nn
 
 from dcx.core.contracts import CropSpec, OnlineClusterer, StepContext, TrainSpec
 from dcx.core.options import Option
-from dcx.core.sinkhorn import swav_codes
+from dcx.algorithms.sinkhorn import swav_codes
 
 
 class Head(nn.Module):

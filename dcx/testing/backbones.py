@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from dcx.core.contracts import Backbone, BackboneNet
-from dcx.core.network import build_network
+from dcx.training.network import build_network
 from dcx.testing.base import PluginUnderTest, check, is_backbone
 
 WIDTH = 0.25

@@ -14,7 +14,7 @@ from torch import nn
 
 from dcx.core.contracts import Clusterer, FitContext, Partition, TrainingHead, TrainSpec
 from dcx.core.errors import DcxError
-from dcx.core.metrics import ari, nmi
+from dcx.algorithms.metrics import ari, nmi
 from dcx.testing.base import PluginUnderTest, check, is_offline
 from dcx.testing.data import (
     D, D_OVERLAP, K, N, N_OVERLAP, assert_json_serialisable, blobs, overlapping, same, same_partition, saved_state,
@@ -131,8 +131,8 @@ def check_fit_refuses_nan(p: PluginUnderTest) -> None:
         return
     except Exception as exc:
         raise AssertionError(f"raised {type(exc).__name__} ({exc}), not a DcxError: check with "
-                             "dcx.core.arrays.check_finite") from None
-    raise AssertionError("returned labels for NaN features: check with dcx.core.arrays.check_finite")
+                             "dcx.algorithms.arrays.check_finite") from None
+    raise AssertionError("returned labels for NaN features: check with dcx.algorithms.arrays.check_finite")
 
 
 @check("Partition.stats has string keys and can be written to metrics.jsonl (JSON)", applies=is_offline)

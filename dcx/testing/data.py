@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcx.core.rundir import save_json
+from dcx.training.rundir import save_json
 
 #: Planted-cluster problem size: small enough that every check runs in milliseconds.
 N, D, K = 200, 16, 5

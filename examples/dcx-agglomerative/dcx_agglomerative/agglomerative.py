@@ -7,7 +7,7 @@ from sklearn.cluster import AgglomerativeClustering
 
 from dcx.core.contracts import Clusterer, FitContext, Partition
 from dcx.core.errors import InputError
-from dcx.core.arrays import check_finite
+from dcx.algorithms.arrays import check_finite
 from dcx.core.options import Option
 
 

@@ -1,0 +1,208 @@
+"""k-means used by the `kmeans` clusterer, the per-epoch probe and the evaluation protocols.
+
+Two backends: faiss (CPU, or GPU when faiss has GPUs and a CUDA device is asked for) and a torch
+Lloyd with explicit empty-cluster splitting (paper §3.3), for machines without faiss or for
+CUDA through torch. Both: random initial centroids drawn from the data, no subsampling
+(reference ``max_points_per_centroid=10_000_000``), final assignment to the nearest centroid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from dcx.core.errors import InputError
+from dcx.algorithms.arrays import check_finite
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported by the torch backend only
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: Symmetric perturbation when a centroid is copied into an empty cluster (faiss's EPS = 1/1024).
+SPLIT_EPS = 1.0 / 1024
+
+
+@dataclass
+class KMeansResult:
+    labels: np.ndarray  # (N,) int64
+    centroids: np.ndarray  # (k, d) float32
+    objective: float  # final sum of squared distances
+    empty_splits: int  # empty clusters re-seeded by splitting a large one, over all iterations
+    backend: str
+    history: list[float] = field(default_factory=list)
+
+
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def check_kmeans_input(x: np.ndarray, k: int) -> np.ndarray:
+    """Validate an (N, d) matrix for k-means; return it as contiguous float32."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise InputError(f"features must be a 2-D (N, d) array, got shape {x.shape}: reshape or pass an (N, d) .npy")
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if k > len(x):
+        raise InputError(f"k={k} is larger than the number of samples N={len(x)}: lower --k")
+    check_finite(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int = 20,
+    seed: int = 0,
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+    rows: slice | None = None,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sample: int | None = None,
+) -> KMeansResult:
+    """Cluster the rows of ``x`` into ``k`` groups. ``backend``: auto | faiss | torch.
+
+    Distributed (``all_reduce`` given): every rank passes the same ``x`` and ``seed`` and its own
+    block ``rows``; each Lloyd step assigns this rank's rows and sums per-cluster sums and counts
+    over ranks (torch backend), so every rank ends with the same centroids and labels.
+
+    ``sample``: train on that many seeded random rows, then assign every row to the nearest
+    centroid in chunks (the reference trains on all rows).
+    """
+    x = check_kmeans_input(x, k)
+    on_gpu = str(device).startswith("cuda")
+    if backend == "auto":
+        backend = "faiss" if faiss_available() and all_reduce is None else "torch"
+    if backend not in ("faiss", "torch"):
+        raise InputError(f"unknown kmeans backend {backend!r}: use auto, faiss or torch")
+    if backend == "faiss" and not faiss_available():
+        raise InputError("kmeans backend 'faiss' asked for but faiss is not installed: pip install 'dcx[cpu]' "
+                         "(or [gpu]), or use backend=torch")
+    if sample is not None and sample < len(x) and all_reduce is None:
+        if sample < k:
+            raise InputError(f"k-means sample of {sample} rows is smaller than k={k}: raise the sample")
+        pick = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
+        res = kmeans(x[pick], k, niter, seed, backend, device)
+        res.labels, res.objective = _nearest(x, res.centroids, backend, device)
+        return res
+    if backend == "faiss" and all_reduce is None:
+        return _faiss_kmeans(x, k, niter, seed, use_gpu=on_gpu)
+    import torch
+
+    return _torch_kmeans(x, k, niter, seed, torch.device(device), rows, all_reduce)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, backend: str, device) -> tuple[np.ndarray, float]:
+    """Nearest centroid of every row (exact L2) and the summed squared distance."""
+    if backend == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        dist, idx = index.search(x, 1)
+        return idx.ravel().astype(np.int64), float(dist.sum(dtype=np.float64))
+    import torch
+
+    labels, dists = _assign(torch.from_numpy(x).to(device), torch.from_numpy(centroids).to(device))
+    return labels.cpu().numpy().astype(np.int64), float(dists.sum().double())
+
+
+def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool) -> KMeansResult:
+    import faiss
+
+    gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=int(seed) % (2**31), gpu=gpu, verbose=False,
+        max_points_per_centroid=10_000_000, min_points_per_centroid=1,
+    )
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    stats = km.iteration_stats
+    history = [float(s["obj"]) for s in stats] if stats else list(map(float, km.obj))
+    splits = int(sum(s["nsplit"] for s in stats)) if stats else 0
+    return KMeansResult(
+        labels=assign.ravel().astype(np.int64),
+        centroids=km.centroids.copy(),
+        objective=history[-1] if history else float("nan"),
+        empty_splits=splits,
+        backend="faiss-gpu" if gpu else "faiss",
+        history=history,
+    )
+
+
+def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid (exact L2) and squared distance, in chunks to bound memory."""
+    import torch
+
+    c_sq = (c * c).sum(1)
+    labels = torch.empty(len(x), dtype=torch.long, device=x.device)
+    dists = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    for s in range(0, len(x), chunk):
+        xb = x[s : s + chunk]
+        d = c_sq[None, :] - 2 * xb @ c.T
+        best, idx = d.min(1)
+        labels[s : s + chunk] = idx
+        dists[s : s + chunk] = (best + (xb * xb).sum(1)).clamp_min(0)
+    return labels, dists
+
+
+def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> int:
+    """Re-seed each empty cluster from a non-empty one chosen with probability ∝ size (paper §3.3)."""
+    import torch
+
+    empty = torch.nonzero(counts == 0).ravel().tolist()
+    for e in empty:
+        probs = counts.clamp_min(0).double()
+        probs = probs / probs.sum()
+        donor = int(torch.multinomial(probs, 1, generator=gen))
+        c[e] = c[donor] * (1 + SPLIT_EPS)
+        c[donor] = c[donor] * (1 - SPLIT_EPS)
+        half = counts[donor] // 2
+        counts[e] = half
+        counts[donor] -= half
+    return len(empty)
+
+
+def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
+                  rows: slice | None = None, all_reduce=None) -> KMeansResult:
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed))
+    x_all = torch.from_numpy(x_np).to(device)
+    n, d = x_all.shape
+    c = x_all[torch.randperm(n, generator=gen)[:k].to(device)].clone()
+    reduce = all_reduce or (lambda t: t)
+    rows = rows or slice(0, n)
+    x = x_all[rows]
+    history: list[float] = []
+    splits = 0
+    for _ in range(niter):
+        labels, dists = _assign(x, c)
+        history.append(float(reduce(dists.sum().double())))
+        counts = reduce(torch.bincount(labels, minlength=k))
+        sums = reduce(torch.zeros_like(c).index_add_(0, labels, x))
+        nonempty = counts > 0
+        c[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
+        if not bool(nonempty.all()):
+            counts_cpu = counts.cpu()
+            c_cpu = c.cpu()
+            splits += _split_empty(c_cpu, counts_cpu, gen)
+            c = c_cpu.to(device)
+    labels, dists = _assign(x, c)
+    if all_reduce is not None:  # every rank's labels in their rows, summed into the full vector
+        full = torch.zeros(n, dtype=torch.long, device=device)
+        full[rows] = labels
+        labels = all_reduce(full)
+    return KMeansResult(
+        labels=labels.cpu().numpy().astype(np.int64),
+        centroids=c.cpu().numpy().astype(np.float32),
+        objective=float(reduce(dists.sum().double())),
+        empty_splits=splits,
+        backend="torch",
+        history=history,
+    )

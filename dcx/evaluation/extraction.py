@@ -1,0 +1,54 @@
+"""Per-block features of a frozen network: average-pooled to at most MAX_DIMS, extracted in one pass
+per group of layers that fits the memory budget."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dcx import data as D
+from dcx.evaluation.data import EvalData
+from dcx.algorithms.arrays import check_finite
+from dcx.training.extraction import extract
+from dcx.training.layers import MAX_DIMS, PooledLayers, layer_shapes, pooling_plan
+from dcx.training.network import FeatureNet
+from dcx.core.progress import NullProgress, Progress
+
+#: Extract at most this many bytes of pooled features per pass; more layers -> more passes.
+MEMORY_BUDGET = 2 * 1024**3
+
+
+def extract_layers(
+    model: FeatureNet, data: EvalData, layers: Sequence[str], image_size: int, device: torch.device,
+    batch_size: int = 256, workers: int = 0, progress: Progress | None = None, desc: str = "extract",
+    max_dims: int = MAX_DIMS,
+) -> dict[str, np.ndarray]:
+    """Pooled features of every layer for all of ``data``'s images, in one pass (engine's ``extract``)."""
+    progress = progress or NullProgress()
+    sides, dims = pooling_plan(layer_shapes(model, layers, image_size, data.images.channels, device), max_dims)
+    dataset = D.IndexedImages(data.images, D.eval_transform(image_size, data.images.channels), blank=image_size)
+    batches = D.loader(dataset, batch_size, workers)
+    with progress.task(desc, len(dataset)) as advance:
+        flat = extract(model, batches, len(dataset), device, forward=PooledLayers(model, layers, sides), on_batch=advance)
+    check_finite(flat, f"{desc} features")
+    out, pos = {}, 0
+    for n in layers:
+        out[n] = flat[:, pos : pos + dims[n]]
+        pos += dims[n]
+    return out
+
+
+def layer_groups(dims: dict[str, int], n: int, budget: int = MEMORY_BUDGET) -> list[list[str]]:
+    """Layers grouped so that one group's float32 features for ``n`` images fit in ``budget`` bytes."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name, d in dims.items():
+        size = 4 * n * d
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return groups
