@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -40,7 +41,8 @@ def _parameter(name: str) -> inspect.Parameter:
     flag = flag_of(name)
     base, choices = _kind(field.annotation)
     default = field.default
-    help_text = field.description or ""
+    # The first clause only: `dcx run --help` stays within two screens; README and docs/ say the rest.
+    help_text = re.split(r" \(|; ", field.description or "", maxsplit=1)[0]
     if default not in (None, {}, "") and base is not bool:
         help_text += f" [default: {default}]"
     if base is bool:

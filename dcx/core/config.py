@@ -98,7 +98,8 @@ class RunConfig(BaseModel):
     batch_size: int | None = setting(None, "images per optimiser step (default: the dataset's)", ge=1)
     lr: float = setting(0.05, "SGD learning rate (reference: 0.05)", gt=0)
     lr_schedule: Literal["cosine", "constant"] = setting(
-        "cosine", "backbone learning-rate schedule: cosine (decays to 0 over the run) or constant (the reference)")
+        "cosine", "backbone learning-rate schedule, cosine or constant (cosine decays to 0 over the run; constant "
+        "is the reference's)")
     warmup_epochs: float = setting(0.0, "linear learning-rate warm-up from 0 over this many epochs (SwAV: 10)", ge=0)
     momentum: float = setting(0.9, "SGD momentum (reference: 0.9)", ge=0, lt=1)
     weight_decay: float = setting(1e-5, "SGD weight decay (reference: 1e-5)", ge=0)
@@ -108,8 +109,9 @@ class RunConfig(BaseModel):
     flip: bool | None = setting(None, "random horizontal flips in training (default: the dataset's; off for "
                                       "digits and characters)")
     augment: Literal["crop", "affine", "elastic"] | None = setting(
-        None, "training augmentation: crop (random resized crops, the reference), affine (+ small rotations, "
-        "shifts, zoom, shear), elastic (+ elastic warps) (default: the dataset's, else elastic up to 64 px and crop above)")
+        None, "training augmentation, crop, affine or elastic (crop: random resized crops, the reference; affine: "
+        "+ small rotations, shifts, zoom, shear; elastic: + elastic warps; default: the dataset's, else elastic "
+        "up to 64 px and crop above)")
     jitter: float | None = setting(
         None, "photometric jitter: brightness and contrast by up to this fraction (colour images: saturation too, "
         "hue by a quarter of it) with p 0.8, and Gaussian blur with p 0.5 (SwAV's colour distortion is 0.8) "
