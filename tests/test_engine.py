@@ -237,14 +237,15 @@ def test_swav_views_take_twice_the_datasets_jitter_unless_jitter_is_given(tiny_c
     assert setup(textures, load_images=False).config.jitter == 0.0
 
 
-def test_swav_fits_its_prototypes_to_the_batch_unless_k_is_given(tiny_config, caplog):
-    """A default SwAV run has no more prototypes than a batch has codes for (no warning about its own
-    defaults); --k or the queue decide when given."""
-    swav = tiny_config.model_copy(update={"clusterer": "swav", "k": None, "batch_size": 16})
-    assert setup(swav).config.k == 16
-    assert setup(swav.model_copy(update={"k": 20})).config.k == 20
-    queued = swav.model_copy(update={"options": {**swav.options, "swav": {"queue_length": 64}}})
-    assert setup(queued).config.k == 100  # the digits default: the queue makes the codes fit
+def test_swav_keeps_the_datasets_k_above_the_batch_without_a_warning(tiny_config, caplog):
+    """Codes over a batch smaller than k trained better than k or the batch made to fit, or a queue
+    (docs/decisions.md D43, D51): a default SwAV run keeps k and warns about none of its defaults."""
+    swav = tiny_config.model_copy(update={"clusterer": "swav", "k": None, "batch_size": 16, "epochs": 1,
+                                          "options": {"digits": {"limit": 64}}})
+    with caplog.at_level("WARNING"):
+        engine = Engine(setup(swav))
+        engine.run()
+    assert engine.s.config.k == 100 and not caplog.records, [r.message for r in caplog.records]
 
 
 def test_online_clusterers_hold_a_folders_time_budget(tiny_config):

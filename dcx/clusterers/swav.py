@@ -72,8 +72,7 @@ class SwAV(OnlineClusterer):
     name = "swav"
     dcx_api = "3.0"
     options = (
-        Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data; by "
-               "default at most the batch when the queue is off)", min=2),
+        Option("k", int, 3000, "number of prototypes (SwAV ImageNet: 3000; ~10x the classes on small data)", min=2),
         # eps 0.02, not SwAV's 0.05: at a small K and batch a fresh head's scores spread little, so
         # eps 0.05 gives near-uniform codes, the loss stays at ln K and the features collapse
         # (docs/decisions.md D43).
@@ -97,7 +96,6 @@ class SwAV(OnlineClusterer):
         self._queue: torch.Tensor | None = None  # (n_large, length, proj_dim), newest first
         self._queue_filled = 0
         self._queue_used = False
-        self._hinted_queue = False
         self._reset_stats()
 
     # ------------------------------------------------------------------ engine hooks
@@ -107,12 +105,11 @@ class SwAV(OnlineClusterer):
 
     def run_defaults(self, defaults: RunDefaults) -> RunDefaults:
         """The online defaults, then SwAV's own (docs/decisions.md D34, D37): twice the k-means-equal passes
-        where no time budget binds, views at twice the dataset's jitter (SwAV's colour distortion is
-        0.8 where digits declare 0.4), and no more prototypes than a batch has codes for."""
+        where no time budget binds, and views at twice the dataset's jitter (SwAV's colour distortion is
+        0.8 where digits declare 0.4). k stays the dataset's even above the batch (D51)."""
         d = super().run_defaults(defaults)
         passes = d.passes * 2 if d.budget is None else d.passes
-        k = d.k if self.params["queue_length"] else min(d.k, d.batch_size)
-        return dataclasses.replace(d, passes=passes, jitter=min(1.0, 2 * d.jitter), k=k)
+        return dataclasses.replace(d, passes=passes, jitter=min(1.0, 2 * d.jitter))
 
     def build_head(self, spec: TrainSpec) -> nn.Module:
         """The projection MLP + unit-norm prototypes; its parameters join the backbone's optimiser."""
@@ -228,13 +225,6 @@ class SwAV(OnlineClusterer):
         embeddings prepended once it is full."""
         p = self.params
         reduce_sum, reduce_max = _distributed_hooks(step)
-        if not self._hinted_queue and p["queue_length"] == 0 and bs * step.world_size < p["k"]:
-            # Only where --k was given above the batch (run_defaults keeps the default within it): SwAV
-            # needs batch (+ queue) >= k for codes that can use every prototype.
-            log.warning("swav: batch %d < k=%d prototypes: each batch's codes cannot use every prototype; "
-                        "lower --k to the batch size or set swav.queue_length (SwAV: 3840)",
-                        bs * step.world_size, p["k"])
-            self._hinted_queue = True
         codes = []
         with torch.no_grad():
             for s in range(p["n_large"]):
