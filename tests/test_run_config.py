@@ -68,9 +68,11 @@ def test_enumerated_settings_list_their_choices_in_help():
     assert "cosine|constant" in text
 
 
-def test_there_is_one_training_step_in_the_engine():
-    source = (Path(__file__).parents[1] / "dcx" / "core" / "engine.py").read_text()
+def test_there_is_one_training_step_in_the_engine_and_no_branch_on_the_clusterer_kind():
+    source = (Path(__file__).parents[1] / "dcx" / "training" / "engine.py").read_text()
     assert source.count("backward()") == 1
+    assert "OnlineClusterer" not in source and ".offline" not in source and "self.online" not in source
+    assert len(source.splitlines()) < 300
 
 
 def test_config_round_trips_through_toml(tmp_path):
