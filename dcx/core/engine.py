@@ -129,6 +129,7 @@ class Engine:
         #: The last epoch's end-of-epoch features: the network has not changed until the next epoch
         #: trains, so an online clusterer's ``EpochContext.features()`` reuses them (no second pass).
         self._features_now: np.ndarray | None = None
+        self._callbacks = list(self.callbacks)  # run() adds the run-dir writer
         self._t_start = time.perf_counter()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -221,6 +222,7 @@ class Engine:
                                 if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
                 callbacks.append(RunDirWriter(run_dir, cfg.save_every_epoch))
         rows = list(self.history)
+        self._callbacks = callbacks
         self._t_start = time.perf_counter()
         try:
             for cb in callbacks:
@@ -296,6 +298,7 @@ class Engine:
                                            drop_last=n_total > self.cfg.batch_size),
         )
         optimizers = [self.optimizer, *objective.optimizers]
+        step_callbacks = [cb for cb in self._callbacks if cb.wants_steps]
         self.net.train()
         objective.head.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
@@ -327,6 +330,8 @@ class Engine:
                 self.scheduler.step()
                 total += loss.detach().double()
                 steps += 1
+                for cb in step_callbacks:
+                    cb.on_train_step(self, step, float(loss.detach()))
                 advance(1)
         if world.distributed:
             self._sync_buffers(objective.head)
@@ -481,7 +486,7 @@ class Engine:
         world = self.world
         t = time.perf_counter()
         x = feats
-        whitened = None
+        whitened = pca = None
         if self.s.clusterer.wants_preprocessing:
             pca = PCAWhitening(dim=self.cfg.pca_dim, whiten=self.cfg.whiten)
             if world.distributed:
@@ -507,6 +512,8 @@ class Engine:
         if world.distributed and not clusterer.distributed:
             part = world.broadcast_object(part)
         timings["time_cluster"] = time.perf_counter() - t
+        for cb in self._callbacks:  # e.g. the clustering.npz writer (dcx assign)
+            cb.on_clustering(self, epoch, part, x, pca)
         return part, timings, whitened
 
     @torch.no_grad()

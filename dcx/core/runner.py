@@ -26,6 +26,7 @@ from dcx.core.progress import Progress
 from dcx.core.registry import Registry
 from dcx.core.rundir import CHECKPOINT, CONFIG, RunDir, RunLock
 from dcx.core.setup import Setup, setup
+from dcx.results.clustering import ClusteringWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
     if s.world.is_main:
         run_dir.check_new()
     s.config.out = str(run_dir.path)
-    return Run(s, run_dir, Engine(s, progress, _with_probe(s, callbacks)))
+    return Run(s, run_dir, Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir)))))
 
 
 def _with_probe(s: Setup, callbacks: tuple[Callback, ...]) -> tuple[Callback, ...]:
@@ -127,7 +128,7 @@ def resume_run(path: Path, given: dict[str, Any] | None = None, options: dict[st
     cfg = resume_config(stored, given or {}, options or {})
     s = setup(cfg, registry)
     s.config.out = stored.out or str(run_dir.path)
-    engine = Engine(s, progress, _with_probe(s, callbacks))
+    engine = Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir))))
     state = run_dir.load_checkpoint()
     resumed_at = None
     if state is not None:
