@@ -189,12 +189,13 @@ def _page(title: str, views: list[ClusterView], thumbs: dict[int, str], result: 
     parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}section{margin-bottom:1.2em}"
              "img{image-rendering:pixelated;margin:1px;border:1px solid #ddd}.edge img{border-color:#e99}"
-             "h2{font-size:1.05em;margin:.3em 0}.meta{color:#555}</style></head><body>",
+             "h2{font-size:1.05em;margin:.3em 0}.meta{color:#555}.map{float:right;max-width:440px;margin-left:1em}"
+             "</style></head><body>",
              f"<h1>{esc(title)}</h1>",
              f"<p class='meta'>{len(result.labels)} images; the {len(views)} largest clusters, each with the images "
              "nearest its centroid, then (red border) a few at its edge. "
              "<a href='contact_sheet.png'>PNG contact sheet</a></p>",
-             "<img src='map.png' alt='t-SNE map of the images coloured by cluster' style='max-width:600px'>"]
+             "<img class='map' src='map.png' alt='t-SNE map of the images coloured by cluster'>"]
     for v in views:
         label = f" &middot; majority <b>{esc(v.majority)}</b> ({v.purity:.0%})" if v.majority is not None else ""
         parts.append(f"<section class='cluster' id='c{v.cluster}'><h2>cluster {v.cluster} &middot; {v.size} images{label}</h2>")
