@@ -228,3 +228,21 @@ def test_bad_inputs_are_one_line_and_leave_nothing(alexnet_run, tmp_path):
     assert taken.read_text() == "keep me"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert not leftovers
+
+
+def test_vgg16_at_full_width_maps_onto_torchvision_vgg16_bn():
+    """The VGG recipe the docs give (vgg16_bn, classifier[:4]) loads strict=True and computes dcx's features."""
+    import torch
+
+    from dcx.backbones.vgg import VGG16
+    from dcx.core.network import build_network
+    from dcx.results.export import build_torchvision, torchvision_state
+
+    torch.manual_seed(0)
+    net = build_network(VGG16(dropout=0.0), 3, 64, 1.0, sobel=False).eval()
+    state, recipe = torchvision_state(net, "vgg16", 64)
+    tv = build_torchvision(recipe)
+    tv.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (tv.eval()(x) - net(x)).abs().max() <= 1e-4
