@@ -182,6 +182,9 @@ def test_online_clusterer_assigns_through_its_prototypes(folder, tmp_path):
     assert np.mean(got.labels == np.load(run / "assignments.npy")[got.index]) >= 0.99
     table = list(csv.DictReader(open(run / "assignments.csv")))
     assert [int(r["cluster"]) for r in table] == np.load(run / "assignments.npy").tolist()
+    assert all(r["distance"] == "" for r in table)  # an online clusterer's assign gives labels only
+    page = dcx.load(run, device="cpu").gallery(clusters=2, per_cluster=3)  # ranked by distance to the cluster mean
+    assert len(page.clusters) == 2 and all(len(v.nearest) == 3 for v in page.clusters)
 
 
 def test_gallery_links_only_existing_files_and_shows_the_clusters_asked(alexnet_run, tmp_path):

@@ -26,7 +26,7 @@ FEATURES_NPY = "features.npy"
 FILES_CSV = "files.csv"
 EMBED_JSON = "embed.json"
 #: Bytes copied at a time when the streamed rows become features.npy.
-COPY_CHUNK = 64 * 1024**2
+COPY_CHUNK = 8 * 1024**2
 
 
 @dataclass
