@@ -10,13 +10,14 @@ from PIL import Image
 from dcx.core.config import RunConfig
 
 
-def digit_folder(root: Path, n: int = 300, start: int = 0) -> Path:
-    """sklearn's digits ``start..start+n`` as 8x8 PNGs in class sub-folders (a labelled image folder)."""
+def digit_folder(root: Path, n: int = 300, start: int = 0, indices=None) -> Path:
+    """sklearn's digits ``start..start+n`` (or ``indices``) as 8x8 PNGs in class sub-folders (a
+    labelled image folder)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     pixels = np.clip(bunch.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    for i in range(start, start + n):
+    for i in (range(start, start + n) if indices is None else indices):
         path = Path(root) / str(bunch.target[i]) / f"{i:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels[i], mode="L").save(path)
