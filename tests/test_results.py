@@ -249,3 +249,14 @@ def test_vgg16_at_full_width_maps_onto_torchvision_vgg16_bn():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (tv.eval()(x) - net(x)).abs().max() <= 1e-4
+
+
+def test_cli_commands_are_thin_wrappers_over_the_api():
+    """No model loading or extraction in dcx/cli/: the commands call dcx.api (issue 36)."""
+    cli = Path(dcx.__file__).parent / "cli"
+    forbidden = re.compile(r"load_state_dict|torch\.load|load_network|load_run|stream_rows|extract\(|import torch")
+    hits = [f"{p.name}: {line.strip()}" for p in cli.glob("*.py") for line in p.read_text().splitlines()
+            if forbidden.search(line)]
+    assert hits == []
+    for name in ("export", "embed", "assign", "gallery"):
+        assert "from dcx.api import load" in (cli / f"{name}.py").read_text()
