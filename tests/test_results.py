@@ -38,9 +38,9 @@ def alexnet_run(folder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory) -> Path:
-    """A full-width ResNet-18 (torchvision's widths) on 48 digits, one short epoch."""
+    """A full-width ResNet-18 (torchvision's widths) on 32 digits, one short epoch."""
     cfg = dict(clusterer="kmeans", backbone="resnet18", dataset="digits", k=4, epochs=1, passes=1, batch_size=16,
-               image_size=32, width=1.0, seed=0, probe=False, options={"digits": {"limit": 48}})
+               image_size=32, width=1.0, seed=0, probe=False, options={"digits": {"limit": 32}})
     return train(RunConfig(**cfg), tmp_path_factory.mktemp("runs") / "r18")
 
 

@@ -184,7 +184,8 @@ def build_torchvision(recipe: dict) -> nn.Module:
 
 def _check_loads(state: dict[str, torch.Tensor], recipe: dict, name: str) -> None:
     """Load into the torchvision model; InputError naming the first differences otherwise."""
-    ref = build_torchvision(recipe).state_dict()
+    with torch.device("meta"):  # shapes only: nothing allocated or initialised
+        ref = build_torchvision(recipe).state_dict()
     missing = sorted(set(ref) - set(state))
     extra = sorted(set(state) - set(ref))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(ref[k].shape)}" for k in ref
