@@ -141,6 +141,12 @@ def test_embed_rows_match_eval_extraction(alexnet_run, folder, tmp_path):
     half = tmp_path / "half"
     assert runner.invoke(app, ["embed", str(alexnet_run), "--out", str(half), "--half", "-q"]).exit_code == 0
     assert np.load(half / "features.npy").dtype == np.float16
+    plugin = tmp_path / "plugin"  # a dataset plugin instead of a folder: rows by index, labels by class
+    result = runner.invoke(app, ["embed", str(alexnet_run), "--dataset", "digits", "--opt", "digits.limit=40",
+                                 "--out", str(plugin), "-q"])
+    assert result.exit_code == 0, result.output
+    assert np.load(plugin / "features.npy").shape == (40, 64)
+    assert (plugin / "files.csv").read_text().splitlines()[:2] == ["row,index,label", "0,0,0"]
     # dcx cluster works on what embed wrote
     clustered = runner.invoke(app, ["cluster", str(out / "features.npy"), "--k", "5", "--out", str(tmp_path / "c.npy")])
     assert clustered.exit_code == 0, clustered.output
