@@ -266,3 +266,11 @@ def test_cli_commands_are_thin_wrappers_over_the_api():
     assert hits == []
     for name in ("export", "embed", "assign", "gallery"):
         assert "from dcx.api import load" in (cli / f"{name}.py").read_text()
+
+
+def test_import_dcx_and_its_api_names_import_no_torch():
+    code = ("import sys, dcx; names = (dcx.train, dcx.load, dcx.evaluate, dcx.Run); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(sorted(n.__name__ for n in names))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['Run', 'evaluate', 'load', 'train']"
