@@ -1,24 +1,32 @@
-"""Clustering diagnostics: NMI, ARI, Hungarian accuracy, cluster-size statistics."""
+"""Clustering diagnostics: NMI, ARI, Hungarian accuracy, cluster-size statistics.
+
+scikit-learn and scipy are imported when a score is computed: ``dcx embed``/``assign``/``export``
+load the evaluation package and need neither (~65 MB of peak RSS, docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as skm
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
     """Normalised mutual information (arithmetic mean normalisation, as in the paper)."""
+    from sklearn import metrics as skm
+
     return float(skm.normalized_mutual_info_score(a, b))
 
 
 def ari(a: np.ndarray, b: np.ndarray) -> float:
     """Adjusted Rand index."""
+    from sklearn import metrics as skm
+
     return float(skm.adjusted_rand_score(a, b))
 
 
 def hungarian_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     """Accuracy under the best one-to-one matching of predicted clusters to classes."""
+    from scipy.optimize import linear_sum_assignment
+
     truth = np.asarray(truth)
     pred = np.asarray(pred)
     _, t = np.unique(truth, return_inverse=True)

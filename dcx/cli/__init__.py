@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from dcx.cli.assign import assign
 from dcx.cli.cluster import cluster
 from dcx.cli.compare import compare
+from dcx.cli.embed import embed
 from dcx.cli.evaluate import evaluate
+from dcx.cli.export import export
+from dcx.cli.gallery import gallery
 from dcx.cli.listing import list_plugins, show
 from dcx.cli.plugin import plugin_app
 from dcx.cli.report import report
@@ -47,6 +51,10 @@ app.command("cluster")(cluster)
 app.command("eval")(evaluate)
 app.command("report")(report)
 app.command("compare")(compare)
+app.command("export")(export)
+app.command("embed")(embed)
+app.command("assign")(assign)
+app.command("gallery")(gallery)
 app.add_typer(plugin_app, name="plugin")
 
 

@@ -74,6 +74,8 @@ def run(
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N processes on this machine (torchrun "
                               "--standalone --nproc_per_node N -m dcx run ...; --batch-size stays the global batch)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write report.md and report.png at the end"),
+    logger: list[str] = typer.Option([], "--logger", help="log every epoch row and step loss: tensorboard | csv | an "
+                                     "installed dcx.loggers plugin (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
     run_flags: dict = None,
@@ -89,7 +91,7 @@ def run(
     setup_logging(quiet, world.rank)
     distributed.init(world)
     try:
-        _run(world, run_dir, out, resume, report, quiet, as_json, run_flags)
+        _run(world, run_dir, out, resume, report, quiet, as_json, run_flags, logger)
     finally:
         distributed.shutdown()
 
@@ -116,9 +118,10 @@ def launch(nproc: int) -> int:
     return 0
 
 
-def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None:
-    from dcx.training.rundir import default_run_dir
+def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags, loggers=()) -> None:
+    from dcx.results.loggers import create_loggers
     from dcx.runs.runner import execute, new_run, resume_run
+    from dcx.training.rundir import default_run_dir
 
     with RichProgress(enabled=not quiet and world.is_main) as bars:
         if resume:
@@ -128,7 +131,8 @@ def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None
             if path is None:
                 raise InputError("--resume needs the run directory: dcx run --resume RUN_DIR")
             settings, options = _resume_flags(run_flags)
-            prepared = resume_run(path, settings, options, progress=bars)
+            prepared = resume_run(path, settings, options, progress=bars,
+                                  callbacks=tuple(create_loggers(loggers, Path(path))))
             if prepared.resumed_at is not None:
                 log.info("resuming %s at epoch %d", path, prepared.resumed_at)
             else:
@@ -140,7 +144,7 @@ def _run(world, run_dir, out, resume, report, quiet, as_json, run_flags) -> None
             bare = lambda name: name.rpartition(":")[2]  # dcx:kmeans -> kmeans: no ':' in folder names
             path = out or default_run_dir(Path("runs"), bare(cfg.clusterer), bare(cfg.backbone))
             path = world.broadcast_object(path)  # every rank uses rank 0's default folder name
-            prepared = new_run(cfg, path, progress=bars)
+            prepared = new_run(cfg, path, progress=bars, callbacks=tuple(create_loggers(loggers, Path(path))))
         log.info("run directory: %s", path)
         summary = execute(prepared)
     if not world.is_main:

@@ -19,7 +19,7 @@ from dcx.evaluation.protocols import (
 )
 from dcx.evaluation.runs import (
     EVAL_JSON, LoadedRun, best_layer, check_protocols, evaluate_features, evaluate_network, evaluate_random,
-    evaluate_run, headline, load_run, merge_previous, settings,
+    evaluate_run, headline, load_network, load_run, merge_previous, read_config, settings, TrainedNetwork,
 )
 from dcx.evaluation.tables import EvalTable, eval_tables, fmt
 from dcx.training.layers import FEATURES, MAX_DIMS, layer_names, layer_shapes, pooled_side, pooling_plan
@@ -27,8 +27,8 @@ from dcx.training.layers import FEATURES, MAX_DIMS, layer_names, layer_shapes, p
 __all__ = [
     "CLUSTER_PREPROCESSING", "CLUSTER_RUNS", "EVAL_JSON", "FEATURES", "KNN_K", "KNN_T", "LABELLED", "LINEAR_ITERS",
     "LINEAR_WD", "MAX_DIMS", "MEMORY_BUDGET", "PROTOCOLS", "SPLIT_SEED", "TEST_FRACTION", "EvalData", "EvalTable",
-    "LoadedRun", "best_layer", "check_protocols", "cluster_protocol", "eval_tables", "evaluate_features",
+    "LoadedRun", "TrainedNetwork", "best_layer", "check_protocols", "cluster_protocol", "eval_tables", "evaluate_features",
     "evaluate_network", "evaluate_random", "evaluate_run", "extract_layers", "fmt", "headline", "knn_classify",
-    "layer_groups", "layer_names", "layer_shapes", "linear_probe", "load_eval_data", "load_run", "merge_previous",
-    "pca_whiten_l2", "pooled_side", "pooling_plan", "preprocess_for_clustering", "settings", "stratified_split",
+    "layer_groups", "layer_names", "layer_shapes", "linear_probe", "load_eval_data", "load_network", "load_run", "merge_previous",
+    "pca_whiten_l2", "pooled_side", "pooling_plan", "preprocess_for_clustering", "read_config", "settings", "stratified_split",
 ]

@@ -157,6 +157,51 @@ class LoadedRun:
     epoch: int
 
 
+@dataclass
+class TrainedNetwork:
+    """A run's trained network rebuilt from config.toml + checkpoint.pt, without its data."""
+
+    setup: Setup
+    learned: FeatureNet
+    channels: int
+    state: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state.get("epoch", 0))
+
+
+def read_config(run_dir: Path, device: str | None = None) -> RunConfig:
+    """A run directory's config.toml (``device`` overriding the run's), or a RunDirError."""
+    run = RunDir(Path(run_dir))
+    if not (run.path / CONFIG).is_file():
+        raise RunDirError(f"{run.path} has no {CONFIG}: pass a run directory written by dcx run")
+    cfg = RunConfig.load_run(run.path / CONFIG)
+    return cfg.merged({"device": device}) if device is not None else cfg
+
+
+def _trained(run: RunDir, s: Setup, channels: int | None) -> TrainedNetwork:
+    """Load checkpoint.pt into the network ``s`` builds (for ``channels``, default: the checkpoint's)."""
+    state = run.load_checkpoint()
+    if state is None:
+        raise RunDirError(f"{run.path} has no checkpoint.pt: the run has not finished an epoch yet")
+    channels = channels or _checkpoint_channels(state["model"]) or 3
+    learned = copy.deepcopy(_random_network(s, channels))
+    try:
+        learned.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RunDirError(f"{run.path / 'checkpoint.pt'} does not match its config.toml ({str(exc).splitlines()[0]})") from None
+    return TrainedNetwork(s, learned.eval(), channels, state, run.path)
+
+
+def load_network(run_dir: Path, device: str | None = None, registry: Registry | None = None) -> TrainedNetwork:
+    """A run's trained network (eval mode) and its resolved setup, without loading its images."""
+    run = RunDir(Path(run_dir))
+    s = setup(read_config(run.path, device), registry or Registry(), load_images=False)
+    return _trained(run, s, None)
+
+
 def load_run(
     run_dir: Path, dataset: str | None = None, data_root: str | None = None, dataset_options: dict | None = None,
     device: str | None = None, registry: Registry | None = None,
@@ -164,29 +209,17 @@ def load_run(
     """Rebuild a run's network from config.toml + checkpoint.pt, its random init from the same seed
     (setup() is deterministic in it), and the labelled data to evaluate on (the run's or ``dataset``)."""
     run = RunDir(Path(run_dir))
-    if not (run.path / CONFIG).is_file():
-        raise RunDirError(f"{run.path} has no {CONFIG}: pass a run directory written by dcx run")
-    cfg = RunConfig.load_run(run.path / CONFIG)
-    if device is not None:
-        cfg = cfg.merged({"device": device})
+    cfg = read_config(run.path, device)
     registry = registry or Registry()
     own = dataset is None or (dataset == cfg.dataset and not dataset_options and data_root is None)
     s = setup(cfg, registry, load_images=own)
     if own:  # fail on an unlabelled dataset before reading the checkpoint
         data = load_eval_data(s.dataset, cfg.dataset, cfg.data_root, cfg.download, s.images.channels, s.images)
-    state = run.load_checkpoint()
-    if state is None:
-        raise RunDirError(f"{run.path} has no checkpoint.pt: the run has not finished an epoch yet")
-    channels = s.images.channels if own else (_checkpoint_channels(state["model"]) or 3)
+    trained = _trained(run, s, s.images.channels if own else None)
     if not own:
-        data = _other_dataset(s, dataset, data_root, dataset_options, registry, channels)
-    random_net = _random_network(s, channels)
-    learned = copy.deepcopy(random_net)
-    try:
-        learned.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise RunDirError(f"{run.path / 'checkpoint.pt'} does not match its config.toml ({str(exc).splitlines()[0]})") from None
-    return LoadedRun(s, learned, random_net, data, int(state.get("epoch", 0)))
+        data = _other_dataset(s, dataset, data_root, dataset_options, registry, trained.channels)
+    learned = trained.learned.train()  # as it was before: callers choose the mode
+    return LoadedRun(s, learned, _random_network(s, trained.channels), data, trained.epoch)
 
 
 def evaluate_run(

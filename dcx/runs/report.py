@@ -207,6 +207,11 @@ def _markdown(path: Path, rows: list[dict], summary: dict, evaluation: dict | No
         out += ["", "## Clusters of the last epoch", "",
                 f"{len(sizes)} non-empty clusters; sizes min {int(sizes.min())}, median {float(np.median(sizes)):g}, "
                 f"max {int(sizes.max())} (`assignments.npy`)."]
+    if (Path(path) / "gallery" / "index.html").is_file():
+        out += ["", "See the clusters: [gallery/index.html](gallery/index.html) (contact sheet: "
+                "[gallery/contact_sheet.png](gallery/contact_sheet.png))."]
+    else:
+        out += ["", f"See the clusters: `dcx gallery {path}` writes gallery/index.html and a PNG contact sheet."]
     out += ["", "## Evaluation", ""]
     if evaluation is None:
         out.append(f"No `{EVAL_JSON}` yet: run `dcx eval {path}` to score the features against the random-init network.")

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcx.training.callbacks import Callback
 from dcx.core.config import REMOVED_AFTER, RunConfig, flag_of
 from dcx.core.contracts import API_VERSION
-from dcx.training.engine import Engine
 from dcx.core.errors import DcxError, DiskFull, InputError, RunDirError, Terminated
 from dcx.core.progress import Progress
 from dcx.core.registry import Registry
+from dcx.results.clustering import ClusteringWriter
+from dcx.training.callbacks import Callback
+from dcx.training.engine import Engine
 from dcx.training.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunLock
 from dcx.training.setup import Setup, setup
 
@@ -67,7 +68,7 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
     if s.world.is_main:
         run_dir.check_new()
     s.config.out = str(run_dir.path)
-    return Run(s, run_dir, Engine(s, progress, _with_probe(s, callbacks)))
+    return Run(s, run_dir, Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir)))))
 
 
 def prepare(config: RunConfig, registry: Registry | None = None) -> Setup:
@@ -143,7 +144,7 @@ def resume_run(path: Path, given: dict[str, Any] | None = None, options: dict[st
     cfg = resume_config(stored, given or {}, options or {})
     s = setup(cfg, registry)
     s.config.out = stored.out or str(run_dir.path)
-    engine = Engine(s, progress, _with_probe(s, callbacks))
+    engine = Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir))))
     state = run_dir.load_checkpoint()
     rows = run_dir.metrics()
     done = {r.get("epoch") for r in rows if r.get("phase") == "train"}

@@ -15,10 +15,19 @@ log = logging.getLogger("dcx.training.engine")
 
 
 class Callback:
-    """Hooks of a run; every method is optional."""
+    """Hooks of a run; every method is optional. ``wants_steps``: call ``on_train_step`` (it costs
+    a host sync per step, so the engine reads the loss only when some callback wants it)."""
+
+    wants_steps = False
 
     def on_fit_start(self, engine: "Engine") -> None:
         """Before the first epoch of this process (after a checkpoint was restored)."""
+
+    def on_train_step(self, engine: "Engine", step: Any, loss: float) -> None:
+        """After a training step (``StepContext``) with its loss; only when ``wants_steps``."""
+
+    def on_clustering(self, engine: "Engine", epoch: int, part: Any, rows: Any, pca: Any) -> None:
+        """After an offline clustering: its Partition, the rows it clustered, the fitted PCA (or None)."""
 
     def on_epoch_end(self, engine: "Engine", row: dict[str, Any]) -> None:
         """After an epoch's metrics row is complete; ``engine.state()`` is the checkpoint of it."""

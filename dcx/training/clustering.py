@@ -22,15 +22,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def cluster(features: np.ndarray, clusterer: Clusterer, name: str, epoch: int, seed: int, pca_dim: int,
             previous_labels: np.ndarray | None, device: torch.device, world: World,
-            ) -> tuple[Partition, dict[str, Any], np.ndarray | None]:
-    """(partition, its timings, the whitened rows or None) of ``features`` for ``epoch``; ``name``
-    is the clusterer as the run names it (in contract errors)."""
+            ) -> tuple[Partition, dict[str, Any], np.ndarray, PCAWhitening | None]:
+    """(partition, its timings, the rows the clusterer saw, the fitted PCA or None) of ``features`` for
+    ``epoch``; ``name`` is the clusterer as the run names it (in contract errors)."""
     import torch
 
     n = len(features)
     timings: dict[str, Any] = {}
     t = time.perf_counter()
-    x, whitened = features, None
+    x, pca = features, None
     gather_on = device if device.type == "cuda" else torch.device("cpu")
     if clusterer.wants_preprocessing:
         pca = PCAWhitening(dim=pca_dim)
@@ -40,7 +40,6 @@ def cluster(features: np.ndarray, clusterer: Clusterer, name: str, epoch: int, s
             x = world.all_gather_rows(pca.transform(features, rows=block), gather_on)
         else:
             x = pca.fit_transform(features)
-        whitened = x
     timings["time_preprocess"] = time.perf_counter() - t
     t = time.perf_counter()
     ctx = FitContext(epoch=epoch, seed=derive_seed(seed, epoch), device=device, previous_labels=previous_labels,
@@ -56,4 +55,4 @@ def cluster(features: np.ndarray, clusterer: Clusterer, name: str, epoch: int, s
     if world.distributed and not clusterer.distributed:
         part = world.broadcast_object(part)
     timings["time_cluster"] = time.perf_counter() - t
-    return part, timings, whitened
+    return part, timings, x, pca

@@ -72,6 +72,8 @@ class Engine:
         self.spec = TrainSpec(model.feature_dim, self.n, self.device, preactivation=model.net.relu_head,
                               rank=self.world.rank, world_size=self.world.size)
         self.epochs = epochs_for(s, self.spec, self.extract)
+        self._callbacks = list(self.callbacks)  # run() adds the run-dir writer
+        self.epochs.on_clustering = lambda *args: [cb.on_clustering(self, *args) for cb in self._callbacks]
         self.train_set = D.IndexedImages(s.images, self.epochs.train_transform())
         params = list(model.parameters())
         if self.epochs.head is not None:
@@ -106,8 +108,6 @@ class Engine:
         ids = [self.device.index] if self.cuda else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    # ------------------------------------------------------------------ sizes
-
     def images_per_epoch(self) -> int:
         """Images drawn per epoch: ``passes`` backbone passes over the data; a step that sees every image
         in several views gets passes // views image passes (at least one): the same backbone budget."""
@@ -116,8 +116,6 @@ class Engine:
     def _steps_per_epoch(self) -> int:
         n_total, bs = self.images_per_epoch(), self.cfg.batch_size
         return n_total // bs if n_total > bs or self.world.distributed else 1
-
-    # ------------------------------------------------------------------ checkpointing
 
     def state(self, epoch: int) -> dict:
         return {
@@ -164,8 +162,6 @@ class Engine:
         self.start_epoch = int(state["epoch"])
         self.seconds_before = float(state.get("seconds", 0.0))
 
-    # ------------------------------------------------------------------ the loop
-
     def run(self, run_dir: RunDir | None = None) -> dict:
         """Train from ``start_epoch`` to ``epochs``, then measure the final features."""
         cfg = self.cfg
@@ -176,7 +172,7 @@ class Engine:
                 self.history = [r for r in run_dir.metrics()
                                 if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
                 callbacks.append(RunDirWriter(run_dir, cfg.save_every_epoch))
-        rows = list(self.history)
+        rows, self._callbacks = list(self.history), callbacks
         self._t_start = time.perf_counter()
         try:
             for cb in callbacks:
@@ -228,6 +224,7 @@ class Engine:
                                            drop_last=n_total > self.cfg.batch_size),
         )
         optimizers = [self.optimizer, *objective.optimizers]
+        step_callbacks = [cb for cb in self._callbacks if cb.wants_steps]  # a host sync per step each
         self.net.train()
         objective.head.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
@@ -259,6 +256,8 @@ class Engine:
                 self.scheduler.step()
                 total += loss.detach().double()
                 steps += 1
+                for cb in step_callbacks:
+                    cb.on_train_step(self, step, float(loss.detach()))
                 advance(1)
         if world.distributed:
             self._sync_buffers(objective.head)

@@ -39,6 +39,9 @@ class Epochs:
     head: nn.Module | None = None
     #: Optimiser steps per epoch (set by the engine once the batches are known).
     steps_per_epoch: int = 0
+    #: Called after each offline clustering with (epoch, partition, rows clustered, fitted PCA or None);
+    #: the engine hands it to its callbacks (e.g. the clustering.npz writer of ``dcx assign``).
+    on_clustering: Callable[..., None] = staticmethod(lambda *args: None)
 
     def __init__(self, s: Setup, spec: TrainSpec, extract: FeatureExtractor) -> None:
         self.s, self.cfg, self.spec, self.extract = s, s.config, spec, extract
@@ -116,9 +119,12 @@ class OfflineEpochs(Epochs):
         return row
 
     def _cluster(self, feats: np.ndarray, epoch: int) -> tuple[Partition, dict, np.ndarray | None]:
-        cfg = self.cfg
-        return cluster(feats, self.s.clusterer, cfg.clusterer, epoch, cfg.seed, cfg.pca_dim, self.labels,
-                       self.device, self.world)
+        """(partition, timings, the whitened rows or None: the diagnostics' probe whitens itself)."""
+        cfg, clusterer = self.cfg, self.s.clusterer
+        part, timings, rows, pca = cluster(feats, clusterer, cfg.clusterer, epoch, cfg.seed, cfg.pca_dim,
+                                           self.labels, self.device, self.world)
+        self.on_clustering(epoch, part, rows, pca)
+        return part, timings, rows if pca is not None else None
 
     def _objective(self, part: Partition) -> PartitionObjective:
         head = self.s.clusterer.build_head(part, self.spec)
