@@ -241,7 +241,7 @@ def test_swav_keeps_the_datasets_k_above_the_batch_without_a_warning(tiny_config
     """Codes over a batch smaller than k trained better than k or the batch made to fit, or a queue
     (docs/decisions.md D43, D51): a default SwAV run keeps k and warns about none of its defaults."""
     swav = tiny_config.model_copy(update={"clusterer": "swav", "k": None, "batch_size": 16, "epochs": 1,
-                                          "options": {"digits": {"limit": 64}}})
+                                          "options": {"digits": {"limit": 128}}})
     with caplog.at_level("WARNING"):
         engine = Engine(setup(swav))
         engine.run()

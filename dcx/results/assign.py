@@ -79,7 +79,7 @@ def _online_head(trained: TrainedNetwork) -> torch.nn.Module:
         raise RunDirError(f"{trained.run_dir / 'checkpoint.pt'} holds no clusterer head: the run cannot assign images")
     s, model = trained.setup, trained.learned
     n = _training_images(trained.run_dir)
-    spec = TrainSpec(model.feature_dim, n, s.device, preactivation=model.net.relu_head, epochs=s.config.epochs)
+    spec = TrainSpec(model.feature_dim, n, s.device, preactivation=model.net.relu_head)
     head = s.clusterer.build_head(spec).to(s.device)
     head.load_state_dict(state)
     return head.eval()

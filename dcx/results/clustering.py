@@ -133,7 +133,7 @@ class ClusteringWriter(Callback):
                       pca: "PCAWhitening | None") -> None:
         if not engine.world.is_main:
             return
-        self.last = Clustering.of(part, rows, pca, epoch, engine.cfg.cluster_layer)
+        self.last = Clustering.of(part, rows, pca, epoch, "features")  # offline clusterers cluster the output
         self.last.save(self.run_dir.path / CLUSTERING)
         labels = part.labels if part.more_labels is None else np.column_stack([part.labels, part.more_labels])
         self.labels = labels

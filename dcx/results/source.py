@@ -13,7 +13,7 @@ from dcx import data as D
 from dcx.core.contracts import ImageSet
 from dcx.core.errors import InputError
 from dcx.evaluation.runs import TrainedNetwork
-from dcx.algorithms.pca import extract
+from dcx.training.extraction import extract
 from dcx.training.layers import FEATURES, pooled_layer
 from dcx.core.progress import NullProgress, Progress
 from dcx.core.registry import Registry

@@ -1,6 +1,6 @@
 """Which layer of a network, and how its output becomes one row per image: the blocks named by
 the backbone plus ``features`` (the network's output), average-pooled to at most MAX_DIMS. The
-probe, ``dcx eval`` and the engine's ``cluster_layer`` read layers the same way."""
+probe, ``dcx eval`` and ``dcx embed`` read layers the same way."""
 
 from __future__ import annotations
 
