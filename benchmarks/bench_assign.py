@@ -8,7 +8,10 @@ within 0.02), for 3 seeds. NMI grows as the sample shrinks (chance agreement), s
 NMI is also given on random 597-image subsets (mean of 20). Also: how many of the training images
 `assign` puts back in their run cluster.
 
-    nice python benchmarks/bench_assign.py
+    nice python benchmarks/bench_assign.py [--defaults]
+
+``--defaults``: the run at the folder's own defaults (what a user gets: k, rounds and passes from
+the number of images) instead of the fixed k = 10 run.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import dcx  # noqa: E402
 from dcx.algorithms.metrics import nmi  # noqa: E402
 
 SEEDS = (0, 1, 2)
-CONFIG = dict(clusterer="kmeans", backbone="alexnet", dataset="imagefolder", k=10, epochs=5, passes=2,
-              image_size=32, width=0.25, probe=False)
+DEFAULTS = "--defaults" in sys.argv
+CONFIG = dict(clusterer="kmeans", backbone="alexnet", dataset="imagefolder", probe=False) if DEFAULTS else \
+    dict(clusterer="kmeans", backbone="alexnet", dataset="imagefolder", k=10, epochs=5, passes=2, image_size=32,
+         width=0.25, probe=False)
 
 
 def labels_of(result, folder: Path) -> np.ndarray:
@@ -55,7 +60,7 @@ def main() -> None:
             held = run.assign(held_dir)
             rng = np.random.default_rng(seed)
             subsets = [rng.choice(len(own.index), 597, replace=False) for _ in range(20)]
-            rows.append({"seed": seed, "nmi_train": nmi(truth_train, final[own.index]),
+            rows.append({"seed": seed, "k": run.config.k, "nmi_train": nmi(truth_train, final[own.index]),
                          "nmi_train_597": float(np.mean([nmi(truth_train[s], final[own.index][s]) for s in subsets])),
                          "nmi_held": nmi(labels_of(held, held_dir), held.labels),
                          "reproduced": float(np.mean(own.labels == final[own.index])),
@@ -67,12 +72,15 @@ def main() -> None:
               "mean_nmi_held": float(np.mean([r["nmi_held"] for r in rows])),
               "mean_nmi_train_597": float(np.mean([r["nmi_train_597"] for r in rows])),
               "mean_difference": float(np.mean(diffs)), "max_abs_difference": float(np.max(np.abs(diffs)))}
-    write_results("assign", result)
+    write_results("assign-defaults" if DEFAULTS else "assign", result)
     table = "\n".join(f"| {r['seed']} | {r['nmi_train']:.3f} | {r['nmi_train_597']:.3f} | {r['nmi_held']:.3f} | "
                       f"{r['nmi_held'] - r['nmi_train']:+.3f} | {r['reproduced']:.1%} |" for r in rows)
-    write_section("Assigning held-back images (dcx assign)", f"""
-`benchmarks/bench_assign.py` ({result['when']}, {result['machine']}): k-means (k = 10) + AlexNet
-(width 0.25, 32 px, 5 epochs x 2 passes) trained on a folder of 1,200 digits drawn at random;
+    what = ("k-means + AlexNet at the folder's own defaults (`bench_assign.py --defaults`)" if DEFAULTS else
+            "k-means (k = 10) + AlexNet (width 0.25, 32 px, 5 epochs x 2 passes)")
+    title = "Assigning held-back images at the folder's defaults" if DEFAULTS else "Assigning held-back images (dcx assign)"
+    write_section(title, f"""
+`benchmarks/bench_assign.py` ({result['when']}, {result['machine']}): {what} trained on a folder of
+1,200 digits drawn at random;
 `dcx assign` then puts the other 597 (a second folder) into the run's last clustering through its
 saved PCA-whitening + L2 and centroids. NMI to the labels (target: held-back within 0.02 of
 training; NMI rises as the sample shrinks, hence the column on 597-image subsets of the training images):
