@@ -97,7 +97,8 @@ def main() -> None:
     write_results("assign-characters" if CHARACTERS else "assign-defaults" if DEFAULTS else "assign", result)
     table = "\n".join(f"| {r['seed']} | {r['nmi_train']:.3f} | {r['nmi_train_597']:.3f} | {r['nmi_held']:.3f} | "
                       f"{r['nmi_held'] - r['nmi_train']:+.3f} | {r['reproduced']:.1%} |" for r in rows)
-    what = ("k-means + AlexNet at the folder's own defaults (`bench_assign.py --defaults`)" if DEFAULTS else
+    what = ("k-means + AlexNet at the folder's own defaults (`bench_assign.py --characters`)" if CHARACTERS else
+            "k-means + AlexNet at the folder's own defaults (`bench_assign.py --defaults`)" if DEFAULTS else
             "k-means (k = 10) + AlexNet (width 0.25, 32 px, 5 epochs x 2 passes)")
     title = ("Assigning held-back images: 20,000 characters" if CHARACTERS else
              "Assigning held-back images at the folder's defaults" if DEFAULTS else "Assigning held-back images (dcx assign)")
