@@ -10,6 +10,7 @@ after training, ``final`` measures the trained network.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dcx.training.setup import Setup
 
 
-class Epochs:
+class Epochs(ABC):
     """What the loop needs of an epoch kind; ``labels`` are the last epoch's pseudo-labels."""
 
     #: Health rules for offline labels (the loss against fixed targets) apply.
@@ -50,20 +51,20 @@ class Epochs:
         self.truth = s.images.labels
         self.labels: np.ndarray | None = None
 
+    @abstractmethod
     def train_transform(self) -> Callable:
         """The training transform of one image (one tensor, or a list of views)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def begin(self, epoch: int) -> tuple[Objective, dict[str, Any]]:
         """This epoch's objective and the start of its metrics row."""
-        raise NotImplementedError
 
     def finish(self, epoch: int, row: dict[str, Any]) -> None:
         """Complete ``row`` after the epoch trained (every rank: collectives allowed)."""
 
+    @abstractmethod
     def final(self, epoch: int) -> dict[str, Any]:
         """The trained network's row (no training): what the run produced."""
-        raise NotImplementedError
 
     def warnings(self, row: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
         return health_warnings(row, previous, offline=self.offline)

@@ -8,6 +8,7 @@ seam (``PartitionObjective``); online clusterers supply their own loss (``Online
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,21 +19,23 @@ from dcx.core.contracts import OnlineClusterer, StepContext, TrainingHead
 from dcx.data.sampling import UniformLabelSampler
 
 
-class Objective:
+class Objective(ABC):
     """Base: a head, the extra optimisers stepped with the backbone's, a sampler, the hooks."""
 
     head: nn.Module
     #: Optimisers of the objective's own parameters (the backbone optimiser is the engine's).
     optimizers: list[torch.optim.Optimizer]
 
+    @abstractmethod
     def sampler(self, n_total: int, seed: int) -> torch.utils.data.Sampler:
-        raise NotImplementedError
+        """The epoch's draw of ``n_total`` dataset indices."""
 
     def before_step(self, step: StepContext) -> None:
         pass
 
+    @abstractmethod
     def loss(self, views: Sequence[torch.Tensor], step: StepContext) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """Scalar loss of one batch from the backbone features of every view, and statistics."""
 
     def after_backward(self, step: StepContext) -> None:
         pass
