@@ -15,3 +15,8 @@ def assert_one_line_error(result, *words, code: int = 2, warnings_may_precede: b
     assert len(lines) == 1, text
     for w in words:
         assert w in lines[0], text
+
+
+#: `dcx run` flags of a run of a second or two: 100 digits, one epoch, a narrow AlexNet.
+TINY = ["--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1", "--passes", "1",
+        "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32", "--no-probe", "--quiet", "--no-report"]

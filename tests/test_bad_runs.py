@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from cli_checks import assert_one_line_error
+from cli_checks import TINY, assert_one_line_error
 from typer.testing import CliRunner
 
 from dcx.cli import app
@@ -27,8 +27,6 @@ from dcx.training.rundir import RunLock
 
 runner = CliRunner()
 one_line_error = partial(assert_one_line_error, warnings_may_precede=True)
-TINY = ["--dataset", "digits", "--opt", "digits.limit=100", "--k", "5", "--epochs", "1", "--passes", "1",
-        "--width", "0.125", "--opt", "alexnet.fc_dim=32", "--batch-size", "32", "--no-probe", "--quiet", "--no-report"]
 
 
 @pytest.fixture(scope="module")
