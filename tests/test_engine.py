@@ -178,12 +178,11 @@ def test_online_clusterers_take_their_views_from_their_crops(tiny_config):
     tiny_config.clusterer = "swav"
     engine = Engine(setup(tiny_config))
     assert engine.epochs.views == engine.s.clusterer.crops().views == 2
-    assert len(engine.train_set.transform.transforms) == 2
+    assert len(engine.batches.augment) == 2
 
 
-def _jitter_of(transform):
-    return [s.transforms[0] for s in getattr(transform, "transforms", []) if type(s).__name__ == "RandomApply"
-            and type(s.transforms[0]).__name__ == "ColorJitter"]
+def _jitter_of(engine):
+    return [v.jitter for v in engine.batches.augment.views if v.jitter > 0]
 
 
 def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(tiny_config):
@@ -193,13 +192,12 @@ def test_jitter_defaults_to_the_datasets_and_reaches_every_training_transform(ti
 
     s = setup(tiny_config)
     assert s.config.jitter == 0.4 and s.dataset.defaults.jitter == 0.4 and Textures.defaults.jitter == 0.0
-    (jitter,) = _jitter_of(Engine(s).train_set.transform)
-    assert jitter.brightness == pytest.approx((0.6, 1.4))
+    assert _jitter_of(Engine(s)) == [pytest.approx(0.4)]
     off = setup(tiny_config.model_copy(update={"jitter": 0.0}))
-    assert off.config.jitter == 0.0 and not _jitter_of(Engine(off).train_set.transform)
+    assert off.config.jitter == 0.0 and not _jitter_of(Engine(off))
     tiny_config.clusterer = "swav"  # online clusterers' multi-crop gets it too
-    crops = Engine(setup(tiny_config)).train_set.transform.transforms
-    assert all(_jitter_of(t) for t in crops)
+    engine = Engine(setup(tiny_config))
+    assert len(_jitter_of(engine)) == len(engine.batches.augment) > 0
 
 
 def test_sobel_defaults_to_the_datasets_then_the_backbones(tiny_config):
@@ -229,8 +227,7 @@ def test_swav_views_take_twice_the_datasets_jitter_unless_jitter_is_given(tiny_c
     swav = tiny_config.model_copy(update={"clusterer": "swav"})
     s = setup(swav)
     assert s.config.jitter == pytest.approx(0.8)
-    assert all(j.brightness == pytest.approx((0.2, 1.8))
-               for t in Engine(s).train_set.transform.transforms for j in _jitter_of(t))
+    assert _jitter_of(Engine(s)) == [pytest.approx(0.8)] * 2
     assert setup(swav.model_copy(update={"jitter": 0.3})).config.jitter == 0.3
     assert setup(tiny_config.model_copy(update={"clusterer": "dcv2"})).config.jitter == pytest.approx(0.4)
     textures = swav.model_copy(update={"dataset": "textures", "options": {"textures": {"limit": 40}}})

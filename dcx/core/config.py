@@ -131,6 +131,13 @@ class RunConfig(BaseModel):
     feature_memory_gb: float = setting(
         4.0, "RAM the extracted features may take; above it they stream to a memory-mapped file in the run "
         "directory", gt=0, cli="run")
+    image_memory_gb: float = setting(
+        2.0, "RAM the images may take decoded (uint8 at the training size): within it they are decoded once, "
+        "above it again every epoch by the loader workers", gt=0, cli="run")
+    compile: bool = setting(False, "torch.compile the backbone for the training step (the first epoch pays the "
+                                   "compilation; docs/benchmarks.md)", cli="run")
+    profile: bool = setting(False, "write a torch.profiler trace of the first epoch this process trains to "
+                                   "profile/ in the run directory", cli="run")
     probe: bool = setting(True, "k-means(#classes) NMI of the features each epoch, when labels exist")
     save_every_epoch: bool = setting(False, "keep each epoch's assignments", cli="run")
     out: str | None = setting(None, "run directory", cli="none")

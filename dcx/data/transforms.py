@@ -1,25 +1,37 @@
-"""Transforms of one image: deterministic for extraction, augmented (crops, affine and elastic warps,
-photometric jitter) or multi-crop for training."""
+"""What images go through: ``decode_transform`` turns one image into uint8 pixels at the training
+size (the geometry of extraction, paper §4); ``Augment`` turns a uint8 batch into a training step's
+views (crops, affine and elastic warps, flips, photometric jitter), the whole batch at once on its
+device (``geometry``, ``photometric``), with torchvision's per-image parameter distributions."""
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torchvision import transforms as T
 
 from dcx.core.contracts import CropSpec
+from dcx.data.geometry import Geometry, warp
+from dcx.data.photometric import colour_jitter, gaussian_blur
 
 MEAN, STD = 0.5, 0.5  # images are scaled to [-1, 1]; Sobel and BN make the exact choice immaterial
 
 
-def _tail(channels: int) -> list:
-    return [T.ToTensor(), T.Normalize([MEAN] * channels, [STD] * channels)]
+def decode_transform(image_size: int) -> Callable:
+    """Resize + centre crop to uint8 (C, S, S): what is decoded once and both trained on and extracted."""
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.PILToTensor()])
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1] (the same operations as ToTensor + Normalize)."""
+    return pixels.to(torch.float32).div(255).sub(MEAN).div(STD)
 
 
 def eval_transform(image_size: int, channels: int) -> Callable:
-    """Resize + centre crop: the deterministic transform of feature extraction (paper §4)."""
-    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), *_tail(channels)])
+    """Resize + centre crop + normalise one PIL image: the deterministic transform of extraction."""
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(),
+                      T.Normalize([MEAN] * channels, [STD] * channels)])
 
 
 AUGMENTS = ("crop", "affine", "elastic")
@@ -30,43 +42,58 @@ AUGMENTS = ("crop", "affine", "elastic")
 MIN_CROP_SCALE = {True: 0.08, False: 0.5}
 
 
-def train_transform(image_size: int, channels: int, flip: bool, min_scale: float, augment: str = "crop",
-                    max_scale: float = 1.0, jitter: float = 0.0) -> Callable:
-    """RandomResizedCrop (+ horizontal flip when the dataset allows it), as the reference.
+@dataclass(frozen=True)
+class View:
+    """One view of a training step: its geometry and its photometric jitter strength (0: none)."""
 
-    ``augment``: "crop" (the reference), "affine" (+ rotations up to 12 degrees, shifts of 8 %, zoom of
-    10 %, shear of 8 degrees: the variation of handwriting), "elastic" (+ elastic warps of alpha = the
-    image side, half the time); ``jitter`` > 0 adds SimCLR/SwAV's photometric distortion at that
-    strength (colour jitter with p 0.8, Gaussian blur with p 0.5).
+    geometry: Geometry
+    jitter: float = 0.0
+
+
+class Augment:
+    """A training step's views of a uint8 batch (n, C, S, S), each with its own draw per image.
+
+    ``augment``: "crop" (RandomResizedCrop, the reference), "affine" (+ rotations up to 12 degrees,
+    shifts of 8 %, zoom of 10 %, shear of 8 degrees: the variation of handwriting), "elastic" (+
+    elastic warps of alpha = the image side, half the time); flips when the dataset allows them;
+    ``jitter`` > 0 adds SimCLR/SwAV's photometric distortion at that strength.
     """
-    steps: list = [T.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
-    if augment in ("affine", "elastic"):
-        steps.append(T.RandomAffine(degrees=12.0, translate=(0.08, 0.08), scale=(0.9, 1.1), shear=8.0))
-    if augment == "elastic":
-        steps.append(T.RandomApply([T.ElasticTransform(alpha=float(image_size), sigma=image_size / 8)], p=0.5))
-    if flip:
-        steps.append(T.RandomHorizontalFlip())
-    if jitter > 0:
-        colour = dict(saturation=jitter, hue=min(jitter / 4, 0.5)) if channels == 3 else {}
-        steps.append(T.RandomApply([T.ColorJitter(brightness=jitter, contrast=jitter, **colour)], p=0.8))
-        # SimCLR's blur: a kernel of ~10% of the side (odd, at least 3), sigma in [0.1, 2].
-        kernel = max(3, image_size // 10 | 1)
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    return T.Compose([*steps, *_tail(channels)])
+
+    def __init__(self, views: Sequence[View], channels_last: bool = False) -> None:
+        self.views = list(views)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __call__(self, pixels: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        x = pixels.to(torch.float32).div(255)
+        out = []
+        for view in self.views:
+            y = warp(x, view.geometry, gen)
+            if view.jitter > 0:
+                y = gaussian_blur(colour_jitter(y, view.jitter, gen), gen)
+            y = y.sub(MEAN).div(STD)
+            out.append(y.contiguous(memory_format=torch.channels_last) if self.channels_last else y)
+        return out
 
 
-class MultiCrop:
+def _view(size: int, flip: bool, scale: tuple[float, float], augment: str, jitter: float) -> View:
+    return View(Geometry(size, scale, affine=augment in ("affine", "elastic"), elastic=augment == "elastic",
+                         flip=flip), jitter)
+
+
+def train_augment(image_size: int, flip: bool, min_scale: float, augment: str = "crop", jitter: float = 0.0,
+                  channels_last: bool = False) -> Augment:
+    """One view per image: the offline clusterers' training augmentation."""
+    return Augment([_view(image_size, flip, (min_scale, 1.0), augment, jitter)], channels_last)
+
+
+def multi_crop(spec: CropSpec, image_size: int, flip: bool, min_size: int = 8, augment: str = "crop",
+               jitter: float = 0.0, channels_last: bool = False) -> Augment:
     """SwAV multi-crop: ``n_large`` crops at ``image_size`` then ``n_small`` smaller ones."""
-
-    def __init__(self, spec: CropSpec, image_size: int, channels: int, flip: bool, min_size: int = 8,
-                 augment: str = "crop", jitter: float = 0.0) -> None:
-        # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
-        small = max(min_size, int(round(image_size * spec.small_size_ratio)))
-        large_t = train_transform(image_size, channels, flip, spec.large_scale[0], augment, spec.large_scale[1],
-                                  jitter)
-        small_t = train_transform(small, channels, flip, spec.small_scale[0], augment, spec.small_scale[1], jitter)
-        self.transforms = [large_t] * spec.n_large + [small_t] * spec.n_small
-        self.n_large = spec.n_large
-
-    def __call__(self, img) -> list[torch.Tensor]:
-        return [t(img) for t in self.transforms]
+    # Small crops never go below what the backbone accepts (a 14-px crop breaks AlexNet).
+    small = max(min_size, int(round(image_size * spec.small_size_ratio)))
+    large = _view(image_size, flip, spec.large_scale, augment, jitter)
+    return Augment([large] * spec.n_large + [_view(small, flip, spec.small_scale, augment, jitter)] * spec.n_small,
+                   channels_last)

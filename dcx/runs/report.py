@@ -25,6 +25,8 @@ PNG = "report.png"
 MARKDOWN = "report.md"
 #: Per-epoch phase timings, in the order of an epoch.
 PHASES = ("time_extract", "time_preprocess", "time_cluster", "time_train", "time_probe")
+#: The training time's split (data: decode + augment; step: forward + backward + optimiser; wait: on loader workers).
+TRAIN_SPLIT = ("time_data", "time_step", "time_wait")
 #: Per-epoch columns of the markdown table: (metrics key, header, format).
 EPOCH_COLUMNS = (
     ("loss", "loss", "{:.4f}"),
@@ -37,6 +39,7 @@ EPOCH_COLUMNS = (
     ("size_median", "size median", "{:g}"),
     ("size_max", "size max", "{}"),
     *((p, p.removeprefix("time_") + " s", "{:.1f}") for p in PHASES),
+    *((p, "train " + p.removeprefix("time_") + " s", "{:.1f}") for p in TRAIN_SPLIT),
 )
 
 
@@ -125,10 +128,12 @@ def _figure(rows: list[dict], summary: dict, evaluation: dict | None, sizes: np.
     ax = axes[4]
     bottom = np.zeros(len(train))
     epochs = [r["epoch"] for r in train]
-    for phase in PHASES:
+    split = all("time_data" in r for r in train)  # runs before dcx 0.3 have no split of the training time
+    for phase in (p for name in PHASES for p in (TRAIN_SPLIT if name == "time_train" and split else (name,))):
         vals = np.array([float(r.get(phase, 0.0) or 0.0) for r in train])
         if vals.any():
-            ax.bar(epochs, vals, bottom=bottom, label=phase.removeprefix("time_"))
+            label = phase.removeprefix("time_")
+            ax.bar(epochs, vals, bottom=bottom, label=f"train: {label}" if phase in TRAIN_SPLIT else label)
             bottom += vals
     _finish(ax, "(e) time per phase per epoch", "seconds", "no timings")
 

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Settings a resume may change: how the rest of the run executes, not what it trains.
 #: ``epochs`` may only grow (the cosine schedule is stretched from where the run is).
-RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch", "feature_memory_gb")
+RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch", "feature_memory_gb", "image_memory_gb",
+             "compile", "profile")
 
 
 class Interrupted(DcxError):
@@ -68,7 +69,8 @@ def new_run(config: RunConfig, out: Path, registry: Registry | None = None, prog
     if s.world.is_main:
         run_dir.check_new()
     s.config.out = str(run_dir.path)
-    return Run(s, run_dir, Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir)))))
+    engine = Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir)), run_dir.path))
+    return Run(s, run_dir, engine)
 
 
 def prepare(config: RunConfig, registry: Registry | None = None) -> Setup:
@@ -84,8 +86,13 @@ def prepare(config: RunConfig, registry: Registry | None = None) -> Setup:
     return s
 
 
-def _with_probe(s: Setup, callbacks: tuple[Callback, ...]) -> tuple[Callback, ...]:
-    """The end-of-run block probe (learned vs random k-means NMI per block) joins runs that probe."""
+def _with_probe(s: Setup, callbacks: tuple[Callback, ...], path: Path) -> tuple[Callback, ...]:
+    """The end-of-run block probe (learned vs random k-means NMI per block) joins runs that probe; the
+    profiler joins ``--profile`` runs."""
+    if s.config.profile:
+        from dcx.results.profile import ProfileEpoch
+
+        callbacks = (*callbacks, ProfileEpoch(path / "profile"))
     if not s.config.probe:
         return callbacks
     from dcx.evaluation.probe import BlockProbe
@@ -144,7 +151,7 @@ def resume_run(path: Path, given: dict[str, Any] | None = None, options: dict[st
     cfg = resume_config(stored, given or {}, options or {})
     s = setup(cfg, registry)
     s.config.out = stored.out or str(run_dir.path)
-    engine = Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir))))
+    engine = Engine(s, progress, _with_probe(s, (*callbacks, ClusteringWriter(run_dir)), run_dir.path))
     state = run_dir.load_checkpoint()
     rows = run_dir.metrics()
     done = {r.get("epoch") for r in rows if r.get("phase") == "train"}

@@ -23,6 +23,12 @@ class Callback:
     def on_fit_start(self, engine: "Engine") -> None:
         """Before the first epoch of this process (after a checkpoint was restored)."""
 
+    def on_train_epoch_start(self, engine: "Engine", epoch: int) -> None:
+        """Before the first training step of an epoch (after its clustering)."""
+
+    def on_train_epoch_end(self, engine: "Engine", epoch: int) -> None:
+        """After the last training step of an epoch (before its measures)."""
+
     def on_train_step(self, engine: "Engine", step: Any, loss: float) -> None:
         """After a training step (``StepContext``) with its loss; only when ``wants_steps``."""
 

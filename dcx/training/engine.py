@@ -61,9 +61,10 @@ class Engine:
         self.cuda = self.device.type == "cuda"
         #: Images that failed to decode when read (skipped in training, blank in extraction).
         self.unreadable: set[int] = set()
-        eval_set = D.IndexedImages(s.images, D.eval_transform(self.cfg.image_size, s.images.channels),
-                                   blank=self.cfg.image_size)
-        self.extract = FeatureExtractor(s.model, eval_set, self.device, self.world, self.cfg.batch_size,
+        #: The images at the training size, decoded once when they fit ``--image-memory-gb``.
+        self.images = D.DecodedImages(s.images, self.cfg.image_size, self.cfg.workers, self.cfg.image_memory_gb,
+                                      self.progress)
+        self.extract = FeatureExtractor(s.model, self.images, self.device, self.world, self.cfg.batch_size,
                                         self.cfg.workers, self.cfg.feature_memory_gb, self._autocast, self.progress,
                                         self._note_unreadable)
         model = s.model
@@ -74,11 +75,13 @@ class Engine:
         self.epochs = epochs_for(s, self.spec, self.extract)
         self._callbacks = list(self.callbacks)  # run() adds the run-dir writer
         self.epochs.on_clustering = lambda *args: [cb.on_clustering(self, *args) for cb in self._callbacks]
-        self.train_set = D.IndexedImages(s.images, self.epochs.train_transform())
+        self.batches = D.TrainingBatches(self.images, self.epochs.augment(channels_last=self.cuda), self.device)
         params = list(model.parameters())
         if self.epochs.head is not None:
             params += list(self.epochs.head.parameters())
         self.net: nn.Module = self._wrap(model)
+        if self.cfg.compile:  # the training step's backbone; extraction runs the eager model
+            self.net = torch.compile(self.net)
         # Reference optimiser (deepcluster main.py): SGD lr 0.05, momentum 0.9, weight decay 1e-5.
         self.optimizer = torch.optim.SGD(
             [p for p in params if p.requires_grad], lr=self.cfg.lr, momentum=self.cfg.momentum,
@@ -207,6 +210,7 @@ class Engine:
         t = time.perf_counter()
         row["loss"] = self.train_epoch(epoch, objective)
         row["time_train"] = time.perf_counter() - t
+        row.update(self.batches.time_split(row["time_train"]))
         self.epochs.finish(epoch, row)
         row["time_epoch"] = time.perf_counter() - t0
         return row
@@ -217,30 +221,28 @@ class Engine:
         device, world = self.device, self.world
         n_total = self.images_per_epoch()
         base = objective.sampler(n_total, D.derive_seed(self.cfg.seed, epoch, 1))
-        batches = D.loader(
-            self.train_set, self.cfg.batch_size, self.cfg.workers, seed=D.derive_seed(self.cfg.seed, epoch, 2),
-            pin_memory=self.cuda,
-            batch_sampler=D.ShardedBatches(base, self.cfg.batch_size, world.rank, world.size,
-                                           drop_last=n_total > self.cfg.batch_size),
-        )
+        batches = self.batches.epoch(D.ShardedBatches(base, self.cfg.batch_size, world.rank, world.size,
+                                                      drop_last=n_total > self.cfg.batch_size),
+                                     D.derive_seed(self.cfg.seed, epoch, 2, world.rank))
         optimizers = [self.optimizer, *objective.optimizers]
         step_callbacks = [cb for cb in self._callbacks if cb.wants_steps]  # a host sync per step each
         self.net.train()
         objective.head.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
         steps = 0
+        for cb in self._callbacks:
+            cb.on_train_epoch_start(self, epoch)
         with self.progress.task(f"train epoch {epoch}", len(batches)) as advance:
             for i, (views, idx, failed) in enumerate(batches):
                 self._note_unreadable(failed)
                 if views is None:  # every image of this batch failed to decode
                     advance(1)
                     continue
-                views = views if isinstance(views, list) else [views]
                 step = StepContext(epoch=epoch, step=epoch * len(batches) + i, steps_per_epoch=len(batches),
                                    indices=idx, rank=world.rank, world_size=world.size)
                 objective.before_step(step)
                 with self._autocast():
-                    feats = forward_views(self.net, [self._to_device(v) for v in views])
+                    feats = forward_views(self.net, views)
                     loss, _ = objective.loss(feats, step)
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
@@ -259,16 +261,14 @@ class Engine:
                 for cb in step_callbacks:
                     cb.on_train_step(self, step, float(loss.detach()))
                 advance(1)
+        for cb in self._callbacks:
+            cb.on_train_epoch_end(self, epoch)
         if world.distributed:
             self._sync_buffers(objective.head)
             stats = torch.stack([total, torch.tensor(float(steps), dtype=torch.float64, device=device)])
             total, steps = world.all_reduce(stats)
             return float(total) / max(float(steps), 1.0)
         return float(total) / max(steps, 1)
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda and x.ndim == 4 else x
 
     def _autocast(self):
         if self.cfg.precision == "fp32":

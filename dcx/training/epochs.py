@@ -52,8 +52,8 @@ class Epochs(ABC):
         self.labels: np.ndarray | None = None
 
     @abstractmethod
-    def train_transform(self) -> Callable:
-        """The training transform of one image (one tensor, or a list of views)."""
+    def augment(self, channels_last: bool = False) -> D.Augment:
+        """The training augmentation of a uint8 batch (its views)."""
 
     @abstractmethod
     def begin(self, epoch: int) -> tuple[Objective, dict[str, Any]]:
@@ -92,11 +92,10 @@ class OfflineEpochs(Epochs):
         super().__init__(s, spec, extract)
         s.clusterer.prepare(spec)
 
-    def train_transform(self) -> Callable:
+    def augment(self, channels_last: bool = False) -> D.Augment:
         cfg = self.cfg
         min_scale = cfg.crop_scale or D.MIN_CROP_SCALE[cfg.image_size > 64]
-        return D.train_transform(cfg.image_size, self.s.images.channels, cfg.flip, min_scale, cfg.augment,
-                                 jitter=cfg.jitter)
+        return D.train_augment(cfg.image_size, cfg.flip, min_scale, cfg.augment, cfg.jitter, channels_last)
 
     def begin(self, epoch: int) -> tuple[Objective, dict[str, Any]]:
         t = time.perf_counter()
@@ -173,10 +172,10 @@ class OnlineEpochs(Epochs):
         self.views = self.crops.views
         self.head = self.clusterer.build_head(spec).to(self.device)
 
-    def train_transform(self) -> Callable:
+    def augment(self, channels_last: bool = False) -> D.Augment:
         cfg = self.cfg
-        return D.MultiCrop(self.crops, cfg.image_size, self.s.images.channels, cfg.flip, self.s.backbone.min_image_size,
-                           cfg.augment, cfg.jitter)
+        return D.multi_crop(self.crops, cfg.image_size, cfg.flip, self.s.backbone.min_image_size, cfg.augment,
+                            cfg.jitter, channels_last)
 
     def begin(self, epoch: int) -> tuple[Objective, dict[str, Any]]:
         self.clusterer.start_epoch(self.head, self._context(epoch))

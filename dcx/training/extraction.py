@@ -78,7 +78,7 @@ def extract(
 
 
 class FeatureExtractor:
-    """(N, d) features of every image of ``images`` (an ``IndexedImages`` with the eval transform)
+    """(N, d) features of every image of ``images`` (``DecodedImages``, normalised as extraction wants)
     from ``model``, on every rank. Each rank extracts its block of rows; blocks meet in a shared memory
     map (above ``memory_gb``, in ``scratch`` or a temporary folder) or by an all-gather."""
 
@@ -95,13 +95,10 @@ class FeatureExtractor:
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __call__(self, desc: str = "extract") -> np.ndarray:
-        from dcx import data as D
-
         world = self.world
         block = world.block(self.n)
         cuda = self.device.type == "cuda"
-        batches = D.loader(self.images, self.batch, self.workers, pin_memory=cuda,
-                           sampler=list(range(block.start, block.stop)))
+        batches = self.images.extraction(range(block.start, block.stop), self.batch, pin_memory=cuda)
         with self.progress.task(desc, block.stop - block.start) as advance, self.autocast():
             feats = extract(self.model, batches, self.n, self.device, on_batch=advance, on_failed=self.on_failed,
                             out=self._array(self.model.feature_dim), expected=block.stop - block.start)

@@ -1,0 +1,89 @@
+"""A dataset's images as uint8 pixels at the training size: decoded once into one tensor when they
+fit the memory budget, else decoded again on every read by the loader's workers; batches for
+training (indices from a sampler, unreadable images dropped) and for extraction (unreadable
+images blank, so every row exists)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+
+from dcx.core.contracts import ImageSet
+from dcx.core.progress import NullProgress, Progress
+from dcx.data.loading import IndexedImages, loader
+from dcx.data.transforms import decode_transform, normalize
+
+Batch = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]  # (pixels, indices, indices that failed)
+
+
+class DecodedImages:
+    """``images`` at side ``size`` as uint8 (C, size, size) tensors.
+
+    When N x C x size² bytes fit in ``memory_gb`` the whole set is decoded once, on first use, into
+    one tensor (``pixels``), and every later epoch and extraction slices it; otherwise each batch is
+    decoded again through ``workers`` loader processes.
+    """
+
+    def __init__(self, images: ImageSet, size: int, workers: int = 0, memory_gb: float = 2.0,
+                 progress: Progress | None = None) -> None:
+        self.source = IndexedImages(images, decode_transform(size), blank=size)
+        self.n, self.channels, self.size = len(images), images.channels, size
+        self.workers = workers
+        self.in_memory = self.n * images.channels * size * size <= memory_gb * 1024**3
+        self.progress = progress or NullProgress()
+        self._pixels: torch.Tensor | None = None
+        self._readable: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _decode_all(self) -> None:
+        pixels = torch.empty((self.n, self.channels, self.size, self.size), dtype=torch.uint8)
+        readable = torch.ones(self.n, dtype=torch.bool)
+        with self.progress.task("decode images", self.n) as advance:
+            for x, idx, failed in loader(self.source, 256, self.workers):
+                pixels[idx] = x
+                readable[failed] = False
+                advance(len(idx))
+        self._pixels, self._readable = pixels, readable
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """(N, C, size, size) uint8, decoded on first use (in-memory sets only)."""
+        if self._pixels is None:
+            self._decode_all()
+        return self._pixels  # type: ignore[return-value]
+
+    def training(self, batches: Iterable[list[int]], pin_memory: bool = False) -> Iterator[Batch]:
+        """uint8 batches of the index lists ``batches``; images that fail to decode are left out
+        (pixels None when all of a batch failed)."""
+        if not self.in_memory:
+            yield from self._streamed(batches, pin_memory)
+            return
+        pixels, readable = self.pixels, self._readable
+        for batch in batches:
+            idx = torch.as_tensor(batch, dtype=torch.long)
+            ok = readable[idx]
+            failed, idx = idx[~ok], idx[ok]
+            x = pixels.index_select(0, idx) if len(idx) else None
+            yield (x.pin_memory() if pin_memory and x is not None else x), idx, failed
+
+    def _streamed(self, batches: Iterable[list[int]], pin_memory: bool) -> Iterator[Batch]:
+        for x, idx, failed in loader(self.source, 0, self.workers, batch_sampler=batches, pin_memory=pin_memory):
+            if len(failed):  # decoded as blanks: training leaves them out
+                keep = ~torch.isin(idx, failed)
+                x, idx = (x[keep] if keep.any() else None), idx[keep]
+            yield x, idx, failed
+
+    def extraction(self, indices: range, batch_size: int, pin_memory: bool = False) -> Iterator[Batch]:
+        """Normalised float batches of ``indices`` in order, a blank image for each unreadable one."""
+        if not self.in_memory:
+            for x, idx, failed in loader(self.source, batch_size, self.workers, sampler=list(indices),
+                                         pin_memory=pin_memory):
+                yield normalize(x), idx, failed
+            return
+        pixels, readable = self.pixels, self._readable
+        for start in range(indices.start, indices.stop, batch_size):
+            idx = torch.arange(start, min(start + batch_size, indices.stop))
+            yield normalize(pixels[idx]), idx, idx[~readable[idx]]
