@@ -156,13 +156,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="pipeline")
+    parser.add_argument("--per-class", type=int, default=2000, help="folder images per class (10 classes)")
     args = parser.parse_args()
     from dcx.datasets.characters import write_folder
 
     result = {**environment(), "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "characters"
-        write_folder(folder, per_class=2000, size=28, seed=0)
+        write_folder(folder, per_class=args.per_class, size=28, seed=0)
         print("k-means, 20,000-image folder", flush=True)
         result["folder"] = measure(RunConfig(dataset="imagefolder", data_root=str(folder), probe=False,
                                              device=args.device), args.reps)

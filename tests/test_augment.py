@@ -163,3 +163,29 @@ def test_flips_mirror_half_the_images():
     mirrored = out[:, 0, 0, 0] > out[:, 0, 0, -1]
     assert 0.46 < mirrored.float().mean() < 0.54
     assert math.isclose(float(out[~mirrored][0, 0, 0, 0]), 0.0, abs_tol=1e-5)
+
+
+def test_the_gpu_path_of_photometric_ops_equals_the_cpu_path(monkeypatch):
+    """On a GPU every image is computed and ``where`` keeps the chosen (no host sync); on the CPU only
+    the chosen are: the same images either way."""
+    x = torch.rand(64, 3, 12, 12, generator=torch.Generator().manual_seed(13))
+    cpu = P.gaussian_blur(P.colour_jitter(x, 0.8, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
+    monkeypatch.setattr(P, "_chosen_rows", P._every_row)
+    gpu = P.gaussian_blur(P.colour_jitter(x, 0.8, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
+    assert torch.allclose(cpu, gpu, atol=1e-6) and not torch.allclose(cpu, x)
+
+
+def test_colour_images_change_every_channel_and_grey_images_get_no_colour_ops():
+    """Jitter moves each channel of a colour image (hue and saturation too); a one-channel image only
+    gets brightness and contrast, which keep a flat image flat; strength 0 changes nothing."""
+    red = torch.tensor([0.8, 0.25, 0.25]).view(1, 3, 1, 1).expand(400, 3, 4, 4).clone()
+    out = P.colour_jitter(red, 0.8, torch.Generator().manual_seed(14)).mean(dim=(2, 3))
+    assert out.std(dim=0).min() > 0.02
+    ratio = out[:, 1] / out[:, 2]
+    assert (ratio - 1).abs().max() > 0.05  # the hue moved: green and blue no longer equal
+    grey = torch.full((400, 1, 4, 4), 0.4)
+    flat = P.colour_jitter(grey, 0.8, torch.Generator().manual_seed(15))
+    assert torch.allclose(flat, flat[:, :, :1, :1].expand_as(flat))
+    pixels = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(16)) * 255).to(torch.uint8)
+    plain = D.train_augment(16, False, 1.0, "crop", jitter=0.0)(pixels, torch.Generator().manual_seed(0))[0]
+    assert torch.allclose(plain, D.normalize(pixels), atol=1e-5)

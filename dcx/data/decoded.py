@@ -21,17 +21,19 @@ class DecodedImages:
     """``images`` at side ``size`` as uint8 (C, size, size) tensors.
 
     When N x C x size² bytes fit in ``memory_gb`` the whole set is decoded once, on first use, into
-    one tensor (``pixels``), and every later epoch and extraction slices it; otherwise each batch is
-    decoded again through ``workers`` loader processes.
+    one tensor (``pixels``) on ``device`` (a GPU's memory: batches never cross the bus again), and
+    every later epoch and extraction slices it; otherwise each batch is decoded again through
+    ``workers`` loader processes.
     """
 
     def __init__(self, images: ImageSet, size: int, workers: int = 0, memory_gb: float = 2.0,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, device: torch.device | None = None) -> None:
         self.source = IndexedImages(images, decode_transform(size), blank=size)
         self.n, self.channels, self.size = len(images), images.channels, size
         self.workers = workers
         self.in_memory = self.n * images.channels * size * size <= memory_gb * 1024**3
         self.progress = progress or NullProgress()
+        self.device = device or torch.device("cpu")
         self._pixels: torch.Tensor | None = None
         self._readable: torch.Tensor | None = None
 
@@ -46,7 +48,7 @@ class DecodedImages:
                 pixels[idx] = x
                 readable[failed] = False
                 advance(len(idx))
-        self._pixels, self._readable = pixels, readable
+        self._pixels, self._readable = pixels.to(self.device), readable
 
     @property
     def pixels(self) -> torch.Tensor:
@@ -66,8 +68,7 @@ class DecodedImages:
             idx = torch.as_tensor(batch, dtype=torch.long)
             ok = readable[idx]
             failed, idx = idx[~ok], idx[ok]
-            x = pixels.index_select(0, idx) if len(idx) else None
-            yield (x.pin_memory() if pin_memory and x is not None else x), idx, failed
+            yield (pixels.index_select(0, idx.to(pixels.device)) if len(idx) else None), idx, failed
 
     def _streamed(self, batches: Iterable[list[int]], pin_memory: bool) -> Iterator[Batch]:
         for x, idx, failed in loader(self.source, 0, self.workers, batch_sampler=batches, pin_memory=pin_memory):
@@ -86,4 +87,4 @@ class DecodedImages:
         pixels, readable = self.pixels, self._readable
         for start in range(indices.start, indices.stop, batch_size):
             idx = torch.arange(start, min(start + batch_size, indices.stop))
-            yield normalize(pixels[idx]), idx, idx[~readable[idx]]
+            yield normalize(pixels[idx.to(pixels.device)]), idx, idx[~readable[idx]]

@@ -80,7 +80,10 @@ def inverse_affine(angle: torch.Tensor, shift: torch.Tensor, zoom: torch.Tensor,
     a, s = torch.deg2rad(angle), torch.deg2rad(shear)
     cos, sin, tan = torch.cos(a), torch.sin(a), torch.tan(s)
     forward = torch.stack([torch.stack([cos, -cos * tan - sin], -1), torch.stack([sin, -sin * tan + cos], -1)], -2)
-    inverse = torch.linalg.inv(forward * zoom.view(-1, 1, 1))
+    m = forward * zoom.view(-1, 1, 1)
+    det = (m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]).view(-1, 1, 1)  # 2x2 inverse: no device sync
+    inverse = torch.stack([torch.stack([m[:, 1, 1], -m[:, 0, 1]], -1), torch.stack([-m[:, 1, 0], m[:, 0, 0]], -1)],
+                          -2) / det
     t = shift.to(inverse.dtype) * (2.0 / size)  # pixels -> normalised units
     return torch.cat([inverse, -(inverse @ t.unsqueeze(-1))], dim=2)
 

@@ -20,6 +20,22 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (_GREY[0] * r + _GREY[1] * g + _GREY[2] * b).unsqueeze(1)
 
 
+def apply_to(x: torch.Tensor, chosen: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` applied to the ``chosen`` images of ``x`` (``fn`` maps a batch and the chosen rows'
+    indices to their new values). On the CPU only the chosen rows are computed; on a GPU every row
+    is, and ``torch.where`` keeps the chosen ones: no host-device sync for the row count."""
+    return (_chosen_rows if x.device.type == "cpu" else _every_row)(x, chosen, fn)
+
+
+def _chosen_rows(x: torch.Tensor, chosen: torch.Tensor, fn) -> torch.Tensor:
+    rows = chosen.nonzero().squeeze(1)
+    return x.index_put((rows,), fn(x[rows], rows)) if len(rows) else x
+
+
+def _every_row(x: torch.Tensor, chosen: torch.Tensor, fn) -> torch.Tensor:
+    return torch.where(chosen.view(-1, 1, 1, 1), fn(x, torch.arange(len(x), device=x.device)), x)
+
+
 def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     f = f.view(-1, 1, 1, 1)
     return (f * x + (1 - f) * other).clamp(0, 1)
@@ -66,20 +82,20 @@ def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
     applied = torch.rand(n, generator=gen, device=device) < JITTER_P
     for position in range(4):
         for op in range(4 if rgb else 2):
-            sel = applied & (order[:, position] == op)
-            if not sel.any():
-                continue
-            xs, f = x[sel], factors[sel, op]
-            if op == 0:
-                y = _blend(xs, torch.zeros_like(xs), f)
-            elif op == 1:
-                y = _blend(xs, _grey(xs).mean(dim=(1, 2, 3), keepdim=True), f)
-            elif op == 2:
-                y = _blend(xs, _grey(xs), f)
-            else:
-                y = _hue(xs, f)
-            x = x.index_put((sel.nonzero().squeeze(1),), y)
+            x = apply_to(x, applied & (order[:, position] == op),
+                         lambda xs, rows, op=op: _adjust(op, xs, factors[rows, op]))
     return x
+
+
+def _adjust(op: int, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """ColorJitter's adjustment ``op`` (brightness, contrast, saturation, hue) by per-image factors."""
+    if op == 0:
+        return _blend(x, torch.zeros_like(x), f)
+    if op == 1:
+        return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
+    if op == 2:
+        return _blend(x, _grey(x), f)
+    return _hue(x, f)
 
 
 def blur_kernel_size(side: int) -> int:
@@ -93,8 +109,5 @@ def gaussian_blur(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     sigma = torch.rand(n, generator=gen, device=device, dtype=torch.float64) * (BLUR_SIGMA[1] - BLUR_SIGMA[0]) \
         + BLUR_SIGMA[0]
     applied = torch.rand(n, generator=gen, device=device) < BLUR_P
-    if not applied.any():
-        return x
     k = blur_kernel_size(x.shape[-1])
-    blurred = separable_blur(x[applied], gaussian_kernel(k, sigma[applied]))
-    return x.index_put((applied.nonzero().squeeze(1),), blurred)
+    return apply_to(x, applied, lambda xs, rows: separable_blur(xs, gaussian_kernel(k, sigma[rows])))

@@ -31,6 +31,7 @@ from dcx.training.epochs import epochs_for
 from dcx.core.errors import DcxError, RunDirError
 from dcx.training.extraction import FeatureExtractor
 from dcx.training.diagnostics import summarize
+from dcx.training.environment import prefers_channels_last
 from dcx.training.objective import Objective, forward_views
 from dcx.core.progress import NullProgress, Progress
 from dcx.training.rundir import RunDir
@@ -63,19 +64,20 @@ class Engine:
         self.unreadable: set[int] = set()
         #: The images at the training size, decoded once when they fit ``--image-memory-gb``.
         self.images = D.DecodedImages(s.images, self.cfg.image_size, self.cfg.workers, self.cfg.image_memory_gb,
-                                      self.progress)
+                                      self.progress, self.device)
         self.extract = FeatureExtractor(s.model, self.images, self.device, self.world, self.cfg.batch_size,
                                         self.cfg.workers, self.cfg.feature_memory_gb, self._autocast, self.progress,
                                         self._note_unreadable)
         model = s.model
-        if self.cuda:
-            model.to(memory_format=torch.channels_last)  # faster convolutions with tensor cores
+        self.channels_last = prefers_channels_last(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.spec = TrainSpec(model.feature_dim, self.n, self.device, preactivation=model.net.relu_head,
                               rank=self.world.rank, world_size=self.world.size)
         self.epochs = epochs_for(s, self.spec, self.extract)
         self._callbacks = list(self.callbacks)  # run() adds the run-dir writer
         self.epochs.on_clustering = lambda *args: [cb.on_clustering(self, *args) for cb in self._callbacks]
-        self.batches = D.TrainingBatches(self.images, self.epochs.augment(channels_last=self.cuda), self.device)
+        self.batches = D.TrainingBatches(self.images, self.epochs.augment(self.channels_last), self.device)
         params = list(model.parameters())
         if self.epochs.head is not None:
             params += list(self.epochs.head.parameters())

@@ -89,3 +89,13 @@ def cpu_kind() -> str:
     info = _cpuinfo()
     vendor = "AMD" if "AuthenticAMD" in info else "Intel" if "GenuineIntel" in info else ""
     return vendor + ("+AMX" if vendor and " amx_tile" in info else "")
+
+
+def prefers_channels_last(device: Any) -> bool:
+    """Convolutions in channels_last memory format: on a GPU (tensor cores), and on CPUs whose torch
+    kernels are AVX-512 (oneDNN's blocked layouts; docs/benchmarks.md "Training step variants")."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return True
+    return torch.device(device).type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
