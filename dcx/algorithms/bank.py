@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dcx.algorithms.threads import one_thread_if_small
+
 #: Rows embedded per forward pass when the bank is filled from features.
 _CHUNK = 4096
 
@@ -46,9 +48,10 @@ class MemoryBank:
 
     @torch.no_grad()
     def write(self, slot: int, indices: torch.Tensor, z: torch.Tensor) -> None:
-        self.rows[slot][indices] = z.detach().to(self.rows.dtype)
-        if self._written is not None:
-            self._written[indices] = True
+        with one_thread_if_small(z.numel(), z.device):  # a per-step op: never wait on a busy core
+            self.rows[slot][indices] = z.detach().to(self.rows.dtype)
+            if self._written is not None:
+                self._written[indices] = True
 
     @torch.no_grad()
     def sync(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
