@@ -13,10 +13,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dcx.algorithms.threads import one_thread_if_small
+
 #: Rows embedded per forward pass when the bank is filled from features.
 _CHUNK = 4096
 #: Rows a slot keeps in arrival order before they are scattered into the bank.
 PENDING_ROWS = 16_384
+#: torch's GRAIN_SIZE: element-wise copies up to this many elements run on the calling thread.
+_GRAIN = 32_768
 
 
 class MemoryBank:
@@ -66,26 +70,40 @@ class MemoryBank:
         self.rows = self.rows.to(device)
         self._written = torch.zeros(self._rows.shape[1], dtype=torch.bool, device=self._rows.device)
 
-    @torch.no_grad()
     def write(self, slot: int, indices: torch.Tensor, z: torch.Tensor) -> None:
-        """Image ``indices[j]``'s embedding in ``slot`` becomes ``z[j]`` (the latest write of an image wins)."""
+        """Image ``indices[j]``'s embedding in ``slot`` becomes ``z[j]`` (the latest write of an image wins).
+
+        Called every step, so kept lean: no autograd context (``z`` is detached) and no thread switch
+        below torch's grain of 32,768 elements, where a copy never enters the thread pool."""
         if not self._pending:
-            slots, n, d = self._rows.shape
-            cap = min(n, PENDING_ROWS)
-            self._pending = [(torch.empty(cap, d, dtype=self._rows.dtype, device=self._rows.device),
-                              torch.empty(cap, dtype=torch.long, device=self._rows.device)) for _ in range(slots)]
-            self._count = [0] * slots
+            self._allocate()
         buf, idx = self._pending[slot]
-        b, c = len(indices), self._count[slot]
-        if c + b > len(buf):
-            self._flush_slot(slot)
-            c = 0
-            if b > len(buf):  # a batch larger than the buffer: scatter it directly
-                self._scatter(slot, indices.to(self._rows.device), z.detach().to(self._rows.dtype))
-                return
-        buf[c : c + b] = z.detach()
-        idx[c : c + b] = indices
+        b, c = indices.shape[0], self._count[slot]
+        if c + b > self._cap:
+            with torch.no_grad():
+                self._flush_slot(slot)
+                c = 0
+                if b > self._cap:  # a batch larger than the buffer: scatter it directly
+                    self._scatter(slot, indices.to(self._rows.device), z.detach().to(self._rows.dtype))
+                    return
+        if z.requires_grad:
+            z = z.detach()
+        if z.numel() > _GRAIN:
+            with one_thread_if_small(z.numel(), z.device):  # never wait on a busy core
+                buf[c : c + b] = z
+                idx[c : c + b] = indices
+        else:
+            buf[c : c + b] = z
+            idx[c : c + b] = indices
         self._count[slot] = c + b
+
+    def _allocate(self) -> None:
+        slots, n, d = self._rows.shape
+        cap = self._cap = min(n, PENDING_ROWS)
+        dev = self._rows.device
+        self._pending = [(torch.empty(cap, d, dtype=self._rows.dtype, device=dev),
+                          torch.empty(cap, dtype=torch.long, device=dev)) for _ in range(slots)]
+        self._count = [0] * slots
 
     def _flush(self) -> None:
         for slot in range(len(self._pending)):
