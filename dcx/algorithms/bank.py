@@ -49,8 +49,9 @@ class MemoryBank:
     @rows.setter
     def rows(self, value: torch.Tensor) -> None:
         self._flush()
+        if value.shape != self._rows.shape or value.dtype != self._rows.dtype or value.device != self._rows.device:
+            self._pending, self._count = [], []  # reallocated at the next write
         self._rows = value
-        self._pending, self._count = [], []
 
     @classmethod
     @torch.no_grad()
@@ -101,8 +102,9 @@ class MemoryBank:
         slots, n, d = self._rows.shape
         cap = self._cap = min(n, PENDING_ROWS)
         dev = self._rows.device
-        self._pending = [(torch.empty(cap, d, dtype=self._rows.dtype, device=dev),
-                          torch.empty(cap, dtype=torch.long, device=dev)) for _ in range(slots)]
+        # zeros, not empty: pages touched once here, not on the first steps' writes
+        self._pending = [(torch.zeros(cap, d, dtype=self._rows.dtype, device=dev),
+                          torch.zeros(cap, dtype=torch.long, device=dev)) for _ in range(slots)]
         self._count = [0] * slots
 
     def _flush(self) -> None:
