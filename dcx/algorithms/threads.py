@@ -3,9 +3,9 @@
 torch runs an element-wise op on more than 2,048 elements (``exp``, ``log``: the VML kernels) or
 any op on more than 32,768 in its OpenMP pool. When another process holds a core, the pool's
 barrier waits for a descheduled thread: SwAV's codes at B = 256, K = 100 (25,600 elements, ~0.07 ms
-of work) took ~10 ms with a busy process on the other core of a 2-core machine, the reference's as
-long (benchmarks/bench_sinkhorn.py --busy, docs/benchmarks.md "Sinkhorn"). On one thread the same
-call stays at ~0.07 ms; switching the thread count costs about a microsecond.
+of work) took 12-16 ms on a loaded 2-core machine, the reference's as long, and ~0.1 ms on one
+thread (benchmarks/bench_sinkhorn.py --busy, docs/benchmarks.md "Sinkhorn and per-step ops under
+load"); a switch to one thread and back costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Iterator
 
 import torch
 
-#: Ops on at most this many elements run on one thread (docs/benchmarks.md "Sinkhorn": a SwAV codes
-#: call of 2^20 elements costs ~1.2 ms on one thread against ~0.8 ms on two of a quiet 2-core machine,
-#: while one wait for a descheduled pool thread costs several ms).
+#: Ops on at most this many elements run on one thread (docs/decisions.md D56: a SwAV codes call of
+#: 2^20 elements costs ~1.2 ms on one thread against ~0.8 ms on two, while one wait for a
+#: descheduled pool thread costs several ms).
 SMALL_OP_NUMEL = 1 << 20
 
 
