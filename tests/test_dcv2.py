@@ -114,3 +114,31 @@ def test_dcv2_projection_takes_pre_activation_features_as_they_are():
     head = DeepClusterV2(k=5, proj_dim=8, hidden_dim=0).build_head(TrainSpec(16, 100, preactivation=True))
     x = -torch.rand(4, 16) - 0.1  # all negative: a ReLU would zero them
     assert not torch.allclose(head.embed(x), head.embed(torch.zeros(4, 16)))
+
+
+@pytest.mark.parametrize("pending", [16_384, 7])
+def test_bank_buffered_writes_equal_indexed_writes_and_the_latest_wins(monkeypatch, pending):
+    """The bank buffers each step's rows in arrival order (a slice copy, as the reference) and scatters them
+    by index when full or read: the same rows as writing every step by index, an image written twice keeps
+    its latest row, and ``_written`` marks what this rank wrote (MemoryBank.sync)."""
+    import dcx.algorithms.bank as bank_mod
+    from dcx.algorithms.bank import MemoryBank
+
+    monkeypatch.setattr(bank_mod, "PENDING_ROWS", pending)
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 3
+    bank = MemoryBank(torch.zeros(2, n, d))
+    bank.start_epoch(torch.device("cpu"))
+    expected = torch.zeros(2, n, d)
+    for step in range(12):  # three passes over 40 images in batches of 10 (the latest of each wins)
+        idx = torch.randperm(n, generator=g)[:10]
+        for slot in range(2):
+            z = torch.randn(10, d, generator=g)
+            bank.write(slot, idx, z)
+            expected[slot][idx] = z
+    bank.write(0, torch.arange(n - 1), torch.ones(n - 1, d))  # a batch larger than a small buffer
+    expected[0][: n - 1] = 1.0
+    assert torch.equal(bank.rows, expected)
+    assert torch.equal(bank._written, (expected != 0).any(dim=2).any(dim=0))
+    bank.write(1, torch.tensor([5, 5]), torch.tensor([[1.0, 1, 1], [2.0, 2, 2]]))  # duplicates in one batch
+    assert torch.equal(bank.rows[1][5], torch.tensor([2.0, 2, 2]))

@@ -56,3 +56,28 @@ def test_every_kmeans_head_has_exactly_k_clusters(blobs, k, heads):
 def test_bad_input(x, k, match):
     with pytest.raises(InputError, match=match):
         kmeans(x, k)
+
+
+def test_default_heads_depend_on_n(monkeypatch):
+    """auto: DeepCluster-v2's 3 heads + a merged head up to EXTRA_HEADS_MAX_N rows, the paper's one head above
+    (docs/decisions.md D55); a set option wins at any N."""
+    import dcx.clusterers.kmeans as km
+
+    assert km.default_heads(1_797) == (3, 1)  # digits: the defaults the goldens guard
+    assert km.default_heads(km.EXTRA_HEADS_MAX_N) == (3, 1)
+    assert km.default_heads(km.EXTRA_HEADS_MAX_N + 1) == (1, 0)
+    assert km.default_heads(100_000) == (1, 0)
+    assert KMeans().params["heads"] is None and KMeans().params["merged_heads"] is None
+    assert KMeans(heads=2).heads_for(100_000) == (2, 0)
+    assert KMeans(merged_heads=2).heads_for(100_000) == (1, 2)
+    assert KMeans(heads=1, merged_heads=0).heads_for(1_797) == (1, 0)
+
+    # the plugin follows the rows it is given: a small threshold makes 60 rows "large"
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.1, size=(20, 4)) for c in (0.0, 3.0, 6.0)]).astype(np.float32)
+    small = KMeans(k=6, niter=3).fit(x, FitContext(seed=0))
+    assert small.more_labels is not None and small.more_labels.shape == (60, 3)  # 2 more k-means + 1 merged
+    monkeypatch.setattr(km, "EXTRA_HEADS_MAX_N", 59)
+    large = KMeans(k=6, niter=3).fit(x, FitContext(seed=0))
+    assert large.more_labels is None
+    np.testing.assert_array_equal(large.labels, small.labels)  # the first head is the same clustering

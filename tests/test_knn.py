@@ -147,6 +147,25 @@ def test_ivf_lists_grow_as_sqrt_n_with_enough_rows_per_list():
         assert 1 <= knn.ivf_lists(n) <= max(1, n // knn.IVF_MIN_TRAIN_PER_LIST)
 
 
+def test_recall_short_of_target_warns_unless_told_not_to(monkeypatch, caplog):
+    """A user-chosen graph short of its recall warns; a graph no option of the user chose (the merged
+    heads' and sets') says so at info (issue 37: a default run never warns about its own graph)."""
+    import logging
+
+    from dcx.algorithms.merge import merged_labels
+
+    x, _ = mixture(1000, 16, 10, 0.5)
+    monkeypatch.setattr(knn, "_recall", lambda found, truth: 0.5)
+    monkeypatch.setattr(knn, "AUTO_EXACT_MAX_N", 500)
+    with caplog.at_level(logging.INFO, logger="dcx.algorithms.knn"):
+        knn_graph(x, 5, backend="ivf", recall_sample=200)
+        assert [r.levelno for r in caplog.records if "below the target" in r.message] == [logging.WARNING]
+        caplog.clear()
+        knn_graph(x, 5, backend="ivf", recall_sample=200, warn_recall=False)
+        merged_labels(x, np.arange(1000) % 20, 20, [5], 5, seed=0)  # auto -> ivf above the patched limit
+        assert [r.levelno for r in caplog.records if "below the target" in r.message] == [logging.INFO] * 2
+
+
 def test_no_recall_sample_means_no_recall():
     x, _ = mixture(1000, 16, 10, 0.5)
     assert knn_graph(x, 5, backend="ivf", recall_sample=0).recall is None

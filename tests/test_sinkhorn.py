@@ -100,6 +100,48 @@ def test_swav_codes_use_most_prototypes_on_distinct_inputs():
     assert used >= 0.9 * k
 
 
+@pytest.fixture
+def two_threads():
+    """The test session runs on one thread (conftest); these tests need a pool of two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("b, k", [(256, 100), (1100, 1000)])
+def test_swav_codes_one_thread_path_equals_the_pool_path(monkeypatch, two_threads, b, k):
+    """Tiny calls run on one thread (dcx.algorithms.threads), large ones in the pool: same codes."""
+    import dcx.algorithms.threads as threads
+
+    scores = unit_scores(b, k, seed=4)
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n, _set=torch.set_num_threads: (seen.append(n), _set(n)))
+    monkeypatch.setattr(threads, "SMALL_OP_NUMEL", 0)  # every call in the pool
+    pool = swav_codes(scores, eps=0.05, n_iter=3)
+    assert seen == []
+    monkeypatch.setattr(threads, "SMALL_OP_NUMEL", b * k)  # every call on one thread
+    threads_before = torch.get_num_threads()
+    one = swav_codes(scores, eps=0.05, n_iter=3)
+    assert seen == [1, threads_before] and torch.get_num_threads() == threads_before
+    assert torch.allclose(one, pool, atol=1e-6, rtol=0)
+
+
+def test_one_thread_if_small_restores_the_count_and_skips_large_work(two_threads):
+    from dcx.algorithms.threads import SMALL_OP_NUMEL, one_thread_if_small
+
+    n = torch.get_num_threads()
+    with one_thread_if_small(SMALL_OP_NUMEL + 1) as lowered:
+        assert not lowered and torch.get_num_threads() == n
+    with pytest.raises(RuntimeError):
+        with one_thread_if_small(10) as lowered:
+            assert lowered and torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == n
+    with one_thread_if_small(10, device="meta") as lowered:  # not the CPU: unchanged
+        assert not lowered and torch.get_num_threads() == n
+
+
 def test_swav_codes_reject_bad_input():
     with pytest.raises(InputError):
         swav_codes(torch.zeros(3))

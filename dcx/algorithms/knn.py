@@ -85,6 +85,7 @@ def knn_graph(
     seed: int = 0,
     recall_sample: int = 1000,
     target_recall: float = 0.99,
+    warn_recall: bool = True,
 ) -> KnnGraph:
     """Graph of the ``k`` nearest neighbours of each row of ``x`` (N, d), self excluded.
 
@@ -93,7 +94,9 @@ def knn_graph(
     here: numba compiles it in every new process), or "auto" (exact up to AUTO_EXACT_MAX_N rows, IVF
     above). The faiss backends raise their search effort (nprobe, efSearch) until ``target_recall`` is
     met on ``recall_sample // 2`` tuning rows; every approximate backend then reports its recall
-    on ``recall_sample`` other rows. ``recall_sample=0`` skips both (recall None).
+    on ``recall_sample`` other rows. ``recall_sample=0`` skips both (recall None). A recall short of
+    the target is a warning, or an info line with ``warn_recall=False`` (a caller whose user cannot
+    choose the backend: the advice to set it would not be actionable).
     """
     x = _check_input(x, k, backend, metric)
     n = len(x)
@@ -150,7 +153,7 @@ def knn_graph(
     recall = _recall(indices[eval_rows], truth[1]) if truth is not None and n_eval else None
     graph = KnnGraph(indices, distances, backend, recall, time.perf_counter() - t0, params)
     if recall is not None and recall < target_recall - 0.01:
-        log.warning(
+        (log.warning if warn_recall else log.info)(
             "%s kNN graph recall %.4f is below the target %.2f: consider backend=exact", backend, recall, target_recall
         )
     log.info(

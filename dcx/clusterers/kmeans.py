@@ -9,6 +9,20 @@ from dcx.algorithms.kmeans import kmeans
 from dcx.algorithms.merge import coarser, merge_options, merged_labels_from_rank0
 from dcx.core.options import Option
 
+#: Up to this many rows the defaults add DeepCluster-v2's extra heads and a merged head (3 + 1); above,
+#: one head, the paper's (docs/decisions.md D55): there the extra clusterings and the merged head's kNN
+#: graph cost as much as the run's k-means several times over, and their gain was measured on 1,797 and
+#: 2,400 images only. The same N as the kNN graph's exact limit (``dcx.algorithms.knn.AUTO_EXACT_MAX_N``):
+#: a default merged head's graph is exact, never short of its recall target.
+EXTRA_HEADS_MAX_N = 20_000
+#: The defaults up to EXTRA_HEADS_MAX_N rows (docs/decisions.md D22, D24) and above.
+SMALL_N_HEADS, SMALL_N_MERGED_HEADS = 3, 1
+
+
+def default_heads(n: int) -> tuple[int, int]:
+    """(k-means heads, merged heads) of a default run on ``n`` rows: 3 and 1 up to EXTRA_HEADS_MAX_N, else 1 and 0."""
+    return (SMALL_N_HEADS, SMALL_N_MERGED_HEADS) if n <= EXTRA_HEADS_MAX_N else (1, 0)
+
 
 class KMeans(Clusterer):
     """k-means with faiss (GPU index on CUDA) or torch; empty clusters split as in paper §3.3."""
@@ -25,13 +39,14 @@ class KMeans(Clusterer):
         Option("seed", int, None, "fixed seed for every epoch; default: derived from the run seed per epoch", nullable=True),
         Option("sample", int, None, "train on this many random rows, then assign all (default: all rows, as the "
                "reference)", nullable=True, min=1),
-        Option("heads", int, 3, "independent k-means clusterings per round, each with its own fresh head; the "
-               "loss is their mean (DeepCluster-v2's 3; 1 = the paper; docs/decisions.md D22: 3 gained on digits, "
-               "textures and photos)", min=1),
-        *merge_options("head", 1, 0.25, "further heads beside the k-means ones, each the first clustering's k clusters "
-                       "merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, ...): coarse "
-                       "partitions purer than k-means into as few (0 = DeepCluster's heads only; docs/decisions.md "
-                       "D24)"),
+        Option("heads", int, None, "independent k-means clusterings per round, each with its own fresh head; the "
+               "loss is their mean (DeepCluster-v2's 3; 1 = the paper); auto = 3 up to 20,000 images, 1 above "
+               "(docs/decisions.md D22: 3 gained on digits, textures and photos; D55: the cost at scale)",
+               min=1, nullable=True),
+        *merge_options("head", None, 0.25, "further heads beside the k-means ones, each the first clustering's k "
+                       "clusters merged along the kNN graph between them into k * merge_scale**j groups (j = 1, 2, "
+                       "...): coarse partitions purer than k-means into as few (0 = DeepCluster's heads only); auto = "
+                       "1 up to 20,000 images, 0 above (docs/decisions.md D24, D55)"),
     )
 
     def build_head(self, partition: Partition, spec: TrainSpec) -> TrainingHead:
@@ -46,10 +61,11 @@ class KMeans(Clusterer):
     def fit(self, features: np.ndarray, context: FitContext) -> Partition:
         seed = self.params["seed"] if self.params["seed"] is not None else context.seed
         k = self.params["k"]
+        heads, merged_heads = self.heads_for(len(features))
         runs = [kmeans(features, k, self.params["niter"], seed + h, self.params["backend"], context.device,
                        rows=context.rows, all_reduce=context.all_reduce, sample=self.params["sample"])
-                for h in range(self.params["heads"])]
-        groups = [coarser(k, self.params["merge_scale"], j) for j in range(1, self.params["merged_heads"] + 1)]
+                for h in range(heads)]
+        groups = [coarser(k, self.params["merge_scale"], j) for j in range(1, merged_heads + 1)]
         more = [r.labels for r in runs[1:]] + self._merged(features, runs[0].labels, groups, seed, context)
         res = runs[0]
         return Partition(
@@ -59,6 +75,12 @@ class KMeans(Clusterer):
             stats={"objective": res.objective, "iterations": len(res.history), "empty_splits": res.empty_splits, "backend": res.backend},
             more_labels=np.column_stack(more) if more else None,
         )
+
+    def heads_for(self, n: int) -> tuple[int, int]:
+        """(k-means heads, merged heads) on ``n`` rows: the options where set, else ``default_heads(n)``."""
+        auto_heads, auto_merged = default_heads(n)
+        heads, merged = self.params["heads"], self.params["merged_heads"]
+        return (auto_heads if heads is None else heads), (auto_merged if merged is None else merged)
 
     def _merged(self, features: np.ndarray, labels: np.ndarray, sizes: list[int], seed: int,
                 context: FitContext) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from dcx.algorithms.projection import (
     ProjectionHead, crop_options, crop_spec, hidden_width, nearest_prototype, projection_options, unwrap,
 )
 from dcx.algorithms.sinkhorn import swav_codes
+from dcx.algorithms.threads import one_thread_if_small
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ class SwAVHead(ProjectionHead):
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
-        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        w = self.prototypes.weight
+        with one_thread_if_small(w.numel(), w.device):  # a per-step op: never wait on a busy core
+            w.copy_(F.normalize(w, dim=1))
 
 
 def _distributed_hooks(step: StepContext):
@@ -152,7 +155,7 @@ class SwAV(OnlineClusterer):
             with torch.no_grad():
                 self._push(queue, z.detach(), bs)
 
-        with torch.no_grad():
+        with torch.no_grad(), one_thread_if_small(scores.numel(), scores.device):
             q_all = torch.cat(codes)
             entropy = -torch.special.xlogy(q_all, q_all).sum(dim=1)
             if self._usage.device != q_all.device:  # accumulate where the codes live: no copies per step
@@ -226,7 +229,7 @@ class SwAV(OnlineClusterer):
         p = self.params
         reduce_sum, reduce_max = _distributed_hooks(step)
         codes = []
-        with torch.no_grad():
+        with torch.no_grad(), one_thread_if_small(scores.numel(), scores.device):
             for s in range(p["n_large"]):
                 out = scores[s * bs : (s + 1) * bs].float()
                 if queue is not None and self._queue_filled >= queue.shape[1]:
