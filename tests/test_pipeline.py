@@ -53,6 +53,28 @@ def test_decoded_once_in_memory_equals_decoded_on_every_read():
         assert torch.equal(x[0], memory.pixels[1])
 
 
+def test_a_cached_store_decodes_once_into_a_memory_map_and_removes_it(tmp_path):
+    memory = D.DecodedImages(_set(), 16)
+    cached = D.DecodedImages(_set(), 16, memory_gb=1e-9, cache=True)
+    cached.scratch = tmp_path
+    assert cached.in_memory and cached.mapped
+    for (xa, ia, fa), (xb, ib, fb) in zip(memory.extraction(range(10), 4), cached.extraction(range(10), 4)):
+        assert torch.equal(xa, xb) and torch.equal(ia, ib) and torch.equal(fa, fb)
+    assert [p.name for p in tmp_path.iterdir()] == ["images-rank0.u8.npy"]
+    assert np.load(tmp_path / "images-rank0.u8.npy", mmap_mode="r").shape == (10, 1, 16, 16)
+    (x, idx, failed), = list(cached.training([[0, 3, 9]]))
+    assert idx.tolist() == [0, 9] and failed.tolist() == [3] and torch.equal(x, memory.pixels[[0, 9]])
+    cached.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_run_with_an_image_cache_leaves_no_images_behind(tiny_config, tmp_path):
+    tiny_config.epochs, tiny_config.image_cache, tiny_config.image_memory_gb = 1, True, 1e-6
+    execute(new_run(tiny_config, tmp_path / "run"))
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert not list((tmp_path / "run").glob("images-*"))
+
+
 def test_a_store_over_its_memory_budget_is_never_decoded_whole():
     store = D.DecodedImages(_set(), 16, memory_gb=1e-9)
     list(store.training([[0, 1]]))

@@ -134,6 +134,9 @@ class RunConfig(BaseModel):
     image_memory_gb: float = setting(
         2.0, "RAM the images may take decoded (uint8 at the training size): within it they are decoded once, "
         "above it again every epoch by the loader workers", gt=0, cli="run")
+    image_cache: bool = setting(
+        False, "images over --image-memory-gb: decode them once into a uint8 memory map in the run directory "
+        "(N x channels x side² bytes of disk, removed after the run) instead of again every epoch", cli="run")
     compile: bool = setting(False, "torch.compile the backbone for the training step (the first epoch pays the "
                                    "compilation; docs/benchmarks.md)", cli="run")
     profile: bool = setting(False, "write a torch.profiler trace of the first epoch this process trains to "

@@ -5,8 +5,11 @@ images blank, so every row exists)."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from dcx.core.contracts import ImageSet
@@ -15,6 +18,13 @@ from dcx.data.loading import IndexedImages, loader
 from dcx.data.transforms import decode_transform, normalize
 
 Batch = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]  # (pixels, indices, indices that failed)
+#: The memory-mapped decoded images of ``cache`` stores (in the run directory while it trains), one per rank.
+CACHE_FILE = "images-rank{rank}.u8.npy"
+
+
+def _cache_file(folder: Path) -> Path:
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return folder / CACHE_FILE.format(rank=rank)
 
 
 class DecodedImages:
@@ -22,16 +32,23 @@ class DecodedImages:
 
     When N x C x size² bytes fit in ``memory_gb`` the whole set is decoded once, on first use, into
     one tensor (``pixels``) on ``device`` (a GPU's memory: batches never cross the bus again), and
-    every later epoch and extraction slices it; otherwise each batch is decoded again through
-    ``workers`` loader processes.
+    every later epoch and extraction slices it. Above it, with ``cache``, they are decoded once into
+    a uint8 memory map in ``scratch`` (the run directory; a temporary folder until one is set), read
+    back through the page cache; otherwise each batch is decoded again through ``workers`` loader
+    processes.
     """
 
     def __init__(self, images: ImageSet, size: int, workers: int = 0, memory_gb: float = 2.0,
-                 progress: Progress | None = None, device: torch.device | None = None) -> None:
+                 progress: Progress | None = None, device: torch.device | None = None, cache: bool = False) -> None:
         self.source = IndexedImages(images, decode_transform(size), blank=size)
         self.n, self.channels, self.size = len(images), images.channels, size
         self.workers = workers
-        self.in_memory = self.n * images.channels * size * size <= memory_gb * 1024**3
+        fits = self.n * images.channels * size * size <= memory_gb * 1024**3
+        #: Decoded once (in memory, or in the memory map of ``cache``) rather than on every read.
+        self.in_memory = fits or cache
+        self.mapped = cache and not fits
+        self.scratch: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
         self.progress = progress or NullProgress()
         self.device = device or torch.device("cpu")
         self._pixels: torch.Tensor | None = None
@@ -41,14 +58,30 @@ class DecodedImages:
         return self.n
 
     def _decode_all(self) -> None:
-        pixels = torch.empty((self.n, self.channels, self.size, self.size), dtype=torch.uint8)
+        shape = (self.n, self.channels, self.size, self.size)
+        pixels = torch.from_numpy(self._map(shape)) if self.mapped else torch.empty(shape, dtype=torch.uint8)
         readable = torch.ones(self.n, dtype=torch.bool)
         with self.progress.task("decode images", self.n) as advance:
             for x, idx, failed in loader(self.source, 256, self.workers):
                 pixels[idx] = x
                 readable[failed] = False
                 advance(len(idx))
-        self._pixels, self._readable = pixels.to(self.device), readable
+        self._pixels, self._readable = (pixels if self.mapped else pixels.to(self.device)), readable
+
+    def _map(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.scratch is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dcx-images-")
+            self.scratch = Path(self._tmp.name)
+        return np.lib.format.open_memmap(_cache_file(self.scratch), mode="w+", dtype=np.uint8, shape=shape)
+
+    def close(self) -> None:
+        """Remove the memory-mapped images, if any."""
+        self._pixels = None
+        if self.mapped and self.scratch is not None:
+            _cache_file(self.scratch).unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     @property
     def pixels(self) -> torch.Tensor:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: Settings a resume may change: how the rest of the run executes, not what it trains.
 #: ``epochs`` may only grow (the cosine schedule is stretched from where the run is).
 RESUMABLE = ("epochs", "workers", "device", "probe", "save_every_epoch", "feature_memory_gb", "image_memory_gb",
-             "compile", "profile")
+             "image_cache", "compile", "profile")
 
 
 class Interrupted(DcxError):

@@ -52,9 +52,7 @@ class Engine:
     """Runs the alternation for a resolved Setup; side effects go through ``callbacks``."""
 
     def __init__(self, s: Setup, progress: Progress | None = None, callbacks: Sequence[Callback] = ()) -> None:
-        self.s = s
-        self.cfg = s.config
-        self.world = s.world
+        self.s, self.cfg, self.world = s, s.config, s.world
         self.progress = progress or NullProgress()
         self.callbacks: list[Callback] = [EpochLog(), *callbacks]
         self.n = len(s.images)
@@ -62,9 +60,9 @@ class Engine:
         self.cuda = self.device.type == "cuda"
         #: Images that failed to decode when read (skipped in training, blank in extraction).
         self.unreadable: set[int] = set()
-        #: The images at the training size, decoded once when they fit ``--image-memory-gb``.
+        #: The images at the training size, decoded once when they fit ``--image-memory-gb`` (or ``--image-cache``).
         self.images = D.DecodedImages(s.images, self.cfg.image_size, self.cfg.workers, self.cfg.image_memory_gb,
-                                      self.progress, self.device)
+                                      self.progress, self.device, self.cfg.image_cache)
         self.extract = FeatureExtractor(s.model, self.images, self.device, self.world, self.cfg.batch_size,
                                         self.cfg.workers, self.cfg.feature_memory_gb, self._autocast, self.progress,
                                         self._note_unreadable)
@@ -172,7 +170,7 @@ class Engine:
         cfg = self.cfg
         callbacks = list(self.callbacks)
         if run_dir is not None:
-            self.extract.scratch = self.extract.scratch or run_dir.path
+            self.extract.scratch = self.images.scratch = self.extract.scratch or run_dir.path
             if self.world.is_main:
                 self.history = [r for r in run_dir.metrics()
                                 if r.get("epoch", 0) < self.start_epoch and r.get("phase") != "final"]
@@ -203,6 +201,7 @@ class Engine:
                 cb.on_fit_end(self, final, summary)
         finally:
             self.extract.close()
+            self.images.close()
         return summary
 
     def run_epoch(self, epoch: int) -> dict:
