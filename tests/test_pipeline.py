@@ -104,6 +104,11 @@ def test_metrics_rows_split_the_training_time(tiny_config, tmp_path):
     assert row["time_data"] > 0 and row["time_step"] > 0 and row["time_wait"] == 0
     assert row["time_data"] + row["time_step"] + row["time_wait"] == pytest.approx(row["time_train"], rel=1e-6)
     assert row["images_per_s"] > 0
+    from dcx.runs.report import write_report
+
+    _, markdown = write_report(tmp_path / "run")
+    header = next(line for line in markdown.read_text().splitlines() if "train data s" in line)
+    assert "train step s" in header and "train wait s" in header
 
 
 def test_engine_decodes_each_image_once_for_all_epochs_and_extractions(tiny_config, monkeypatch):
