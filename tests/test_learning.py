@@ -12,10 +12,13 @@ from dcx.runs.runner import execute, new_run
 
 @pytest.mark.slow
 def test_a_small_digits_run_learns(tmp_path):
-    config = RunConfig(clusterer="kmeans", dataset="digits", k=30, epochs=4, passes=2, batch_size=32, width=0.125,
-                       seed=0, options={"digits": {"limit": 400}, "alexnet": {"fc_dim": 64}})
+    # Every digit, 4 rounds of 2 passes: smaller runs (400 digits, width 0.125) stay within the noise on
+    # some seeds (labels and best block level with random on seeds 1 and 2, with either pipeline);
+    # this one gains 0.13-0.16 on the best block and 0.09-0.12 on the labels' NMI (seeds 0 and 1).
+    config = RunConfig(clusterer="kmeans", dataset="digits", k=50, epochs=4, passes=2, batch_size=64, width=0.25,
+                       seed=0)
     summary = execute(new_run(config, tmp_path / "run"))
-    assert summary["final_loss"] < summary["first"]["loss"]
-    assert summary["final"]["nmi_labels"] > summary["first"]["nmi_labels"]
+    assert summary["final_loss"] < summary["first"]["loss"] - 0.5
+    assert summary["final"]["nmi_labels"] > summary["first"]["nmi_labels"] + 0.04
     best = summary["best_block"]
-    assert best["learned"] > best["random"] + 0.02, best
+    assert best["learned"] > best["random"] + 0.05, best
