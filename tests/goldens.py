@@ -56,7 +56,8 @@ def _weights_digest(checkpoint: Path) -> str:
 
 def _no_timings(value):
     if isinstance(value, dict):
-        return {k: _no_timings(v) for k, v in value.items() if not k.startswith("time") and k != "seconds"}
+        return {k: _no_timings(v) for k, v in value.items()
+                if not k.startswith("time") and k != "seconds" and not k.endswith("_per_s")}
     if isinstance(value, list):
         return [_no_timings(v) for v in value]
     return value
