@@ -99,8 +99,11 @@ def cluster(
         if not any(o.name == "k" for o in cls.options):
             raise InputError(f"clusterer '{clusterer}' chooses its own number of clusters: drop --k")
         options.setdefault("k", k)
-    if any(o.name == "heads" for o in cls.options):
-        options.setdefault("heads", 1)  # one labelling is written: further clusterings only train heads
+    # One labelling is written: further clusterings (k-means heads, merged heads over a kNN graph of
+    # every row) only train heads in a run; here they would cost time and memory for nothing.
+    for name, single in (("heads", 1), ("merged_heads", 0)):
+        if any(o.name == name for o in cls.options):
+            options.setdefault(name, single)
     algo = registry.create("clusterer", clusterer, options)
     x = open_features(features)
     k_eff = algo.params.get("k")
