@@ -193,7 +193,15 @@ pre-made batches.
 One default epoch of `dcx run` on the folder through the CLI: training {c['time_train']:.1f} s =
 data {c.get('time_data', 0):.1f} s + step {c.get('time_step', 0):.1f} s + waits {c.get('time_wait', 0):.1f} s
 (extraction {c.get('time_extract', 0):.1f} s, clustering {c.get('time_cluster', 0):.1f} s).
-""")
+{GPU_NOTE if args.device == "cpu" else ""}""")
+
+
+GPU_NOTE = """
+On a GPU the figures are unmeasured: no GPU was lent to the session that built the batched pipeline.
+`python benchmarks/bench_pipeline.py --device cuda` (and `bench_step.py --device cuda`) records them
+in their own sections; on a GPU the augmentation runs there too, from images decoded once into the
+GPU's memory, and the epoch's data time is the augmentation's device time (CUDA events).
+"""
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dcx import evaluation as E
 from dcx.training.engine import Engine
 from dcx.training.setup import setup
 from dcx.core.errors import InputError
+from dcx.algorithms.kmeans import kmeans
 from dcx.algorithms.pca import PCAWhitening
 from dcx.algorithms.metrics import clustering_scores, hungarian_accuracy
 from dcx.training.rundir import RunDir
@@ -233,3 +234,90 @@ def test_eval_cluster_runs_sets_the_seeds_averaged_and_replaces_scores_of_anothe
     assert two["learned"]["cluster"]["features"]["l2"]["nmi"] == pytest.approx(want["l2"]["nmi"])
     bad = runner.invoke(app, [*args, "--cluster-runs", "0"])
     assert bad.exit_code == 2 and "--cluster-runs 0" in bad.output and "Traceback" not in bad.output
+
+
+# ----------------------------------------------------------------------------- pace (issue 37)
+
+
+def test_top_eigenpairs_solver_gives_the_full_solvers_whitening():
+    """The eval's leading-eigenpairs PCA (float32 syevr) and the full float64 one: same whitened
+    rows up to each component's sign, same cluster scores."""
+    from dcx.algorithms.pca import top_eigh
+
+    rng = np.random.default_rng(2)
+    spectrum = np.arange(1, 301) ** -0.7
+    x = (rng.normal(size=(1500, 300)) * spectrum) @ np.linalg.qr(rng.normal(size=(300, 300)))[0]
+    x = x.astype(np.float32)
+    full = PCAWhitening(dim=40).fit_transform(x)
+    top = PCAWhitening(dim=40, solver="top").fit_transform(x)
+    signs = np.sign((full * top).sum(0))
+    assert np.abs(full - top * signs).max() < 1e-3
+    cov = np.cov(x.T.astype(np.float64))
+    w, v = top_eigh(cov, 40)
+    assert np.all(np.diff(w) <= 0) and np.allclose(w, np.linalg.eigvalsh(cov)[::-1][:40], rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown PCA solver"):
+        PCAWhitening(dim=4, solver="lanczos").fit(x)
+
+
+def test_wide_blocks_use_the_top_solver_with_the_same_cluster_scores(monkeypatch):
+    """Blocks of >= PCA_TOP_MIN_DIMS dims (here lowered) go through the top solver; the protocol's
+    scores equal the full solver's on a tiny case."""
+    from dcx.evaluation import protocols as P
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 150)
+    x = (rng.normal(size=(4, 120))[y] + 0.8 * rng.normal(size=(600, 120))).astype(np.float32)
+    monkeypatch.setattr(P, "PCA_TOP_MIN_DIMS", 10**9)
+    full = P.pca_whiten_l2(x, 32)
+    monkeypatch.setattr(P, "PCA_TOP_MIN_DIMS", 100)
+    used = []
+    real = PCAWhitening.fit
+
+    def spy(self, *a, **k):
+        used.append(self.solver)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(PCAWhitening, "fit", spy)
+    top = P.pca_whiten_l2(x, 32)
+    assert used == ["top"]
+    signs = np.sign((full * top).sum(0))
+    assert np.abs(full - top * signs).max() < 1e-3
+    a = clustering_scores(y, kmeans(full, 4, 20, 0).labels)
+    b = clustering_scores(y, kmeans(top, 4, 20, 0).labels)
+    assert a["nmi"] == pytest.approx(b["nmi"], abs=1e-6)
+
+
+class RecordingProgress:
+    """A Progress that records every task: (description, total, units advanced)."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def task(self, description, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm():
+            row = [description, total, 0]
+            self.tasks.append(row)
+
+            def advance(n=1):
+                row[2] += n
+
+            yield advance
+
+        return cm()
+
+
+def test_cluster_eval_shows_progress_per_block_and_seed(tiny_run):
+    """dcx eval's cluster protocol reports each block's preprocessings and k-means seeds as they end:
+    long evaluations move on the terminal instead of printing nothing until the table."""
+    path, _ = tiny_run
+    progress = RecordingProgress()
+    E.evaluate_run(path, protocols="cluster", layers=["conv5", "features"], progress=progress, save=False,
+                   cluster_runs=2)
+    kmeans_tasks = [t for t in progress.tasks if t[0].startswith("k-means")]
+    assert [t[0] for t in kmeans_tasks] == ["k-means learned conv5", "k-means learned features",
+                                            "k-means random conv5", "k-means random features"]
+    assert all(t[1] == 2 * (2 + 1) and t[2] == t[1] for t in kmeans_tasks)  # 2 preprocessings x (PCA/L2 + 2 seeds)
+    assert any(t[0].startswith("extract learned") for t in progress.tasks)

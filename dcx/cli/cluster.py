@@ -2,7 +2,8 @@
 
 The file is read in row chunks (``arrays.NpyRows``), never whole: validation, PCA and the
 projection stream over it, so a 1.6 GB input clusters in well under 1 GB of memory
-(docs/benchmarks.md). Only the (N, pca_dim) projection is held in RAM.
+(docs/benchmarks.md, benchmarks/bench_cluster_cli.py). Only the (N, pca_dim) projection is held in RAM;
+torch is never imported (about 0.45 GB resident on its own).
 """
 
 from __future__ import annotations
@@ -99,8 +100,11 @@ def cluster(
         if not any(o.name == "k" for o in cls.options):
             raise InputError(f"clusterer '{clusterer}' chooses its own number of clusters: drop --k")
         options.setdefault("k", k)
-    if any(o.name == "heads" for o in cls.options):
-        options.setdefault("heads", 1)  # one labelling is written: further clusterings only train heads
+    # One labelling is written: further clusterings (k-means heads, merged heads over a kNN graph of
+    # every row) only train heads in a run; here they would cost time and memory for nothing.
+    for name, single in (("heads", 1), ("merged_heads", 0)):
+        if any(o.name == name for o in cls.options):
+            options.setdefault(name, single)
     algo = registry.create("clusterer", clusterer, options)
     x = open_features(features)
     k_eff = algo.params.get("k")

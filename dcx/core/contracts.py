@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # torch is imported when a network is built, not with the contract (`dcx cluster` and `dcx list` need
-# none): BackboneNet and the classifier heads are served from their modules on first use.
+# none): BackboneNet is served from its module on first use, the classifier heads import theirs when called.
 
 
 def __getattr__(name: str) -> Any:
@@ -38,11 +38,22 @@ def __getattr__(name: str) -> Any:
         from dcx.core.backbone_net import BackboneNet
 
         return BackboneNet
-    if name in ("linear_head", "linear_heads"):
-        from dcx.core import heads
-
-        return getattr(heads, name)
     raise AttributeError(f"module 'dcx.core.contracts' has no attribute {name!r}")
+
+
+def linear_head(feature_dim: int, n_outputs: int, preactivation: bool = False) -> "nn.Module":
+    """DeepCluster's classifier head (``dcx.core.heads.linear_head``); torch is imported on the call,
+    not when a plugin imports this name (a plugin module is loaded by `dcx cluster` too)."""
+    from dcx.core import heads
+
+    return heads.linear_head(feature_dim, n_outputs, preactivation)
+
+
+def linear_heads(feature_dim: int, n_outputs: int, heads: int, preactivation: bool = False) -> "nn.Module":
+    """``heads`` classifier heads in one module (``dcx.core.heads.linear_heads``); torch imported on the call."""
+    from dcx.core import heads as _heads
+
+    return _heads.linear_heads(feature_dim, n_outputs, heads, preactivation)
 
 
 def _cpu() -> "torch.device":

@@ -14,6 +14,7 @@ from dcx.evaluation.data import SPLIT_SEED, stratified_split
 from dcx.algorithms.pca import PCAWhitening, l2_normalize
 from dcx.algorithms.kmeans import kmeans
 from dcx.algorithms.metrics import clustering_scores
+from dcx.core.progress import NullProgress, Progress
 
 PROTOCOLS = ("linear", "knn", "cluster")
 KNN_K = (20, 200)
@@ -26,6 +27,9 @@ CLUSTER_RUNS = 5
 #: is used. One fixed value by default: on digits the choice moved top-1 by <0.4% (2 images).
 LINEAR_WD = (1e-3,)
 LINEAR_ITERS = 50
+#: Blocks this wide or wider fit their PCA with the leading-eigenpairs solver (float32 syevr): at
+#: d = 5,400 the full float64 eigendecomposition was most of `dcx eval --protocol cluster`'s time.
+PCA_TOP_MIN_DIMS = 2048
 
 
 def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -114,8 +118,11 @@ def pca_whiten_l2(x: np.ndarray, dim: int = 256) -> np.ndarray:
 
     With fewer rows than dims (conv blocks of a small dataset) PCAWhitening goes through the
     N x N Gram matrix, so a 5,400-d block costs an N x N eigendecomposition, not a 5,400^3 one.
+    With more rows than dims, blocks of at least PCA_TOP_MIN_DIMS solve for the ``dim`` leading
+    eigenpairs only, in float32 (``algorithms.pca.top_eigh``, docs/decisions.md D52).
     """
-    return l2_normalize(PCAWhitening(dim=dim).fit_transform(x))
+    solver = "top" if x.shape[1] >= PCA_TOP_MIN_DIMS else "full"
+    return l2_normalize(PCAWhitening(dim=dim, solver=solver).fit_transform(x))
 
 
 def preprocess_for_clustering(x: np.ndarray, variant: str, pca_dim: int = 256) -> np.ndarray:
@@ -129,15 +136,28 @@ def preprocess_for_clustering(x: np.ndarray, variant: str, pca_dim: int = 256) -
 
 def cluster_protocol(
     x: np.ndarray, labels: np.ndarray, seed: int = SPLIT_SEED, variants: Sequence[str] = CLUSTER_PREPROCESSING,
-    runs: int = CLUSTER_RUNS, device: torch.device | str = "cpu",
+    runs: int = CLUSTER_RUNS, device: torch.device | str = "cpu", progress: Progress | None = None,
+    desc: str = "k-means",
 ) -> dict[str, dict[str, float]]:
     """k-means (k = #classes) per preprocessing -> NMI, ARI, Hungarian accuracy: mean and std over
-    ``runs`` seeds (``seed``, ``seed + 1``, ...)."""
+    ``runs`` seeds (``seed``, ``seed + 1``, ...). ``progress`` advances once per preprocessing and
+    once per k-means run."""
     k = int(len(np.unique(labels)))
     out = {}
-    for variant in variants:
-        z = preprocess_for_clustering(x, variant)
-        scores = [clustering_scores(labels, kmeans(z, k, 20, seed + r, device=device).labels) for r in range(runs)]
-        out[variant] = {m: float(np.mean([sc[m] for sc in scores])) for m in scores[0]}
-        out[variant].update({f"{m}_std": float(np.std([sc[m] for sc in scores])) for m in scores[0]})
+    with (progress or NullProgress()).task(desc, len(variants) * (runs + 1)) as advance:
+        for variant in variants:
+            z = preprocess_for_clustering(x, variant)
+            advance(1)
+            scores = []
+            for r in range(runs):
+                scores.append(clustering_scores(labels, kmeans(z, k, 20, seed + r, device=device).labels))
+                advance(1)
+            out[variant] = _mean_std(scores)
     return out
+
+
+def _mean_std(scores: list[dict[str, float]]) -> dict[str, float]:
+    out = {m: float(np.mean([sc[m] for sc in scores])) for m in scores[0]}
+    out.update({f"{m}_std": float(np.std([sc[m] for sc in scores])) for m in scores[0]})
+    return out
+

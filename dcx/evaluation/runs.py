@@ -37,8 +37,10 @@ EVAL_JSON = "eval.json"
 def evaluate_features(
     feats: np.ndarray, data: EvalData, protocols: Sequence[str], device: torch.device | str = "cpu",
     cluster_variants: Sequence[str] = CLUSTER_PREPROCESSING, cluster_runs: int = CLUSTER_RUNS,
+    progress: Progress | None = None, desc: str = "k-means",
 ) -> dict[str, dict]:
-    """Every protocol on one layer's features (rows aligned with ``data.images``)."""
+    """Every protocol on one layer's features (rows aligned with ``data.images``); ``progress`` shows
+    the cluster protocol's preprocessings and k-means seeds as they finish."""
     y = data.labels
     out: dict[str, dict] = {}
     if "linear" in protocols:
@@ -47,7 +49,7 @@ def evaluate_features(
         out["knn"] = knn_classify(feats[data.train_idx], y[data.train_idx], feats[data.test_idx], y[data.test_idx], device=device)
     if "cluster" in protocols:
         out["cluster"] = cluster_protocol(feats[data.cluster_idx], y[data.cluster_idx], variants=cluster_variants,
-                                          runs=cluster_runs, device=device)
+                                          runs=cluster_runs, device=device, progress=progress, desc=desc)
     return out
 
 
@@ -71,7 +73,8 @@ def evaluate_network(
         with progress.task(f"evaluate {name} ({', '.join(protocols)})", len(group)) as advance:
             for layer in group:
                 t = time.perf_counter()
-                scores = evaluate_features(feats.pop(layer), data, protocols, device, cluster_variants, cluster_runs)
+                scores = evaluate_features(feats.pop(layer), data, protocols, device, cluster_variants, cluster_runs,
+                                           progress, desc=f"k-means {name} {layer}")
                 for p, v in scores.items():
                     result[p][layer] = v
                 log.debug("%s %s evaluated in %.1f s", name, layer, time.perf_counter() - t)
