@@ -128,3 +128,18 @@ def test_profile_writes_a_trace_of_one_epoch(tiny_config, tmp_path):
     names = {e.get("name", "") for e in trace["traceEvents"]}
     assert any("grid_sampler" in n for n in names) and any("convolution" in n for n in names)
     assert "Self CPU" in (folder / "ops-epoch0.txt").read_text()
+
+
+def test_evaluation_decodes_its_images_once_for_every_network_and_layer_group(tiny_config, monkeypatch):
+    from dcx.evaluation.extraction import extract_layers
+    from dcx.evaluation.data import EvalData
+
+    calls = []
+    decode = D.DecodedImages._decode_all
+    monkeypatch.setattr(D.DecodedImages, "_decode_all", lambda self: calls.append(1) or decode(self))
+    s = setup(tiny_config)
+    n = len(s.images)
+    data = EvalData(s.images, s.images.labels, np.arange(n), np.arange(0), np.arange(n), "digits", "test")
+    first = extract_layers(s.model, data, ["conv1"], 32, torch.device("cpu"))
+    second = extract_layers(s.model, data, ["conv1", "conv2"], 32, torch.device("cpu"))
+    assert calls == [1] and np.array_equal(first["conv1"], second["conv1"])

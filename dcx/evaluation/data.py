@@ -3,7 +3,7 @@ split) or another labelled dataset, converted to the network's channels."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,6 +32,8 @@ class EvalData:
     cluster_idx: np.ndarray
     dataset: str
     split: str  # how train/test were formed, stated in every output
+    #: The images decoded at an image size, kept for every extraction pass (``extraction.decoded``).
+    decoded: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:

@@ -28,16 +28,24 @@ def extract_layers(
     """Pooled features of every layer for all of ``data``'s images, in one pass (engine's ``extract``)."""
     progress = progress or NullProgress()
     sides, dims = pooling_plan(layer_shapes(model, layers, image_size, data.images.channels, device), max_dims)
-    dataset = D.IndexedImages(data.images, D.eval_transform(image_size, data.images.channels), blank=image_size)
-    batches = D.loader(dataset, batch_size, workers)
-    with progress.task(desc, len(dataset)) as advance:
-        flat = extract(model, batches, len(dataset), device, forward=PooledLayers(model, layers, sides), on_batch=advance)
+    images = decoded(data, image_size, workers, progress)
+    batches = images.extraction(range(len(images)), batch_size)
+    with progress.task(desc, len(images)) as advance:
+        flat = extract(model, batches, len(images), device, forward=PooledLayers(model, layers, sides), on_batch=advance)
     check_finite(flat, f"{desc} features")
     out, pos = {}, 0
     for n in layers:
         out[n] = flat[:, pos : pos + dims[n]]
         pos += dims[n]
     return out
+
+
+def decoded(data: EvalData, image_size: int, workers: int = 0, progress: Progress | None = None) -> D.DecodedImages:
+    """``data``'s images decoded once at ``image_size`` for every pass over them (both networks, every
+    group of layers): the same pixels as the eval transform of each image (``D.DecodedImages``)."""
+    if image_size not in data.decoded:
+        data.decoded[image_size] = D.DecodedImages(data.images, image_size, workers, progress=progress)
+    return data.decoded[image_size]
 
 
 def layer_groups(dims: dict[str, int], n: int, budget: int = MEMORY_BUDGET) -> list[list[str]]:
