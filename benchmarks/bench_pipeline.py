@@ -5,7 +5,8 @@ training, in one process, alternating three ways of feeding the same engine, net
   augmented as a whole on the device (``dcx.data``);
 - ``per-image``: the pipeline of dcx 0.2.0 and before, kept here as the reference: every image
   decoded again and put through torchvision's per-image transforms (``RandomResizedCrop``,
-  ``RandomAffine``, ``ElasticTransform``, flips, jitter) in the main process (0 workers on CPU);
+  ``RandomAffine``, ``ElasticTransform``, flips, jitter) in the main process (0 workers on CPU),
+  and the network in 0.2.0's memory format on the CPU (NCHW: channels_last was for CUDA only);
 - ``bare``: pre-made batches (already augmented, on the device): the step alone.
 
 Workloads: the default k-means run on a 20,000-image 28x28 folder (rendered characters, the
@@ -122,10 +123,15 @@ def measure(config: RunConfig, reps: int) -> dict:
     for rep in range(reps):
         for name, batches in contenders.items():
             engine.batches = batches
+            today = name == "per-image" and engine.device.type == "cpu"
+            if today:
+                engine.s.model.to(memory_format=torch.contiguous_format)
             torch.manual_seed(rep)
             t = time.perf_counter()
             engine.train_epoch(rep, objective)
             times[name].append(time.perf_counter() - t)
+            if today and engine.channels_last:
+                engine.s.model.to(memory_format=torch.channels_last)
             print(f"  {name}: {images / times[name][-1]:.0f} images/s", flush=True)
     engine.batches = batched
     rate = {name: images / statistics.median(ts) for name, ts in times.items()}
