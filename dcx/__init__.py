@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 try:
     __version__ = version("dcx")
 except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0.2.0"
+    __version__ = "0.3.0"
 
 _API = ("Run", "evaluate", "load", "train")
 
