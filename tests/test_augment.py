@@ -28,9 +28,8 @@ def _same_distribution(a, b) -> None:
     assert ks_2samp(a, b).pvalue > 1e-3, (a.mean(), b.mean(), a.std(), b.std())
 
 
-@pytest.mark.parametrize("scale", [(0.5, 1.0), (0.08, 1.0), (0.05, 0.14)])
-def test_crop_boxes_follow_random_resized_crop(scale):
-    side = 32
+@pytest.mark.parametrize("scale,side", [((0.5, 1.0), 32), ((0.08, 1.0), 32), ((0.05, 0.14), 32), ((0.5, 1.0), 8)])
+def test_crop_boxes_follow_random_resized_crop(scale, side):
     box = G.crop_boxes(N, side, scale, torch.Generator().manual_seed(0), CPU).numpy()
     torch.manual_seed(0)
     img = torch.zeros(1, side, side)
@@ -189,3 +188,20 @@ def test_colour_images_change_every_channel_and_grey_images_get_no_colour_ops():
     pixels = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(16)) * 255).to(torch.uint8)
     plain = D.train_augment(16, False, 1.0, "crop", jitter=0.0)(pixels, torch.Generator().manual_seed(0))[0]
     assert torch.allclose(plain, D.normalize(pixels), atol=1e-5)
+
+
+def test_crops_of_a_small_original_are_drawn_on_its_own_pixel_grid():
+    """An 8-px digit decoded at 32 px is cropped as torchvision crops the 8-px original: boxes on the
+    8-px grid (the whole image more often than on a 32-px grid), wherever it was decoded."""
+    pixels = torch.zeros(N, 1, 32, 32)
+    ramp = torch.arange(32, dtype=torch.float32) / 31
+    pixels[:] = ramp.view(1, 1, 1, 32)
+    g = G.Geometry(32, (0.5, 1.0))
+    eight = G.warp(pixels, g, torch.Generator().manual_seed(17), sides=torch.full((N,), 8))
+    fine = G.warp(pixels, g, torch.Generator().manual_seed(17))
+    whole8 = (eight[:, 0, 0, 0] < 0.02) & (eight[:, 0, 0, -1] > 0.98)
+    whole32 = (fine[:, 0, 0, 0] < 0.02) & (fine[:, 0, 0, -1] > 0.98)
+    boxes = G.crop_boxes(N, 8, (0.5, 1.0), torch.Generator().manual_seed(0), CPU)
+    expected = float((boxes[:, 3] == 8).float().mean())  # full-width crops (the ramp runs along x)
+    assert whole8.float().mean() > 2 * whole32.float().mean()
+    assert abs(float(whole8.float().mean()) - expected) < 0.03

@@ -48,7 +48,8 @@ def test_decoded_once_in_memory_equals_decoded_on_every_read():
     assert torch.equal(rows[0], eval_t(_set().images[0]))  # the extraction input of dcx 0.2, bit for bit
     assert torch.all(rows[3] == rows[3].flatten()[0]) and [f.tolist() for _, _, f in a] == [[3], [], []]
     for store in (memory, streamed):
-        (x, idx, failed), = list(store.training([[1, 3, 5]]))
+        ((x, idx, failed), sides), = list(store.training([[1, 3, 5]]))
+        assert sides.tolist() == [20, 20]  # the originals' shorter side: the grid of their crops
         assert idx.tolist() == [1, 5] and failed.tolist() == [3] and x.dtype == torch.uint8 and x.shape == (2, 1, 16, 16)
         assert torch.equal(x[0], memory.pixels[1])
 
@@ -62,7 +63,7 @@ def test_a_cached_store_decodes_once_into_a_memory_map_and_removes_it(tmp_path):
         assert torch.equal(xa, xb) and torch.equal(ia, ib) and torch.equal(fa, fb)
     assert [p.name for p in tmp_path.iterdir()] == ["images-rank0.u8.npy"]
     assert np.load(tmp_path / "images-rank0.u8.npy", mmap_mode="r").shape == (10, 1, 16, 16)
-    (x, idx, failed), = list(cached.training([[0, 3, 9]]))
+    ((x, idx, failed), _), = list(cached.training([[0, 3, 9]]))
     assert idx.tolist() == [0, 9] and failed.tolist() == [3] and torch.equal(x, memory.pixels[[0, 9]])
     cached.close()
     assert not list(tmp_path.iterdir())

@@ -22,6 +22,17 @@ Batch = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]  # (pixels, indic
 CACHE_FILE = "images-rank{rank}.u8.npy"
 
 
+class DecodeWithSide:
+    """One image -> (uint8 pixels at the training size, its original's shorter side): the grid its
+    training crops are drawn on (``geometry.warp``)."""
+
+    def __init__(self, size: int) -> None:
+        self.transform = decode_transform(size)
+
+    def __call__(self, img) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(img), torch.tensor(min(img.size), dtype=torch.int32)
+
+
 def _cache_file(folder: Path) -> Path:
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
     return folder / CACHE_FILE.format(rank=rank)
@@ -40,7 +51,7 @@ class DecodedImages:
 
     def __init__(self, images: ImageSet, size: int, workers: int = 0, memory_gb: float = 2.0,
                  progress: Progress | None = None, device: torch.device | None = None, cache: bool = False) -> None:
-        self.source = IndexedImages(images, decode_transform(size), blank=size)
+        self.source = IndexedImages(images, DecodeWithSide(size), blank=size)
         self.n, self.channels, self.size = len(images), images.channels, size
         self.workers = workers
         fits = self.n * images.channels * size * size <= memory_gb * 1024**3
@@ -53,6 +64,7 @@ class DecodedImages:
         self.device = device or torch.device("cpu")
         self._pixels: torch.Tensor | None = None
         self._readable: torch.Tensor | None = None
+        self._sides: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -61,12 +73,15 @@ class DecodedImages:
         shape = (self.n, self.channels, self.size, self.size)
         pixels = torch.from_numpy(self._map(shape)) if self.mapped else torch.empty(shape, dtype=torch.uint8)
         readable = torch.ones(self.n, dtype=torch.bool)
+        sides = torch.empty(self.n, dtype=torch.int32)
         with self.progress.task("decode images", self.n) as advance:
-            for x, idx, failed in loader(self.source, 256, self.workers):
+            for (x, side), idx, failed in loader(self.source, 256, self.workers):
                 pixels[idx] = x
+                sides[idx] = side
                 readable[failed] = False
                 advance(len(idx))
         self._pixels, self._readable = (pixels if self.mapped else pixels.to(self.device)), readable
+        self._sides = sides
 
     def _map(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.scratch is None:
@@ -90,31 +105,33 @@ class DecodedImages:
             self._decode_all()
         return self._pixels  # type: ignore[return-value]
 
-    def training(self, batches: Iterable[list[int]], pin_memory: bool = False) -> Iterator[Batch]:
-        """uint8 batches of the index lists ``batches``; images that fail to decode are left out
-        (pixels None when all of a batch failed)."""
+    def training(self, batches: Iterable[list[int]], pin_memory: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(uint8 batch, indices, failed indices), original sides, for the index lists ``batches``;
+        images that fail to decode are left out (pixels None when all of a batch failed)."""
         if not self.in_memory:
             yield from self._streamed(batches, pin_memory)
             return
-        pixels, readable = self.pixels, self._readable
+        pixels, readable, sides = self.pixels, self._readable, self._sides
         for batch in batches:
             idx = torch.as_tensor(batch, dtype=torch.long)
             ok = readable[idx]
             failed, idx = idx[~ok], idx[ok]
-            yield (pixels.index_select(0, idx.to(pixels.device)) if len(idx) else None), idx, failed
+            x = pixels.index_select(0, idx.to(pixels.device)) if len(idx) else None
+            yield (x, idx, failed), sides[idx]
 
-    def _streamed(self, batches: Iterable[list[int]], pin_memory: bool) -> Iterator[Batch]:
-        for x, idx, failed in loader(self.source, 0, self.workers, batch_sampler=batches, pin_memory=pin_memory):
+    def _streamed(self, batches: Iterable[list[int]], pin_memory: bool) -> Iterator[tuple[Batch, torch.Tensor]]:
+        for (x, sides), idx, failed in loader(self.source, 0, self.workers, batch_sampler=batches,
+                                              pin_memory=pin_memory):
             if len(failed):  # decoded as blanks: training leaves them out
                 keep = ~torch.isin(idx, failed)
-                x, idx = (x[keep] if keep.any() else None), idx[keep]
-            yield x, idx, failed
+                x, idx, sides = (x[keep] if keep.any() else None), idx[keep], sides[keep]
+            yield (x, idx, failed), sides
 
     def extraction(self, indices: range, batch_size: int, pin_memory: bool = False) -> Iterator[Batch]:
         """Normalised float batches of ``indices`` in order, a blank image for each unreadable one."""
         if not self.in_memory:
-            for x, idx, failed in loader(self.source, batch_size, self.workers, sampler=list(indices),
-                                         pin_memory=pin_memory):
+            for (x, _), idx, failed in loader(self.source, batch_size, self.workers, sampler=list(indices),
+                                              pin_memory=pin_memory):
                 yield normalize(x), idx, failed
             return
         pixels, readable = self.pixels, self._readable

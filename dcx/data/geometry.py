@@ -42,12 +42,13 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torc
     return torch.rand(n, generator=gen, device=device, dtype=torch.float64) * (high - low) + low
 
 
-def crop_boxes(n: int, side: int, scale: tuple[float, float], gen: torch.Generator,
+def crop_boxes(n: int, side: int | torch.Tensor, scale: tuple[float, float], gen: torch.Generator,
                device: torch.device) -> torch.Tensor:
     """(n, 4) integer boxes (top, left, height, width) drawn as ``RandomResizedCrop.get_params`` on a
-    square image: up to 10 (area, aspect) draws, the first that fits, else the whole image."""
-    area = float(side * side)
-    target = area * _uniform(n * CROP_ATTEMPTS, *scale, gen, device).view(n, CROP_ATTEMPTS)
+    square image of ``side`` pixels (one side, or one per image): up to 10 (area, aspect) draws, the
+    first that fits, else the whole image."""
+    side = torch.as_tensor(side, dtype=torch.float64, device=device).expand(n).reshape(n, 1)
+    target = side * side * _uniform(n * CROP_ATTEMPTS, *scale, gen, device).view(n, CROP_ATTEMPTS)
     log_r = _uniform(n * CROP_ATTEMPTS, math.log(RATIO[0]), math.log(RATIO[1]), gen, device).view(n, CROP_ATTEMPTS)
     aspect = torch.exp(log_r)
     w = torch.round(torch.sqrt(target * aspect))
@@ -55,11 +56,12 @@ def crop_boxes(n: int, side: int, scale: tuple[float, float], gen: torch.Generat
     fits = (w > 0) & (w <= side) & (h > 0) & (h <= side)
     first = torch.argmax(fits.to(torch.uint8), dim=1, keepdim=True)  # first attempt that fits
     any_fit = fits.any(dim=1)
-    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], side))
-    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], side))
+    side = side.squeeze(1)
+    w = torch.where(any_fit, w.gather(1, first).squeeze(1), side)
+    h = torch.where(any_fit, h.gather(1, first).squeeze(1), side)
     u = torch.rand(n, 2, generator=gen, device=device, dtype=torch.float64)
-    top = torch.floor(u[:, 0] * (side - h + 1)).clamp(max=side - h)
-    left = torch.floor(u[:, 1] * (side - w + 1)).clamp(max=side - w)
+    top = torch.minimum(torch.floor(u[:, 0] * (side - h + 1)), side - h)
+    left = torch.minimum(torch.floor(u[:, 1] * (side - w + 1)), side - w)
     return torch.stack([top, left, h, w], dim=1)
 
 
@@ -136,10 +138,17 @@ def _base_grid(n: int, size: int, device: torch.device) -> torch.Tensor:
     return torch.stack([gx, gy], dim=-1).expand(n, size, size, 2)
 
 
-def warp(images: torch.Tensor, g: Geometry, gen: torch.Generator) -> torch.Tensor:
-    """``images`` (n, C, S, S) float in [0, 1] -> (n, C, size, size), one geometric draw per image."""
-    n, _, side, _ = images.shape
+def warp(images: torch.Tensor, g: Geometry, gen: torch.Generator, sides: torch.Tensor | None = None) -> torch.Tensor:
+    """``images`` (n, C, S, S) float in [0, 1] -> (n, C, size, size), one geometric draw per image.
+
+    ``sides``: each image's side where it was decoded from (its original's shorter side): crop boxes
+    are drawn on that pixel grid, as torchvision's crop of the original (an 8-px digit gets an 8-px
+    grid of boxes, however large it was decoded; decisions D58)."""
+    n, _, stored, _ = images.shape
     device = images.device
+    side = sides.to(device=device, dtype=torch.float64) if sides is not None else torch.full((n,), float(stored),
+                                                                                            device=device,
+                                                                                            dtype=torch.float64)
     box = crop_boxes(n, side, g.scale, gen, device)
     p = _base_grid(n, g.size, device)
     mask = None
@@ -155,8 +164,9 @@ def warp(images: torch.Tensor, g: Geometry, gen: torch.Generator) -> torch.Tenso
         mask = _inside(p, g.size) if mask is None else mask * _inside(p, g.size)
     # The crop box (pixel units of the source) in normalised source coordinates: x -> a·x + b.
     top, left, h, w = box.to(torch.float32).unbind(1)
-    a = torch.stack([w, h], 1) / side
-    b = torch.stack([2 * left + w, 2 * top + h], 1) / side - 1
+    grid_side = side.to(torch.float32).view(n, 1)
+    a = torch.stack([w, h], 1) / grid_side
+    b = torch.stack([2 * left + w, 2 * top + h], 1) / grid_side - 1
     grid = p * a.view(n, 1, 1, 2) + b.view(n, 1, 1, 2)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out if mask is None else out * mask.unsqueeze(1)

@@ -40,7 +40,7 @@ class TrainingBatches:
         while True:
             t0 = time.perf_counter()
             try:
-                pixels, idx, failed = next(source)
+                (pixels, idx, failed), sides = next(source)
             except StopIteration:
                 return
             t1 = time.perf_counter()
@@ -54,7 +54,7 @@ class TrainingBatches:
             if self.cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-            views = self.augment(pixels.to(self.device, non_blocking=True), gen)
+            views = self.augment(pixels.to(self.device, non_blocking=True), gen, sides)
             self._images += len(idx)
             if self.cuda:
                 end.record()

@@ -66,11 +66,12 @@ class Augment:
     def __len__(self) -> int:
         return len(self.views)
 
-    def __call__(self, pixels: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, pixels: torch.Tensor, gen: torch.Generator, sides: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``sides``: each image's original side (``DecodedImages.sides``), the grid its crops are drawn on."""
         x = pixels.to(torch.float32).div(255)
         out = []
         for view in self.views:
-            y = warp(x, view.geometry, gen)
+            y = warp(x, view.geometry, gen, sides)
             if view.jitter > 0:
                 y = gaussian_blur(colour_jitter(y, view.jitter, gen), gen)
             y = y.sub(MEAN).div(STD)
