@@ -55,6 +55,19 @@ def per_image_transform(size: int, channels: int, flip: bool, scale: tuple[float
     return T.Compose([*steps, T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)])
 
 
+class Sized:
+    """An epoch's batches with the length the engine's progress bar asks for."""
+
+    def __init__(self, length: int, batches) -> None:
+        self.length, self.batches = length, batches
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return self.batches()
+
+
 class PerImageBatches:
     """The dcx 0.2.0 loader: decode + per-image transforms of every view in a DataLoader."""
 
@@ -67,18 +80,11 @@ class PerImageBatches:
         self.workers, self.device = cfg.workers, engine.device
 
     def epoch(self, batch_sampler, seed):
-        device = self.device
+        def batches():
+            for views, idx, failed in D.loader(self.dataset, 0, self.workers, batch_sampler=batch_sampler, seed=seed):
+                yield [v.to(self.device) for v in views], idx, failed
 
-        class _Epoch:
-            def __len__(self):
-                return len(batch_sampler)
-
-            def __iter__(inner):
-                for views, idx, failed in D.loader(self.dataset, 0, self.workers, batch_sampler=batch_sampler,
-                                                   seed=seed):
-                    yield [v.to(device) for v in views], idx, failed
-
-        return _Epoch()
+        return Sized(len(batch_sampler), batches)
 
     def time_split(self, seconds):
         return {}
@@ -93,18 +99,12 @@ class PremadeBatches:
         self.batches = [next(made) for _ in range(min(4, len(sampler)))]
 
     def epoch(self, batch_sampler, seed):
-        batches = self.batches
+        def batches():
+            for i, batch in enumerate(batch_sampler):
+                views, _, failed = self.batches[i % len(self.batches)]
+                yield views, torch.as_tensor(batch[: len(views[0])]), failed
 
-        class _Epoch:
-            def __len__(self):
-                return len(batch_sampler)
-
-            def __iter__(self):
-                for i, batch in enumerate(batch_sampler):
-                    views, _, failed = batches[i % len(batches)]
-                    yield views, torch.as_tensor(batch[: len(views[0])]), failed
-
-        return _Epoch()
+        return Sized(len(batch_sampler), batches)
 
     def time_split(self, seconds):
         return {}

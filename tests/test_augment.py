@@ -53,6 +53,13 @@ def test_affine_parameters_follow_random_affine():
     assert angle.abs().max() <= 12 and shift.abs().max() <= round(0.08 * 32) and shear.abs().max() <= 8
 
 
+def _inside(points: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear weight of the inside of a ``side``-pixel image at normalised ``points``."""
+    u = ((points + 1) * side - 1) / 2
+    w = torch.clamp(torch.minimum(1 + u, side - u), 0, 1)
+    return w[..., 0] * w[..., 1]
+
+
 def test_affine_warp_is_torchvisions_for_the_same_parameters():
     """For given parameters the batched warp reads the same pixels as torchvision's ``affine``
     (bilinear), wherever neither reads across the image border."""
@@ -62,7 +69,7 @@ def test_affine_warp_is_torchvisions_for_the_same_parameters():
     m = G.inverse_affine(angle, shift, zoom, shear, 24).float()
     grid = torch.einsum("nhwj,nij->nhwi", G._base_grid(6, 24, CPU), m[:, :, :2]) + m[:, :, 2].view(6, 1, 1, 2)
     ours = torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = G._inside(grid, 24)
+    inside = _inside(grid, 24)
     for i in range(6):
         ref = TF.affine(img[i], float(angle[i]), [int(shift[i, 0]), int(shift[i, 1])], float(zoom[i]),
                         [float(shear[i]), 0.0], interpolation=T.InterpolationMode.BILINEAR)

@@ -94,9 +94,8 @@ def knn_graph(
     here: numba compiles it in every new process), or "auto" (exact up to AUTO_EXACT_MAX_N rows, IVF
     above). The faiss backends raise their search effort (nprobe, efSearch) until ``target_recall`` is
     met on ``recall_sample // 2`` tuning rows; every approximate backend then reports its recall
-    on ``recall_sample`` other rows. ``recall_sample=0`` skips both (recall None). A recall short of
-    the target is a warning, or an info line with ``warn_recall=False`` (a caller whose user cannot
-    choose the backend: the advice to set it would not be actionable).
+    on ``recall_sample`` other rows. ``recall_sample=0`` skips both (recall None). A short recall warns,
+    or logs at info with ``warn_recall=False`` (callers whose user cannot choose the backend).
     """
     x = _check_input(x, k, backend, metric)
     n = len(x)

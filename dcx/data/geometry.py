@@ -121,14 +121,6 @@ def elastic_displacements(n: int, size: int, gen: torch.Generator, device: torch
     return (field * applied.view(n, 1, 1, 1)).permute(0, 2, 3, 1)
 
 
-def _inside(points: torch.Tensor, side: int) -> torch.Tensor:
-    """Bilinear weight of the inside of a ``side``-pixel image at normalised ``points`` (..., 2):
-    what ``grid_sample`` with zero padding keeps of an all-ones image."""
-    u = ((points + 1) * side - 1) / 2  # pixel coordinates
-    w = torch.clamp(torch.minimum(1 + u, side - u), 0, 1)
-    return w[..., 0] * w[..., 1]
-
-
 def _base_grid(n: int, size: int, device: torch.device) -> torch.Tensor:
     c = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
     gy, gx = torch.meshgrid(c, c, indexing="ij")
