@@ -161,7 +161,7 @@ def train(config: "RunConfig | dict[str, Any] | str | Path", out: str | Path | N
 def evaluate(run: Run | str | Path, protocol: str | Sequence[str] = "all", layers: str | Sequence[str] = "all",
              **kwargs: Any) -> dict:
     """Score a run's layers (linear, knn, cluster) beside its random init; writes eval.json
-    (``kwargs``: dataset, data_root, dataset_options, device, save, cluster_runs)."""
+    (``kwargs``: dataset, data_root, dataset_options, device, save, cluster_runs, cluster_images)."""
     from dcx.evaluation.runs import evaluate_run
 
     path = run.path if isinstance(run, Run) else Path(run)

@@ -65,3 +65,34 @@ def test_alexnet_features_are_fc7_before_relu_and_sobel_layer_is_used():
     assert net.net.blocks["conv1"][0].in_channels == 2  # the backbone sees two edge channels
 
 
+
+
+@pytest.mark.parametrize("layers", [["conv1", "conv5", "features"], ["conv2", "features"], ["features"]])
+def test_pooled_layers_take_blocks_and_features_from_one_pass(layers):
+    """Blocks and features in one forward (the neck of the last block) equal the features of a
+    separate forward to the last bit; a plugin net with its own forward keeps the second pass."""
+    from dcx.core.backbone_net import BackboneNet
+    from dcx.training.layers import PooledLayers, layer_shapes, pooling_plan
+
+    torch.manual_seed(0)
+    net = build_network(AlexNet(fc_dim=64), 1, 32, 0.125, sobel=True).eval()
+    x = torch.randn(4, 1, 32, 32)
+    sides, _ = pooling_plan(layer_shapes(net, layers, 32, 1, torch.device("cpu")))
+    with torch.no_grad():
+        got = PooledLayers(net, layers, sides)(x)
+        assert torch.equal(got[:, -64:], net(x))  # features last, bit for bit
+        assert torch.equal(got, torch.cat([p.reshape(4, -1) for p in _pooled(net, layers, sides, x)], 1))
+
+        class Doubled(BackboneNet):  # a plugin's forward that is not neck(blocks)
+            def forward(self, x):
+                return 2 * super().forward(x)
+
+        net.net.__class__ = Doubled
+        assert torch.equal(PooledLayers(net, layers, sides)(x)[:, -64:], 2 * got[:, -64:])
+
+
+def _pooled(net, layers, sides, x):
+    out = net.forward_blocks(x, [n for n in layers if n != "features"])
+    for n in layers:
+        y = net(x) if n == "features" else out[n]
+        yield y if sides.get(n) is None else torch.nn.functional.adaptive_avg_pool2d(y, sides[n])

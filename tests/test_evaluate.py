@@ -236,12 +236,53 @@ def test_eval_cluster_runs_sets_the_seeds_averaged_and_replaces_scores_of_anothe
     assert bad.exit_code == 2 and "--cluster-runs 0" in bad.output and "Traceback" not in bad.output
 
 
+def test_stratified_sample_keeps_each_class_share_and_is_seeded():
+    labels = np.repeat(np.arange(4), [100, 200, 300, 400])
+    idx = np.arange(1000)
+    got = E.stratified_sample(labels, idx, 100)
+    assert len(got) == 100 and np.all(np.diff(got) > 0)
+    assert np.bincount(labels[got]).tolist() == [10, 20, 30, 40]
+    assert np.array_equal(got, E.stratified_sample(labels, idx, 100))
+    assert not np.array_equal(got, E.stratified_sample(labels, idx, 100, seed=1))
+    assert E.stratified_sample(labels, idx, 0) is idx and E.stratified_sample(labels, idx, 1000) is idx
+    assert set(labels[E.stratified_sample(labels, idx, 2)]) == {0, 1, 2, 3}  # every class keeps one image
+
+
+def test_eval_cluster_images_caps_what_is_extracted_and_clustered(tiny_run, tmp_path):
+    """--cluster-images N: k-means on a stratified sample of N images; the cluster protocol alone
+    decodes and extracts only those; earlier k-means scores on another number of images are dropped."""
+    import shutil
+
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run[0], path)
+    (path / E.EVAL_JSON).unlink(missing_ok=True)
+    args = ["eval", str(path), "-p", "cluster", "-l", "features", "--no-report", "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads((path / E.EVAL_JSON).read_text())["cluster_images"] == 200  # digits.limit=200 < the cap
+    progress = RecordingProgress()
+    ev = E.evaluate_run(path, "cluster", ["conv3"], progress=progress, cluster_images=60)
+    assert ev["cluster_images"] == 60 and "at most 60" in ev["settings"]["cluster"]
+    assert [t[1] for t in progress.tasks if t[0].startswith("extract")] == [60, 60]  # learned, random
+    saved = json.loads((path / E.EVAL_JSON).read_text())
+    assert set(saved["learned"]["cluster"]) == {"conv3"}  # features' scores on 200 images dropped, not mixed
+    loaded = E.load_run(path)
+    sample = E.stratified_sample(loaded.data.labels, loaded.data.cluster_idx, 60)
+    x = E.extract_layers(loaded.learned, loaded.data, ["conv3"], 32, torch.device("cpu"))["conv3"]
+    want = E.cluster_protocol(x[sample], loaded.data.labels[sample])
+    assert ev["learned"]["cluster"]["conv3"]["l2"]["nmi"] == pytest.approx(want["l2"]["nmi"], abs=1e-6)
+    # With other protocols the cap applies to k-means only: the classifiers still see every image.
+    both = E.evaluate_run(path, ["knn", "cluster"], ["features"], cluster_images=60, save=False)
+    assert both["cluster_images"] == 60 and both["train_images"] + both["test_images"] == 200
+    bad = runner.invoke(app, [*args, "--cluster-images", "1"])
+    assert bad.exit_code == 2 and "--cluster-images 1" in bad.output and "Traceback" not in bad.output
+
+
 # ----------------------------------------------------------------------------- pace (issue 37)
 
 
 def test_top_eigenpairs_solver_gives_the_full_solvers_whitening():
-    """The eval's leading-eigenpairs PCA (float32 syevr) and the full float64 one: same whitened
-    rows up to each component's sign, same cluster scores."""
+    """The eval's leading-eigenpairs PCA (randomized SVD of the covariance) and the full float64
+    one: same whitened rows up to each component's sign, same eigenvalues."""
     from dcx.algorithms.pca import top_eigh
 
     rng = np.random.default_rng(2)
@@ -319,5 +360,6 @@ def test_cluster_eval_shows_progress_per_block_and_seed(tiny_run):
     kmeans_tasks = [t for t in progress.tasks if t[0].startswith("k-means")]
     assert [t[0] for t in kmeans_tasks] == ["k-means learned conv5", "k-means learned features",
                                             "k-means random conv5", "k-means random features"]
-    assert all(t[1] == 2 * (2 + 1) and t[2] == t[1] for t in kmeans_tasks)  # 2 preprocessings x (PCA/L2 + 2 seeds)
+    # 2 preprocessings x (PCA or L2, then the seeds' 20 Lloyd steps together)
+    assert all(t[1] == 2 * (1 + 20) and t[2] == t[1] for t in kmeans_tasks)
     assert any(t[0].startswith("extract learned") for t in progress.tasks)

@@ -3,7 +3,7 @@ import pytest
 
 from dcx.core.contracts import FitContext
 from dcx.core.errors import InputError
-from dcx.algorithms.kmeans import kmeans
+from dcx.algorithms.kmeans import kmeans, kmeans_restarts
 from dcx.algorithms.metrics import nmi
 from dcx.clusterers.kmeans import KMeans
 
@@ -25,6 +25,34 @@ def test_torch_backend_splits_empty_clusters():
     res = kmeans(x, 10, niter=10, seed=0, backend="torch")
     assert res.empty_splits > 0
     assert len(np.unique(res.labels)) == 10  # every distinct point ends in its own cluster
+
+
+def test_restarts_together_are_each_seeds_own_run(blobs):
+    """kmeans_restarts advances several seeds in one pass per Lloyd step: each seed ends with the
+    torch backend's own run of that seed (labels, objective); empty clusters are split per seed."""
+    x, _ = blobs
+    for k in (6, 25):
+        together = kmeans_restarts(x, k, 20, seeds=[3, 4, 5])
+        for seed, res in zip([3, 4, 5], together):
+            alone = kmeans(x, k, niter=20, seed=seed, backend="torch")
+            assert np.array_equal(res.labels, alone.labels)
+            assert res.objective == pytest.approx(alone.objective, rel=1e-4)
+            assert res.centroids.shape == (k, x.shape[1])
+    # Exact duplicates tie after a split (either copy is as near), so only the outcome is compared.
+    rng = np.random.default_rng(0)
+    dupes = np.repeat(rng.normal(size=(10, 4)).astype(np.float32), 30, axis=0)
+    split = kmeans_restarts(dupes, 10, 10, seeds=[0, 1, 2])
+    assert all(r.empty_splits > 0 and len(np.unique(r.labels)) == 10 for r in split)
+
+
+def test_restarts_stop_at_lloyds_fixed_point(blobs):
+    """Once no seed's labels move, the remaining steps are skipped: the same labels as all of them."""
+    x, _ = blobs
+    steps = []
+    short = kmeans_restarts(x, 6, 200, seeds=[0, 1], on_iteration=lambda: steps.append(1))
+    assert 0 < len(steps) < 200 and all(len(r.history) == len(steps) for r in short)
+    longer = kmeans_restarts(x, 6, len(steps) + 5, seeds=[0, 1])
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(short, longer))
 
 
 def test_seed_makes_it_deterministic_and_plugin_reports_stats(blobs):

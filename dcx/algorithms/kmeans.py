@@ -4,6 +4,7 @@ Two backends: faiss (CPU, or GPU when faiss has GPUs and a CUDA device is asked 
 Lloyd with explicit empty-cluster splitting (paper §3.3), for machines without faiss or for
 CUDA through torch. Both: random initial centroids drawn from the data, no subsampling
 (reference ``max_points_per_centroid=10_000_000``), final assignment to the nearest centroid.
+``kmeans_restarts`` runs several seeds of the torch Lloyd together (`dcx eval`'s k-means).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -166,6 +167,85 @@ def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) ->
         counts[e] = half
         counts[donor] -= half
     return len(empty)
+
+
+def kmeans_restarts(x: np.ndarray, k: int, niter: int = 20, seeds: Sequence[int] = (0,),
+                    device: torch.device | str = "cpu", chunk_bytes: int = 16 * 1024**2,
+                    on_iteration: Callable[[], None] | None = None) -> list[KMeansResult]:
+    """Independent k-means runs, one per seed, advanced together: every Lloyd step is one pass over
+    the rows for all seeds (``x @ centroids.T``, then the one-hot sums of the rows that changed
+    cluster, per chunk of ``chunk_bytes``, small enough to stay in cache between the two products).
+
+    Each seed's run is the torch backend's (same initial rows, same empty-cluster splits): seeds
+    trade one pass each for a shared one, which matters where the pass is the cost (many wide rows,
+    small k: `dcx eval`'s k-means(#classes), docs/decisions.md D60). Stops early once no seed's
+    labels change, which is a fixed point of Lloyd's iteration (the same labels as going on).
+    ``on_iteration`` is called after each Lloyd step that is taken (at most ``niter``).
+    """
+    import torch
+
+    x = check_kmeans_input(x, k)
+    dev = torch.device(device)
+    xs = torch.from_numpy(x).to(dev)
+    n, d = xs.shape
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    c = torch.cat([xs[torch.randperm(n, generator=g)[:k].to(dev)] for g in gens]).clone()
+    runs = len(gens)
+    offsets = (torch.arange(runs, device=dev) * k)[None, :]
+    step = max(1, chunk_bytes // (4 * max(d, runs * k)))
+    x_sq = (xs * xs).sum(1, keepdim=True)
+    labels = torch.full((n, runs), -1, dtype=torch.long, device=dev)
+    history: list[list[float]] = [[] for _ in gens]
+    splits = [0] * runs
+    # Per-cluster sums and counts of the current labels, in float64: summed once, then updated by the
+    # rows whose label moved (most rows stay after the first steps); again in full after a split.
+    sums = torch.zeros(c.shape, dtype=torch.float64, device=dev)
+    counts = torch.zeros(runs * k, dtype=torch.float64, device=dev)
+    full = True
+    for it in range(niter + 1):
+        if full:
+            sums.zero_()
+            counts.zero_()
+        objective = torch.zeros(runs, dtype=torch.float64, device=dev)
+        c_sq = (c * c).sum(1)
+        moved = torch.zeros((), dtype=torch.long, device=dev)
+        for s in range(0, n, step):
+            xb, old = xs[s : s + step], labels[s : s + step]
+            dist = (c_sq - 2 * xb @ c.T).view(len(xb), runs, k)
+            best, lab = dist.min(2)
+            objective += (best + x_sq[s : s + step]).clamp_min(0).sum(0, dtype=torch.float64)
+            changed = lab != old
+            moved += changed.sum()
+            if it < niter:
+                rows = torch.arange(len(xb), device=dev) if full else changed.any(1).nonzero().squeeze(1)
+                delta = torch.zeros(len(rows), runs * k, dtype=xb.dtype, device=dev)
+                delta.scatter_(1, lab[rows] + offsets, 1.0)  # joins its new cluster
+                if not full:  # and leaves its old one (where the label stayed, the two cancel)
+                    delta.scatter_add_(1, old[rows] + offsets, torch.full((len(rows), runs), -1.0, device=dev))
+                sums += (delta.T @ (xb if full else xb[rows])).double()
+                counts += delta.sum(0, dtype=torch.float64)
+            labels[s : s + step] = lab
+        for r, obj in enumerate(objective.tolist()):
+            history[r].append(obj)
+        if it == niter:
+            break
+        nonempty = counts > 0
+        if int(moved) == 0 and bool(nonempty.all()):
+            break  # the same labels give the same centroids: Lloyd's fixed point, whatever niter is left
+        if on_iteration is not None:
+            on_iteration()
+        c[nonempty] = (sums[nonempty] / counts[nonempty, None]).to(c.dtype)
+        full = not bool(nonempty.all())
+        if full:
+            c_cpu, counts_cpu = c.cpu(), counts.cpu().long()
+            for r, g in enumerate(gens):
+                splits[r] += _split_empty(c_cpu[r * k : (r + 1) * k], counts_cpu[r * k : (r + 1) * k], g)
+            c = c_cpu.to(dev)
+    out_labels = labels.T.cpu().numpy()
+    centroids = c.view(runs, k, d).cpu().numpy()
+    return [KMeansResult(labels=out_labels[r].astype(np.int64), centroids=centroids[r].copy(), objective=history[r][-1],
+                         empty_splits=splits[r], backend="torch", history=history[r][:-1] or history[r])
+            for r in range(runs)]
 
 
 def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,

@@ -63,13 +63,16 @@ def evaluate(
     cluster_runs: int = typer.Option(
         None, "--cluster-runs", help="k-means seeds averaged per layer by the cluster protocol (default 5); one run's "
         "NMI moves with its seed, so more seeds give a less noisy score (docs/decisions.md D01)"),
+    cluster_images: int = typer.Option(
+        None, "--cluster-images", help="the cluster protocol's k-means runs on at most this many images, a seeded "
+        "sample stratified by class (default 10000; 0: all): its cost grows with the images (docs/decisions.md D60)"),
     out: Path = typer.Option(None, "--out", "-o", help="with --random: also write the result as JSON here"),
     report: bool = typer.Option(True, "--report/--no-report", help="rewrite the run's report.md/png afterwards"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="warnings and errors only"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
 ) -> None:
     """Linear probe, kNN and k-means scores per layer, learned vs random init (paper Table 1)."""
-    from dcx.evaluation import CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
+    from dcx.evaluation import CLUSTER_IMAGES, CLUSTER_RUNS, EVAL_JSON, evaluate_random, evaluate_run
     from dcx.training.rundir import save_json, writing
 
     setup_logging(quiet)
@@ -78,6 +81,7 @@ def evaluate(
         raise InputError(f"--layers needs block names (e.g. conv3,conv4,features) or all, got {layers!r}")
     options = parse_assignments(opt)
     cluster_runs = CLUSTER_RUNS if cluster_runs is None else cluster_runs
+    cluster_images = CLUSTER_IMAGES if cluster_images is None else cluster_images
     with RichProgress(enabled=not quiet) as bars:
         if random:
             if run_dir is not None:
@@ -86,7 +90,8 @@ def evaluate(
                 raise InputError("--random needs --backbone NAME (dcx list --kind backbone)")
             cfg = RunConfig(backbone=backbone, dataset=dataset or "digits", data_root=data_root, seed=seed or 0,
                             width=width, image_size=image_size, sobel=sobel, device=device or "auto", options=options)
-            result = evaluate_random(cfg, protocol, layer_list, progress=bars, cluster_runs=cluster_runs)
+            result = evaluate_random(cfg, protocol, layer_list, progress=bars, cluster_runs=cluster_runs,
+                                     cluster_images=cluster_images)
             if out is not None:
                 save_json(out, result)
         else:
@@ -99,7 +104,7 @@ def evaluate(
             with writing(run_dir):  # never beside a run that is still training
                 result = evaluate_run(run_dir, protocol, layer_list, dataset, progress=bars, data_root=data_root,
                                       dataset_options=options.get(dataset) if dataset else None, device=device,
-                                      cluster_runs=cluster_runs)
+                                      cluster_runs=cluster_runs, cluster_images=cluster_images)
                 if report:
                     from dcx.runs.report import write_report
 

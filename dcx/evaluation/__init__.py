@@ -11,7 +11,9 @@ which layer and how it is pooled: ``dcx.training.layers``), ``protocols`` (pure 
 (a network or a run directory -> eval.json), ``tables``.
 """
 
-from dcx.evaluation.data import LABELLED, SPLIT_SEED, TEST_FRACTION, EvalData, load_eval_data, stratified_split
+from dcx.evaluation.data import (
+    CLUSTER_IMAGES, LABELLED, SPLIT_SEED, TEST_FRACTION, EvalData, load_eval_data, stratified_sample, stratified_split,
+)
 from dcx.evaluation.extraction import MEMORY_BUDGET, extract_layers, layer_groups
 from dcx.evaluation.protocols import (
     CLUSTER_PREPROCESSING, CLUSTER_RUNS, KNN_K, KNN_T, LINEAR_ITERS, LINEAR_WD, PROTOCOLS, cluster_protocol,
@@ -25,10 +27,11 @@ from dcx.evaluation.tables import EvalTable, eval_tables, fmt
 from dcx.training.layers import FEATURES, MAX_DIMS, layer_names, layer_shapes, pooled_side, pooling_plan
 
 __all__ = [
-    "CLUSTER_PREPROCESSING", "CLUSTER_RUNS", "EVAL_JSON", "FEATURES", "KNN_K", "KNN_T", "LABELLED", "LINEAR_ITERS",
+    "CLUSTER_IMAGES", "CLUSTER_PREPROCESSING", "CLUSTER_RUNS", "EVAL_JSON", "FEATURES", "KNN_K", "KNN_T", "LABELLED", "LINEAR_ITERS",
     "LINEAR_WD", "MAX_DIMS", "MEMORY_BUDGET", "PROTOCOLS", "SPLIT_SEED", "TEST_FRACTION", "EvalData", "EvalTable",
     "LoadedRun", "TrainedNetwork", "best_layer", "check_protocols", "cluster_protocol", "eval_tables", "evaluate_features",
     "evaluate_network", "evaluate_random", "evaluate_run", "extract_layers", "fmt", "headline", "knn_classify",
     "layer_groups", "layer_names", "layer_shapes", "linear_probe", "load_eval_data", "load_network", "load_run", "merge_previous",
-    "pca_whiten_l2", "pooled_side", "pooling_plan", "preprocess_for_clustering", "read_config", "settings", "stratified_split",
+    "pca_whiten_l2", "pooled_side", "pooling_plan", "preprocess_for_clustering", "read_config", "settings", "stratified_sample",
+    "stratified_split",
 ]

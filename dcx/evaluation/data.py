@@ -3,7 +3,7 @@ split) or another labelled dataset, converted to the network's channels."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,6 +15,10 @@ from dcx.core.errors import InputError
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
 LABELLED = "digits, mnist, cifar10, stl10, or imagefolder --data-root DIR with one sub-folder per class"
+#: The cluster protocol scores k-means on at most this many images, a seeded sample stratified by
+#: class: its PCA and k-means cost grow with the rows, and its NMI moves less with the sample than
+#: with the k-means seed (docs/decisions.md D60). 0: every image.
+CLUSTER_IMAGES = 10_000
 
 
 @dataclass
@@ -39,6 +43,18 @@ class EvalData:
     def num_classes(self) -> int:
         return int(len(np.unique(self.labels)))
 
+    def for_protocols(self, protocols: Sequence[str], cluster_images: int = CLUSTER_IMAGES) -> "EvalData":
+        """The data ``protocols`` score: k-means' images cut to ``cluster_images`` (``stratified_sample``);
+        for the cluster protocol alone, only those images, so that only they are decoded and extracted."""
+        idx = stratified_sample(self.labels, self.cluster_idx, cluster_images)
+        if list(protocols) != ["cluster"]:
+            return replace(self, cluster_idx=idx)
+        if len(idx) == len(self.labels):
+            return self
+        images = ImageSet(_Subset(self.images.images, idx), self.labels[idx], self.images.classes, self.images.channels)
+        rows = np.arange(len(idx))
+        return EvalData(images, self.labels[idx], rows, rows[:0], rows, self.dataset, self.split)
+
 
 class _Concat:
     """Two image sequences as one (train then test), converted to the network's colour mode."""
@@ -55,6 +71,19 @@ class _Concat:
         part = int(np.searchsorted(self.offsets, i, side="right") - 1)
         img = self.parts[part][i - int(self.offsets[part])]
         return img.convert(self.mode) if self.mode and getattr(img, "mode", self.mode) != self.mode else img
+
+
+class _Subset:
+    """The images of a sequence at ``idx``, in that order."""
+
+    def __init__(self, images: Sequence[Any], idx: np.ndarray) -> None:
+        self.images, self.idx = images, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int):
+        return self.images[int(self.idx[i])]
 
 
 def _require_labels(images: ImageSet, dataset: str, split: str) -> None:
@@ -78,6 +107,22 @@ def stratified_split(labels: np.ndarray, test_fraction: float = TEST_FRACTION, s
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def stratified_sample(labels: np.ndarray, idx: np.ndarray, limit: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """``limit`` of ``idx`` (sorted), each class keeping its share (largest remainders) and at least one
+    image, so more only when there are more classes; seeded. All of ``idx`` when it is no longer than
+    ``limit`` or ``limit`` is 0."""
+    if limit <= 0 or len(idx) <= limit:
+        return idx
+    rng = np.random.default_rng(seed)
+    y = labels[idx]
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * limit / len(idx)
+    take = np.floor(share).astype(int)
+    take[np.argsort(take - share, kind="stable")[: limit - take.sum()]] += 1  # largest remainders: limit in all
+    take = np.maximum(take, 1)
+    return np.sort(np.concatenate([rng.permutation(idx[y == c])[:t] for c, t in zip(classes, take)]))
 
 
 def load_eval_data(

@@ -11,6 +11,7 @@ import torch
 from dcx import data as D
 from dcx.evaluation.data import EvalData
 from dcx.algorithms.arrays import check_finite
+from dcx.training.environment import prefers_channels_last
 from dcx.training.extraction import extract
 from dcx.training.layers import MAX_DIMS, PooledLayers, layer_shapes, pooling_plan
 from dcx.training.network import FeatureNet
@@ -25,13 +26,19 @@ def extract_layers(
     batch_size: int = 256, workers: int = 0, progress: Progress | None = None, desc: str = "extract",
     max_dims: int = MAX_DIMS,
 ) -> dict[str, np.ndarray]:
-    """Pooled features of every layer for all of ``data``'s images, in one pass (engine's ``extract``)."""
+    """Pooled features of every layer for all of ``data``'s images, in one pass (engine's ``extract``);
+    inputs in channels_last where the device's convolutions prefer it, as in training (D59)."""
     progress = progress or NullProgress()
     sides, dims = pooling_plan(layer_shapes(model, layers, image_size, data.images.channels, device), max_dims)
     images = decoded(data, image_size, workers, progress)
     batches = images.extraction(range(len(images)), batch_size)
+    pooled = PooledLayers(model, layers, sides)
+    if prefers_channels_last(device):
+        forward = lambda x: pooled(x.contiguous(memory_format=torch.channels_last))  # noqa: E731
+    else:
+        forward = pooled
     with progress.task(desc, len(images)) as advance:
-        flat = extract(model, batches, len(images), device, forward=PooledLayers(model, layers, sides), on_batch=advance)
+        flat = extract(model, batches, len(images), device, forward=forward, on_batch=advance)
     check_finite(flat, f"{desc} features")
     out, pos = {}, 0
     for n in layers:

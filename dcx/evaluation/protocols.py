@@ -12,7 +12,7 @@ from torch import nn
 from dcx.core.errors import InputError
 from dcx.evaluation.data import SPLIT_SEED, stratified_split
 from dcx.algorithms.pca import PCAWhitening, l2_normalize
-from dcx.algorithms.kmeans import kmeans
+from dcx.algorithms.kmeans import kmeans_restarts
 from dcx.algorithms.metrics import clustering_scores
 from dcx.core.progress import NullProgress, Progress
 
@@ -23,12 +23,13 @@ CLUSTER_PREPROCESSING = ("l2", "pca256-whiten-l2")
 #: k-means(k = #classes) NMI moves with the seed, even for the best of 10 restarts by objective:
 #: report the mean (and std) over this many seeds instead (docs/decisions.md D01).
 CLUSTER_RUNS = 5
+CLUSTER_ITERS = 20
 #: L2 penalty of the linear probe; given several, the best on a held-out 20% of the train split
 #: is used. One fixed value by default: on digits the choice moved top-1 by <0.4% (2 images).
 LINEAR_WD = (1e-3,)
 LINEAR_ITERS = 50
-#: Blocks this wide or wider fit their PCA with the leading-eigenpairs solver (float32 syevr): at
-#: d = 5,400 the full float64 eigendecomposition was most of `dcx eval --protocol cluster`'s time.
+#: Blocks this wide or wider fit their PCA with the leading-eigenpairs solver (randomized SVD of the
+#: covariance): the full eigendecomposition was most of `dcx eval --protocol cluster`'s time (D52, D60).
 PCA_TOP_MIN_DIMS = 2048
 
 
@@ -119,7 +120,7 @@ def pca_whiten_l2(x: np.ndarray, dim: int = 256) -> np.ndarray:
     With fewer rows than dims (conv blocks of a small dataset) PCAWhitening goes through the
     N x N Gram matrix, so a 5,400-d block costs an N x N eigendecomposition, not a 5,400^3 one.
     With more rows than dims, blocks of at least PCA_TOP_MIN_DIMS solve for the ``dim`` leading
-    eigenpairs only, in float32 (``algorithms.pca.top_eigh``, docs/decisions.md D52).
+    eigenpairs only (``algorithms.pca.top_eigh``, docs/decisions.md D52, D60).
     """
     solver = "top" if x.shape[1] >= PCA_TOP_MIN_DIMS else "full"
     return l2_normalize(PCAWhitening(dim=dim, solver=solver).fit_transform(x))
@@ -140,19 +141,24 @@ def cluster_protocol(
     desc: str = "k-means",
 ) -> dict[str, dict[str, float]]:
     """k-means (k = #classes) per preprocessing -> NMI, ARI, Hungarian accuracy: mean and std over
-    ``runs`` seeds (``seed``, ``seed + 1``, ...). ``progress`` advances once per preprocessing and
-    once per k-means run."""
+    ``runs`` seeds (``seed``, ``seed + 1``, ...), advanced together in one pass over the rows per
+    Lloyd step (``kmeans_restarts``, docs/decisions.md D60). ``progress`` advances once per
+    preprocessing and once per Lloyd step."""
     k = int(len(np.unique(labels)))
     out = {}
-    with (progress or NullProgress()).task(desc, len(variants) * (runs + 1)) as advance:
+    with (progress or NullProgress()).task(desc, len(variants) * (CLUSTER_ITERS + 1)) as advance:
         for variant in variants:
             z = preprocess_for_clustering(x, variant)
             advance(1)
-            scores = []
-            for r in range(runs):
-                scores.append(clustering_scores(labels, kmeans(z, k, 20, seed + r, device=device).labels))
+            steps = [0]
+
+            def step() -> None:
+                steps[0] += 1
                 advance(1)
-            out[variant] = _mean_std(scores)
+
+            results = kmeans_restarts(z, k, CLUSTER_ITERS, range(seed, seed + runs), device, on_iteration=step)
+            advance(CLUSTER_ITERS - steps[0])  # a run that stopped at Lloyd's fixed point skips the rest
+            out[variant] = _mean_std([clustering_scores(labels, r.labels) for r in results])
     return out
 
 

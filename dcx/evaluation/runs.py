@@ -16,10 +16,10 @@ import torch
 
 from dcx.core.config import RunConfig
 from dcx.core.errors import InputError, RunDirError
-from dcx.evaluation.data import EvalData, load_eval_data
+from dcx.evaluation.data import CLUSTER_IMAGES, EvalData, load_eval_data
 from dcx.evaluation.extraction import extract_layers, layer_groups
 from dcx.evaluation.protocols import (
-    CLUSTER_PREPROCESSING, CLUSTER_RUNS, KNN_K, KNN_T, LINEAR_ITERS, LINEAR_WD, PROTOCOLS, cluster_protocol,
+    CLUSTER_ITERS, CLUSTER_PREPROCESSING, CLUSTER_RUNS, KNN_K, KNN_T, LINEAR_ITERS, LINEAR_WD, PROTOCOLS, cluster_protocol,
     knn_classify, linear_probe,
 )
 from dcx.training.layers import MAX_DIMS, layer_names, layer_shapes, pooling_plan
@@ -48,7 +48,8 @@ def evaluate_features(
     if "knn" in protocols:
         out["knn"] = knn_classify(feats[data.train_idx], y[data.train_idx], feats[data.test_idx], y[data.test_idx], device=device)
     if "cluster" in protocols:
-        out["cluster"] = cluster_protocol(feats[data.cluster_idx], y[data.cluster_idx], variants=cluster_variants,
+        rows = feats if len(data.cluster_idx) == len(feats) else feats[data.cluster_idx]  # sorted: all = as is
+        out["cluster"] = cluster_protocol(rows, y[data.cluster_idx], variants=cluster_variants,
                                           runs=cluster_runs, device=device, progress=progress, desc=desc)
     return out
 
@@ -104,7 +105,15 @@ def check_cluster_runs(runs: int) -> int:
     return int(runs)
 
 
-def settings(protocols: Sequence[str], pca_dim: int = 256, cluster_runs: int = CLUSTER_RUNS) -> dict[str, Any]:
+def check_cluster_images(images: int) -> int:
+    """The cap on the cluster protocol's images: 0 (all) or at least 2."""
+    if images < 0 or images == 1:
+        raise InputError(f"--cluster-images {images}: give 0 for every image or at least 2 (default {CLUSTER_IMAGES})")
+    return int(images)
+
+
+def settings(protocols: Sequence[str], pca_dim: int = 256, cluster_runs: int = CLUSTER_RUNS,
+             cluster_images: int = CLUSTER_IMAGES) -> dict[str, Any]:
     """What each protocol did, stored with its numbers."""
     out: dict[str, Any] = {"pooling": f"adaptive average pooling of each block to at most {MAX_DIMS} dims"}
     if "linear" in protocols:
@@ -113,8 +122,10 @@ def settings(protocols: Sequence[str], pca_dim: int = 256, cluster_runs: int = C
     if "knn" in protocols:
         out["knn"] = f"weighted kNN on L2-normalised features, votes exp(cos/{KNN_T}), k = {', '.join(map(str, KNN_K))}"
     if "cluster" in protocols:
-        out["cluster"] = (f"k-means (k = #classes, 20 iterations) on the run's training images after each "
-                          f"preprocessing ({', '.join(CLUSTER_PREPROCESSING)}); mean of {cluster_runs} seeds")
+        out["cluster"] = (f"k-means (k = #classes, {CLUSTER_ITERS} Lloyd steps or until no label moves, torch "
+                          f"backend) on the run's training images (at most {cluster_images or 'all'}: a seeded sample, "
+                          f"stratified by class) after each preprocessing ({', '.join(CLUSTER_PREPROCESSING)}); mean "
+                          f"of {cluster_runs} seeds")
     return out
 
 
@@ -229,20 +240,23 @@ def evaluate_run(
     run_dir: Path, protocols: Sequence[str] | str = "all", layers: Sequence[str] | str | None = "all",
     dataset: str | None = None, progress: Progress | None = None, data_root: str | None = None,
     dataset_options: dict | None = None, device: str | None = None, save: bool = True,
-    registry: Registry | None = None, cluster_runs: int = CLUSTER_RUNS,
+    registry: Registry | None = None, cluster_runs: int = CLUSTER_RUNS, cluster_images: int = CLUSTER_IMAGES,
 ) -> dict[str, Any]:
     """Evaluate a run's trained network and its random init side by side; write eval.json + summary.
 
     ``dataset`` (+ ``data_root``, ``dataset_options``) evaluates on another labelled dataset,
     e.g. when the run trained on unlabelled images. Results of protocols/layers not evaluated
     now are kept from a previous eval.json of the same dataset, split and epoch (its k-means
-    scores only when they averaged as many seeds, ``cluster_runs``).
+    scores only when they averaged as many seeds, ``cluster_runs``, on as many images,
+    ``cluster_images``).
     """
     t0 = time.perf_counter()
     protocols = check_protocols(protocols)
     cluster_runs = check_cluster_runs(cluster_runs)
+    cluster_images = check_cluster_images(cluster_images)
     run = load_run(run_dir, dataset, data_root, dataset_options, device, registry)
     cfg, data = run.setup.config, run.data
+    scored = data.for_protocols(protocols, cluster_images)
     common = dict(protocols=protocols, layers=layers, image_size=cfg.image_size, device=run.setup.device,
                   batch_size=max(cfg.batch_size, 128), workers=cfg.workers, progress=progress, cluster_runs=cluster_runs)
     log.info("evaluating %s on %s: %s", run_dir, data.dataset, data.split)
@@ -250,13 +264,14 @@ def evaluate_run(
         "run_dir": str(run_dir), "backbone": cfg.backbone, "dataset": data.dataset, "split": data.split,
         "epoch": run.epoch, "seed": cfg.seed, "classes": data.num_classes,
         "train_images": len(data.train_idx), "test_images": len(data.test_idx),
-        "protocols": protocols, "settings": settings(protocols, cfg.pca_dim, cluster_runs),
-        "learned": evaluate_network(run.learned, data, name="learned", **common),
-        "random": evaluate_network(run.random, data, name="random", **common),
+        "protocols": protocols, "settings": settings(protocols, cfg.pca_dim, cluster_runs, cluster_images),
+        "learned": evaluate_network(run.learned, scored, name="learned", **common),
+        "random": evaluate_network(run.random, scored, name="random", **common),
     }
     result["layers"] = list(result["learned"]["dims"])
     if "cluster" in protocols:
         result["cluster_runs"] = cluster_runs
+        result["cluster_images"] = len(scored.cluster_idx)
     result["seconds"] = time.perf_counter() - t0
     if save:
         path = Path(run_dir)
@@ -273,24 +288,28 @@ def evaluate_run(
 def evaluate_random(
     config: RunConfig, protocols: Sequence[str] | str = "all", layers: Sequence[str] | str | None = "all",
     progress: Progress | None = None, registry: Registry | None = None, cluster_runs: int = CLUSTER_RUNS,
+    cluster_images: int = CLUSTER_IMAGES,
 ) -> dict[str, Any]:
     """Evaluate a randomly initialised network (``config``'s backbone, dataset and seed) alone."""
     t0 = time.perf_counter()
     protocols = check_protocols(protocols)
     cluster_runs = check_cluster_runs(cluster_runs)
+    cluster_images = check_cluster_images(cluster_images)
     s = setup(config, registry)
     data = load_eval_data(s.dataset, s.config.dataset, s.config.data_root, s.config.download, s.images.channels, s.images)
+    scored = data.for_protocols(protocols, cluster_images)
     result = {
         "backbone": s.config.backbone, "dataset": data.dataset, "split": data.split, "seed": s.config.seed,
         "classes": data.num_classes, "train_images": len(data.train_idx), "test_images": len(data.test_idx),
-        "protocols": protocols, "settings": settings(protocols, s.config.pca_dim, cluster_runs),
-        "random": evaluate_network(s.model, data, protocols, layers, s.config.image_size, s.device,
+        "protocols": protocols, "settings": settings(protocols, s.config.pca_dim, cluster_runs, cluster_images),
+        "random": evaluate_network(s.model, scored, protocols, layers, s.config.image_size, s.device,
                                    max(s.config.batch_size, 128), s.config.workers, progress, "random",
                                    cluster_runs=cluster_runs),
     }
     result["layers"] = list(result["random"]["dims"])
     if "cluster" in protocols:
         result["cluster_runs"] = cluster_runs
+        result["cluster_images"] = len(scored.cluster_idx)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -306,14 +325,14 @@ def merge_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     if (old.get("dataset"), old.get("split"), old.get("epoch")) != (result["dataset"], result["split"], result["epoch"]):
         return result
     merged = copy.deepcopy(old)
-    runs = result.get("cluster_runs")
-    if runs is not None and old.get("cluster_runs", CLUSTER_RUNS) != runs:
-        # k-means scores averaged over another number of seeds: not comparable, not kept
+    runs, images = result.get("cluster_runs"), result.get("cluster_images")
+    if runs is not None and (old.get("cluster_runs", CLUSTER_RUNS), old.get("cluster_images")) != (runs, images):
+        # k-means scores over another number of seeds or images: not comparable, not kept
         for net in ("learned", "random"):
             merged.get(net, {}).pop("cluster", None)
         merged["protocols"] = [p for p in old.get("protocols", []) if p != "cluster"]
     if runs is not None:
-        merged["cluster_runs"] = runs
+        merged["cluster_runs"], merged["cluster_images"] = runs, images
     for net in ("learned", "random"):
         merged.setdefault(net, {})
         for key, value in result[net].items():

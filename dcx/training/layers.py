@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dcx.core.backbone_net import BackboneNet
 from dcx.core.errors import InputError
 from dcx.training.network import FeatureNet
 
@@ -49,9 +50,15 @@ class PooledLayers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = [n for n in self.layers if n != FEATURES]
-        out = self.model.forward_blocks(x, blocks) if blocks else {}
-        if FEATURES in self.layers:
-            out[FEATURES] = self.model(x)
+        if FEATURES in self.layers and _neck_follows_blocks(self.model):
+            # One pass: the features are the neck of the last block, not a second forward.
+            last = self.model.block_names[-1]
+            out = self.model.forward_blocks(x, [*blocks, last])
+            out[FEATURES] = self.model.net.neck(out[last].clone() if last in blocks else out.pop(last))
+        else:
+            out = self.model.forward_blocks(x, blocks) if blocks else {}
+            if FEATURES in self.layers:
+                out[FEATURES] = self.model(x)
         parts = []
         for name in self.layers:
             y = out[name]
@@ -60,6 +67,14 @@ class PooledLayers(nn.Module):
                 y = nn.functional.adaptive_avg_pool2d(y, side)
             parts.append(y.reshape(len(y), -1))
         return torch.cat(parts, 1)
+
+
+def _neck_follows_blocks(model: nn.Module) -> bool:
+    """Whether ``model``'s features are its neck applied to its last block (BackboneNet's own
+    ``forward``, not overridden by the plugin), so that one pass gives blocks and features."""
+    net = getattr(model, "net", None)
+    return (isinstance(model, FeatureNet) and isinstance(net, BackboneNet)
+            and type(net).forward is BackboneNet.forward and type(net).forward_blocks is BackboneNet.forward_blocks)
 
 
 @torch.no_grad()
