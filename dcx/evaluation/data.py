@@ -51,7 +51,7 @@ class EvalData:
             return replace(self, cluster_idx=idx)
         if len(idx) == len(self.labels):
             return self
-        images = ImageSet(_Subset(self.images.images, idx), self.labels[idx], self.images.classes, self.images.channels)
+        images = ImageSet(Subset(self.images.images, idx), self.labels[idx], self.images.classes, self.images.channels)
         rows = np.arange(len(idx))
         return EvalData(images, self.labels[idx], rows, rows[:0], rows, self.dataset, self.split)
 
@@ -73,7 +73,7 @@ class _Concat:
         return img.convert(self.mode) if self.mode and getattr(img, "mode", self.mode) != self.mode else img
 
 
-class _Subset:
+class Subset:
     """The images of a sequence at ``idx``, in that order."""
 
     def __init__(self, images: Sequence[Any], idx: np.ndarray) -> None:

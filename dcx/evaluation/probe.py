@@ -16,7 +16,7 @@ import torch
 
 from dcx.training.callbacks import Callback
 from dcx.core.contracts import ImageSet
-from dcx.evaluation.data import EvalData
+from dcx.evaluation.data import EvalData, Subset
 from dcx.evaluation.protocols import CLUSTER_RUNS
 from dcx.evaluation.runs import evaluate_network
 from dcx.training.network import build_network
@@ -30,17 +30,6 @@ log = logging.getLogger("dcx.evaluation")
 PROBE_IMAGES = 3000
 
 
-class _Subset:
-    def __init__(self, images, idx: np.ndarray) -> None:
-        self.images, self.idx = images, idx
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, i: int):
-        return self.images[int(self.idx[i])]
-
-
 def block_nmi(engine: "Engine", max_images: int = PROBE_IMAGES) -> dict[str, Any] | None:
     """Per block, learned vs random-init k-means(#classes) NMI; the best block and its gain."""
     s = engine.s
@@ -50,7 +39,7 @@ def block_nmi(engine: "Engine", max_images: int = PROBE_IMAGES) -> dict[str, Any
     n = len(images)
     idx = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(s.config.seed).choice(n, max_images, False))
     labels = np.asarray(images.labels)[idx]
-    subset = ImageSet(_Subset(images.images, idx), labels, images.classes, images.channels)
+    subset = ImageSet(Subset(images.images, idx), labels, images.classes, images.channels)
     data = EvalData(subset, labels, np.arange(len(idx)), np.arange(0), np.arange(len(idx)), s.config.dataset,
                     f"{len(idx)} training images")
     cfg = s.config
