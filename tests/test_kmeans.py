@@ -28,8 +28,8 @@ def test_torch_backend_splits_empty_clusters():
 
 
 def test_restarts_together_are_each_seeds_own_run(blobs):
-    """kmeans_restarts advances several seeds in one pass per Lloyd step: each seed ends with the
-    torch backend's own run of that seed (labels, objective); empty clusters are split per seed."""
+    """kmeans_restarts advances several seeds in one pass per Lloyd step: each seed ends as its own
+    run alone (the torch backend: labels, objective); empty clusters are split per seed."""
     x, _ = blobs
     for k in (6, 25):
         together = kmeans_restarts(x, k, 20, seeds=[3, 4, 5])

@@ -4,7 +4,7 @@ Two backends: faiss (CPU, or GPU when faiss has GPUs and a CUDA device is asked 
 Lloyd with explicit empty-cluster splitting (paper §3.3), for machines without faiss or for
 CUDA through torch. Both: random initial centroids drawn from the data, no subsampling
 (reference ``max_points_per_centroid=10_000_000``), final assignment to the nearest centroid.
-``kmeans_restarts`` runs several seeds of the torch Lloyd together (`dcx eval`'s k-means).
+The torch Lloyd is ``kmeans_restarts``, which also advances several seeds together (`dcx eval`).
 """
 
 from __future__ import annotations
@@ -93,9 +93,7 @@ def kmeans(
         return res
     if backend == "faiss" and all_reduce is None:
         return _faiss_kmeans(x, k, niter, seed, use_gpu=on_gpu)
-    import torch
-
-    return _torch_kmeans(x, k, niter, seed, torch.device(device), rows, all_reduce)
+    return kmeans_restarts(x, k, niter, [seed], device, rows=rows, all_reduce=all_reduce)[0]
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, backend: str, device) -> tuple[np.ndarray, float]:
@@ -171,30 +169,37 @@ def _split_empty(c: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) ->
 
 def kmeans_restarts(x: np.ndarray, k: int, niter: int = 20, seeds: Sequence[int] = (0,),
                     device: torch.device | str = "cpu", chunk_bytes: int = 16 * 1024**2,
-                    on_iteration: Callable[[], None] | None = None) -> list[KMeansResult]:
-    """Independent k-means runs, one per seed, advanced together: every Lloyd step is one pass over
-    the rows for all seeds (``x @ centroids.T``, then the one-hot sums of the rows that changed
-    cluster, per chunk of ``chunk_bytes``, small enough to stay in cache between the two products).
+                    on_iteration: Callable[[], None] | None = None, rows: slice | None = None,
+                    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[KMeansResult]:
+    """The torch backend: independent k-means runs, one per seed, advanced together. Every Lloyd
+    step is one pass over the rows for all seeds (``x @ centroids.T``, then the one-hot sums of the
+    rows that changed cluster, per chunk of ``chunk_bytes``, small enough to stay in cache between
+    the two products); in a distributed run over this rank's ``rows``, every statistic summed over
+    ranks by ``all_reduce`` (see ``kmeans``).
 
-    Each seed's run is the torch backend's (same initial rows, same empty-cluster splits): seeds
-    trade one pass each for a shared one, which matters where the pass is the cost (many wide rows,
-    small k: `dcx eval`'s k-means(#classes), docs/decisions.md D60). Stops early once no seed's
-    labels change, which is a fixed point of Lloyd's iteration (the same labels as going on).
-    ``on_iteration`` is called after each Lloyd step that is taken (at most ``niter``).
+    A seed's run does not depend on the others beside it; several seeds trade one pass each for a
+    shared one, which matters where the pass is the cost (many wide rows, small k: `dcx eval`'s
+    k-means(#classes), docs/decisions.md D60). Stops early once no seed's labels change, which is a
+    fixed point of Lloyd's iteration (the same labels as going on).
+    ``on_iteration`` is called after each Lloyd step that is taken (at most ``niter``; each result's
+    ``history`` holds the objective before each of them).
     """
     import torch
 
     x = check_kmeans_input(x, k)
     dev = torch.device(device)
-    xs = torch.from_numpy(x).to(dev)
-    n, d = xs.shape
+    x_all = torch.from_numpy(x).to(dev)
+    n, d = x_all.shape
+    reduce = all_reduce or (lambda t: t)
+    rows = rows or slice(0, n)
+    xs = x_all[rows]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    c = torch.cat([xs[torch.randperm(n, generator=g)[:k].to(dev)] for g in gens]).clone()
+    c = torch.cat([x_all[torch.randperm(n, generator=g)[:k].to(dev)] for g in gens]).clone()
     runs = len(gens)
     offsets = (torch.arange(runs, device=dev) * k)[None, :]
     step = max(1, chunk_bytes // (4 * max(d, runs * k)))
     x_sq = (xs * xs).sum(1, keepdim=True)
-    labels = torch.full((n, runs), -1, dtype=torch.long, device=dev)
+    labels = torch.full((len(xs), runs), -1, dtype=torch.long, device=dev)
     history: list[list[float]] = [[] for _ in gens]
     splits = [0] * runs
     # Per-cluster sums and counts of the current labels, in float64: summed once, then updated by the
@@ -207,9 +212,10 @@ def kmeans_restarts(x: np.ndarray, k: int, niter: int = 20, seeds: Sequence[int]
             sums.zero_()
             counts.zero_()
         objective = torch.zeros(runs, dtype=torch.float64, device=dev)
+        step_sums, step_counts = torch.zeros_like(sums), torch.zeros_like(counts)
         c_sq = (c * c).sum(1)
         moved = torch.zeros((), dtype=torch.long, device=dev)
-        for s in range(0, n, step):
+        for s in range(0, len(xs), step):
             xb, old = xs[s : s + step], labels[s : s + step]
             dist = (c_sq - 2 * xb @ c.T).view(len(xb), runs, k)
             best, lab = dist.min(2)
@@ -217,14 +223,18 @@ def kmeans_restarts(x: np.ndarray, k: int, niter: int = 20, seeds: Sequence[int]
             changed = lab != old
             moved += changed.sum()
             if it < niter:
-                rows = torch.arange(len(xb), device=dev) if full else changed.any(1).nonzero().squeeze(1)
-                delta = torch.zeros(len(rows), runs * k, dtype=xb.dtype, device=dev)
-                delta.scatter_(1, lab[rows] + offsets, 1.0)  # joins its new cluster
+                moved_rows = torch.arange(len(xb), device=dev) if full else changed.any(1).nonzero().squeeze(1)
+                delta = torch.zeros(len(moved_rows), runs * k, dtype=xb.dtype, device=dev)
+                delta.scatter_(1, lab[moved_rows] + offsets, 1.0)  # joins its new cluster
                 if not full:  # and leaves its old one (where the label stayed, the two cancel)
-                    delta.scatter_add_(1, old[rows] + offsets, torch.full((len(rows), runs), -1.0, device=dev))
-                sums += (delta.T @ (xb if full else xb[rows])).double()
-                counts += delta.sum(0, dtype=torch.float64)
+                    delta.scatter_add_(1, old[moved_rows] + offsets,
+                                       torch.full((len(moved_rows), runs), -1.0, device=dev))
+                step_sums += (delta.T @ (xb if full else xb[moved_rows])).double()
+                step_counts += delta.sum(0, dtype=torch.float64)
             labels[s : s + step] = lab
+        sums += reduce(step_sums)
+        counts += reduce(step_counts)
+        objective, moved = reduce(objective), reduce(moved)
         for r, obj in enumerate(objective.tolist()):
             history[r].append(obj)
         if it == niter:
@@ -241,48 +251,12 @@ def kmeans_restarts(x: np.ndarray, k: int, niter: int = 20, seeds: Sequence[int]
             for r, g in enumerate(gens):
                 splits[r] += _split_empty(c_cpu[r * k : (r + 1) * k], counts_cpu[r * k : (r + 1) * k], g)
             c = c_cpu.to(dev)
+    if all_reduce is not None:  # every rank's labels in its rows, summed into the full vectors
+        full_labels = torch.zeros(n, runs, dtype=torch.long, device=dev)
+        full_labels[rows] = labels
+        labels = all_reduce(full_labels)
     out_labels = labels.T.cpu().numpy()
     centroids = c.view(runs, k, d).cpu().numpy()
     return [KMeansResult(labels=out_labels[r].astype(np.int64), centroids=centroids[r].copy(), objective=history[r][-1],
-                         empty_splits=splits[r], backend="torch", history=history[r][:-1] or history[r])
+                         empty_splits=splits[r], backend="torch", history=history[r][:-1])
             for r in range(runs)]
-
-
-def _torch_kmeans(x_np: np.ndarray, k: int, niter: int, seed: int, device: torch.device,
-                  rows: slice | None = None, all_reduce=None) -> KMeansResult:
-    import torch
-
-    gen = torch.Generator().manual_seed(int(seed))
-    x_all = torch.from_numpy(x_np).to(device)
-    n, d = x_all.shape
-    c = x_all[torch.randperm(n, generator=gen)[:k].to(device)].clone()
-    reduce = all_reduce or (lambda t: t)
-    rows = rows or slice(0, n)
-    x = x_all[rows]
-    history: list[float] = []
-    splits = 0
-    for _ in range(niter):
-        labels, dists = _assign(x, c)
-        history.append(float(reduce(dists.sum().double())))
-        counts = reduce(torch.bincount(labels, minlength=k))
-        sums = reduce(torch.zeros_like(c).index_add_(0, labels, x))
-        nonempty = counts > 0
-        c[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
-        if not bool(nonempty.all()):
-            counts_cpu = counts.cpu()
-            c_cpu = c.cpu()
-            splits += _split_empty(c_cpu, counts_cpu, gen)
-            c = c_cpu.to(device)
-    labels, dists = _assign(x, c)
-    if all_reduce is not None:  # every rank's labels in their rows, summed into the full vector
-        full = torch.zeros(n, dtype=torch.long, device=device)
-        full[rows] = labels
-        labels = all_reduce(full)
-    return KMeansResult(
-        labels=labels.cpu().numpy().astype(np.int64),
-        centroids=c.cpu().numpy().astype(np.float32),
-        objective=float(reduce(dists.sum().double())),
-        empty_splits=splits,
-        backend="torch",
-        history=history,
-    )

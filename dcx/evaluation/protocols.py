@@ -150,14 +150,9 @@ def cluster_protocol(
         for variant in variants:
             z = preprocess_for_clustering(x, variant)
             advance(1)
-            steps = [0]
-
-            def step() -> None:
-                steps[0] += 1
-                advance(1)
-
-            results = kmeans_restarts(z, k, CLUSTER_ITERS, range(seed, seed + runs), device, on_iteration=step)
-            advance(CLUSTER_ITERS - steps[0])  # a run that stopped at Lloyd's fixed point skips the rest
+            results = kmeans_restarts(z, k, CLUSTER_ITERS, range(seed, seed + runs), device,
+                                      on_iteration=lambda: advance(1))
+            advance(CLUSTER_ITERS - len(results[0].history))  # stopped early at Lloyd's fixed point: the rest
             out[variant] = _mean_std([clustering_scores(labels, r.labels) for r in results])
     return out
 
