@@ -49,11 +49,7 @@ class EvalData:
         idx = stratified_sample(self.labels, self.cluster_idx, cluster_images)
         if list(protocols) != ["cluster"]:
             return replace(self, cluster_idx=idx)
-        if len(idx) == len(self.labels):
-            return self
-        images = ImageSet(Subset(self.images.images, idx), self.labels[idx], self.images.classes, self.images.channels)
-        rows = np.arange(len(idx))
-        return EvalData(images, self.labels[idx], rows, rows[:0], rows, self.dataset, self.split)
+        return self if len(idx) == len(self.labels) else clustering_data(self.images, idx, self.dataset, self.split)
 
 
 class _Concat:
@@ -84,6 +80,15 @@ class Subset:
 
     def __getitem__(self, i: int):
         return self.images[int(self.idx[i])]
+
+
+def clustering_data(images: ImageSet, idx: np.ndarray, dataset: str, split: str) -> EvalData:
+    """The labelled ``images`` at ``idx``, every one of them for k-means (no classifier split): the
+    cluster protocol's sample and the end-of-run probe's."""
+    labels = np.asarray(images.labels)[idx]
+    rows = np.arange(len(idx))
+    subset = ImageSet(Subset(images.images, idx), labels, images.classes, images.channels)
+    return EvalData(subset, labels, rows, rows[:0], rows, dataset, split)
 
 
 def _require_labels(images: ImageSet, dataset: str, split: str) -> None:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from dcx.training.callbacks import Callback
-from dcx.core.contracts import ImageSet
-from dcx.evaluation.data import EvalData, Subset
+from dcx.evaluation.data import clustering_data
 from dcx.evaluation.protocols import CLUSTER_RUNS
 from dcx.evaluation.runs import evaluate_network
 from dcx.training.network import build_network
@@ -38,10 +37,7 @@ def block_nmi(engine: "Engine", max_images: int = PROBE_IMAGES) -> dict[str, Any
         return None
     n = len(images)
     idx = np.arange(n) if n <= max_images else np.sort(np.random.default_rng(s.config.seed).choice(n, max_images, False))
-    labels = np.asarray(images.labels)[idx]
-    subset = ImageSet(Subset(images.images, idx), labels, images.classes, images.channels)
-    data = EvalData(subset, labels, np.arange(len(idx)), np.arange(0), np.arange(len(idx)), s.config.dataset,
-                    f"{len(idx)} training images")
+    data = clustering_data(images, idx, s.config.dataset, f"{len(idx)} training images")
     cfg = s.config
     rng_state = torch.get_rng_state()
     torch.manual_seed(cfg.seed)  # the run's own initialisation, as setup() built it
